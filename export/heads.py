@@ -1,0 +1,152 @@
+"""Export heads: trained classification heads traced from PyTorch, and the training-free kinds.
+
+Every head is checked at export against a PyTorch module fed the same trunk taps, computed by the
+PyTorch trunk on real sample text with padding. The resulting ``HeadSpec`` records the trunk
+fingerprint, the branch tap and the measured parity figure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from export.encoder import Encoder
+from export.modules import Head, Trunk, mean_pool
+from export.onnx_export import HEAD_TOLERANCE, ExportDecl, ParityError, export, max_abs_diff
+from export.samples import encode, sample_batches, tokenizer_from_json
+from spec import graphs
+from spec.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT, HeadSpec, Kind, TrunkSpec
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingReference(nn.Module):
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(mean_pool(hidden, attention_mask), p=2, dim=-1)
+
+
+class ZeroShotReference(nn.Module):
+    def __init__(self, label_embeddings: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.labels = F.normalize(label_embeddings, p=2, dim=-1)
+        self.scale = scale
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        text = F.normalize(mean_pool(hidden, attention_mask), p=2, dim=-1)
+        return self.scale * text @ self.labels.T
+
+
+class HeadExporter:
+    """Exports heads against one trunk; holds the sample taps every parity check uses."""
+
+    def __init__(self, encoder: Encoder, trunk: TrunkSpec) -> None:
+        self.encoder = encoder
+        self.trunk_spec = trunk
+        self.trunk = Trunk(encoder).eval()
+        self.tokenizer = tokenizer_from_json(encoder.tokenizer_json, trunk.max_length)
+        self._samples = [self._taps(b) for b in sample_batches(self.tokenizer, self._types)]
+
+    @property
+    def _types(self) -> bool:
+        return "token_type_ids" in self.trunk_spec.input_names
+
+    def _taps(self, feeds: dict[str, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        with torch.no_grad():
+            return self.trunk(*feeds.values()), feeds["attention_mask"]
+
+    def _feeds(self, index: int, layer: int) -> dict[str, torch.Tensor]:
+        taps, mask = self._samples[index]
+        return {HEAD_HIDDEN_INPUT: taps[layer], HEAD_MASK_INPUT: mask}
+
+    def _check(self, name: str, model: bytes, reference: nn.Module, layer: int, out: str) -> float:
+        diff = max(
+            max_abs_diff(model, reference.eval(), self._feeds(i, layer), [out]) for i in (0, 1)
+        )
+        log.info("%s parity: max abs diff %.3g (tolerance %.0e)", name, diff, HEAD_TOLERANCE)
+        if not diff <= HEAD_TOLERANCE:
+            raise ParityError(f"{name}: ONNX differs from PyTorch by {diff:.3g}")
+        return diff
+
+    def classification(
+        self,
+        task: str,
+        head: Head,
+        labels: tuple[str, ...] | list[str],
+        training: Mapping[str, Any] | None = None,
+    ) -> tuple[HeadSpec, bytes]:
+        """Export a trained head; its branch tap is L minus the number of layers it owns."""
+        if head.classifier.out_features != len(labels):
+            raise ValueError(
+                f"{task}: classifier has {head.classifier.out_features} outputs, "
+                f"{len(labels)} labels given"
+            )
+        branch = self.trunk_spec.num_layers - len(head.layers)
+        seq_axes = {0: "batch", 1: "seq"}
+        out_axes = seq_axes if head.kind is Kind.TOKEN_CLASSIFICATION else {0: "batch"}
+        decl = ExportDecl(
+            f"head {task}",
+            (HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT),
+            ("logits",),
+            {HEAD_HIDDEN_INPUT: seq_axes, HEAD_MASK_INPUT: seq_axes, "logits": out_axes},
+            HEAD_TOLERANCE,
+        )
+        exported = export(head.eval(), self._feeds(0, branch), decl, check=self._feeds(1, branch))
+        spec = HeadSpec(
+            task=task,
+            kind=head.kind,
+            branch_layer=branch,
+            hidden_size=self.trunk_spec.hidden_size,
+            trunk_fingerprint=self.trunk_spec.fingerprint,
+            labels=tuple(labels),
+            pooling=head.pooling,
+            parity_max_abs_diff=exported.max_abs_diff,
+            training=dict(training or {}),
+        )
+        return spec, exported.model
+
+    def embedding(self, task: str = "embed") -> tuple[HeadSpec, bytes]:
+        layer = self.trunk_spec.num_layers
+        model = graphs.embedding_graph(self.trunk_spec.hidden_size)
+        diff = self._check(f"head {task}", model, EmbeddingReference(), layer, "embedding")
+        spec = HeadSpec(
+            task=task,
+            kind=Kind.EMBEDDING,
+            branch_layer=layer,
+            hidden_size=self.trunk_spec.hidden_size,
+            trunk_fingerprint=self.trunk_spec.fingerprint,
+            parity_max_abs_diff=diff,
+            training={"strategy": "frozen"},
+        )
+        return spec, model
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        feeds = encode(self.tokenizer, texts, self._types)
+        with torch.no_grad():
+            taps = self.trunk(*feeds.values())
+            return EmbeddingReference()(taps[-1], feeds["attention_mask"])
+
+    def zero_shot(self, task: str, descriptions: Mapping[str, str]) -> tuple[HeadSpec, bytes]:
+        """A zero-shot head: each label is described in words, embedded once by the trunk."""
+        labels = list(descriptions)
+        label_embeddings = self.embed_texts([descriptions[label] for label in labels])
+        model = graphs.zero_shot_graph(label_embeddings.numpy().astype(np.float32))
+        reference = ZeroShotReference(label_embeddings, graphs.ZERO_SHOT_SCALE)
+        layer = self.trunk_spec.num_layers
+        diff = self._check(f"head {task}", model, reference, layer, "logits")
+        spec = HeadSpec(
+            task=task,
+            kind=Kind.ZERO_SHOT,
+            branch_layer=layer,
+            hidden_size=self.trunk_spec.hidden_size,
+            trunk_fingerprint=self.trunk_spec.fingerprint,
+            labels=tuple(labels),
+            parity_max_abs_diff=diff,
+            training={"strategy": "frozen", "label_descriptions": dict(descriptions)},
+        )
+        return spec, model

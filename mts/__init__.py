@@ -1,0 +1,1 @@
+"""The ``mts`` command line: build a model repository, serve it."""

@@ -1,0 +1,3 @@
+from mts.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The serving process: FastAPI routes -> engine -> ONNX Runtime sessions. No torch here."""

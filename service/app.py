@@ -1,0 +1,74 @@
+"""The one wiring point: ``create_app(settings)`` builds sessions, registry and engine.
+
+Nothing lives at module level; tests and the CLI each pass their own settings and metrics registry.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from service import admin, routes
+from service.engine import Engine
+from service.errors import install_handlers
+from service.limits import BodyLimit
+from service.metrics import Metrics
+from service.registry import HeadRegistry
+from service.sessions import TrunkSession
+from service.settings import Settings
+from service.tokenize import TextEncoder
+from spec.repository import ModelRepository, RepositoryError
+from spec.types import trunk_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None, metrics_registry: CollectorRegistry | None = None
+) -> FastAPI:
+    """Load the trunk and every head's current version from the repository, then build the app."""
+    settings = settings or Settings()
+    repo = ModelRepository(settings.repository)
+    trunk_spec = repo.read_trunk_spec()
+    model = repo.trunk_model_path.read_bytes()
+    if trunk_fingerprint(model, repo.tokenizer_path.read_bytes()) != trunk_spec.fingerprint:
+        raise RepositoryError(
+            f"{repo.trunk_dir}: model.onnx or tokenizer.json does not match trunk.json's fingerprint"
+        )
+    del model
+    repo.sweep()
+    max_length = min(settings.max_length or trunk_spec.max_length, trunk_spec.max_length)
+    metrics = Metrics(metrics_registry or CollectorRegistry())
+    engine = Engine(
+        trunk_spec,
+        TrunkSession(repo.trunk_model_path, settings.intra_op_threads),
+        TextEncoder(repo.tokenizer_path, max_length, trunk_spec.input_names),
+        metrics,
+        settings.intra_op_threads,
+    )
+    registry = HeadRegistry(repo, trunk_spec, engine.probe, settings.intra_op_threads)
+    engine.attach(registry)
+    failed = registry.load_repository()
+    metrics.heads_loaded.set_function(lambda: len(registry.snapshot()))
+    log.info(
+        "trunk %s (%s), %d heads served%s", trunk_spec.base_model, trunk_spec.fingerprint[:12],
+        len(registry.snapshot()), f", {len(failed)} refused: {failed}" if failed else "",
+    )
+
+    app = FastAPI(
+        title="multitask-serve",
+        summary="Many NLP tasks from one frozen transformer trunk and hot-pluggable ONNX heads.",
+        version="0.1.0",
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.registry = registry
+    app.state.metrics = metrics
+    app.state.max_length = max_length
+    install_handlers(app)
+    app.include_router(routes.router)
+    app.include_router(admin.router)
+    app.add_middleware(BodyLimit, default=settings.max_body_bytes, upload=settings.max_upload_bytes)
+    return app

@@ -1,0 +1,127 @@
+"""The inference engine, which knows nothing of HTTP: tokenize -> trunk once -> each head.
+
+One trunk run serves every task of a call: the trunk is asked only for the taps the requested
+heads read, and each head runs on its tap. Zero-shot heads are created here too, by embedding label
+descriptions with the same frozen trunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from service.errors import InvalidInput, NotFound
+from service.metrics import Metrics
+from service.postprocess import decode
+from service.registry import HeadRegistry, LoadedHead
+from service.sessions import HeadSession, TrunkSession
+from service.tokenize import TextEncoder
+from service.types import TaskResult, TokenizedBatch
+from spec import graphs
+from spec.types import HeadSpec, Kind, TrunkSpec, tap_name
+
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+class Engine:
+    def __init__(
+        self,
+        trunk_spec: TrunkSpec,
+        trunk: TrunkSession,
+        encoder: TextEncoder,
+        metrics: Metrics,
+        threads: int = 0,
+    ) -> None:
+        self.trunk_spec = trunk_spec
+        self._trunk = trunk
+        self._encoder = encoder
+        self._metrics = metrics
+        self._pooling = HeadSession(
+            graphs.embedding_graph(trunk_spec.hidden_size), "embedding", trunk_spec.hidden_size,
+            threads,
+        )
+        self.registry: HeadRegistry | None = None
+
+    def attach(self, registry: HeadRegistry) -> None:
+        self.registry = registry
+
+    def _run_trunk(
+        self, texts: list[str], taps: set[int]
+    ) -> tuple[TokenizedBatch, dict[int, np.ndarray]]:
+        t0 = time.perf_counter()
+        batch = self._encoder.encode(texts)
+        t1 = time.perf_counter()
+        names = sorted(taps)
+        out = self._trunk.run(batch.feeds, [tap_name(i) for i in names])
+        t2 = time.perf_counter()
+        self._metrics.stage_seconds.labels("tokenize").observe(t1 - t0)
+        self._metrics.stage_seconds.labels("trunk").observe(t2 - t1)
+        self._metrics.trunk_runs.inc()
+        return batch, {i: out[tap_name(i)] for i in names}
+
+    def resolve(self, tasks: list[str]) -> dict[str, LoadedHead]:
+        assert self.registry is not None
+        heads = self.registry.snapshot()
+        missing = [t for t in tasks if t not in heads]
+        if missing:
+            raise NotFound(f"unknown task {missing[0]!r}; GET /tasks lists the served ones")
+        return {t: heads[t] for t in tasks}
+
+    def predict(
+        self, heads: Mapping[str, LoadedHead], texts: list[str]
+    ) -> tuple[dict[str, TaskResult], list[bool]]:
+        """Every head on the same texts with one trunk run. Returns results and truncation flags."""
+        batch, taps = self._run_trunk(texts, {h.spec.branch_layer for h in heads.values()})
+        results = {}
+        for task, head in heads.items():
+            t0 = time.perf_counter()
+            raw = head.session.run(taps[head.spec.branch_layer], batch.attention_mask)
+            outputs = decode(head.spec, raw, batch, texts)
+            self._metrics.head_seconds.labels(task).observe(time.perf_counter() - t0)
+            results[task] = TaskResult(task, head.version, str(head.spec.kind), outputs)
+        return results, batch.truncated
+
+    def probe(self, head: LoadedHead) -> None:
+        """One real inference through trunk and head; the output must fit the head's spec."""
+        batch, taps = self._run_trunk([PROBE_TEXT, "ok"], {head.spec.branch_layer})
+        try:
+            raw = head.session.run(taps[head.spec.branch_layer], batch.attention_mask)
+        except Exception as exc:  # ORT raises several unrelated types at run time
+            raise InvalidInput(f"head {head.spec.task!r} fails on a probe text: {exc}") from exc
+        spec = head.spec
+        expected: tuple[int, ...]
+        if spec.kind is Kind.EMBEDDING:
+            expected = (batch.size, spec.hidden_size)
+        elif spec.kind is Kind.TOKEN_CLASSIFICATION:
+            expected = (batch.size, batch.attention_mask.shape[1], len(spec.labels))
+        else:
+            expected = (batch.size, len(spec.labels))
+        if raw.shape != expected or raw.dtype != np.float32:
+            raise InvalidInput(
+                f"head {spec.task!r} returns {raw.dtype}{list(raw.shape)} on a probe batch; its "
+                f"head.json implies float32{list(expected)}"
+            )
+        if not np.all(np.isfinite(raw)):
+            raise InvalidInput(f"head {spec.task!r} returns non-finite values on a probe text")
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-length sentence embeddings from the last tap (the embedding head's computation)."""
+        last = self.trunk_spec.num_layers
+        batch, taps = self._run_trunk(texts, {last})
+        return self._pooling.run(taps[last], batch.attention_mask)
+
+    def zero_shot_head(self, task: str, descriptions: Mapping[str, str]) -> tuple[HeadSpec, bytes]:
+        labels = list(descriptions)
+        model = graphs.zero_shot_graph(self.embed([descriptions[label] for label in labels]))
+        spec = HeadSpec(
+            task=task,
+            kind=Kind.ZERO_SHOT,
+            branch_layer=self.trunk_spec.num_layers,
+            hidden_size=self.trunk_spec.hidden_size,
+            trunk_fingerprint=self.trunk_spec.fingerprint,
+            labels=tuple(labels),
+            training={"strategy": "frozen", "label_descriptions": dict(descriptions)},
+        )
+        return spec, model

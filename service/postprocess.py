@@ -1,0 +1,98 @@
+"""Head outputs -> wire results: softmax and labels, BIO decoding to character spans, embeddings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from service.types import Output, TokenizedBatch
+from spec.types import HeadSpec, Kind
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def classification(probs: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]:
+    best = int(np.argmax(probs))
+    return {
+        "label": labels[best],
+        "score": float(probs[best]),
+        "scores": {label: float(p) for label, p in zip(labels, probs, strict=True)},
+    }
+
+
+def _words(
+    offsets: list[tuple[int, int]], word_ids: list[int | None], label_ids: np.ndarray,
+    scores: np.ndarray,
+) -> list[tuple[int, int, int, float]]:
+    """(start, end, label id, score) per word; a word takes its first word piece's label."""
+    words: list[tuple[int, int, int, float]] = []
+    last_word: int | None = None
+    for i, word in enumerate(word_ids):
+        if word is None:
+            continue
+        start, end = offsets[i]
+        if word == last_word:
+            s, _, label, score = words[-1]
+            words[-1] = (s, end, label, score)
+        else:
+            words.append((start, end, int(label_ids[i]), float(scores[i])))
+        last_word = word
+    return words
+
+
+def entities(
+    text: str, probs: np.ndarray, offsets: list[tuple[int, int]], word_ids: list[int | None],
+    labels: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    """BIO tags over words -> entity spans with character offsets into ``text``.
+
+    An ``I-X`` that does not continue an ``X`` entity starts one (the lenient reading most taggers'
+    outputs need); the entity's score is the mean of its words' scores.
+    """
+    label_ids = probs.argmax(axis=-1)
+    scores = probs.max(axis=-1)
+    spans: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    word_scores: list[float] = []
+
+    def close() -> None:
+        nonlocal current
+        if current is not None:
+            current["score"] = float(np.mean(word_scores))
+            current["text"] = text[current["start"] : current["end"]]
+            spans.append(current)
+        current = None
+
+    for start, end, label_id, score in _words(offsets, word_ids, label_ids, scores):
+        tag = labels[label_id]
+        prefix, _, entity = tag.partition("-")
+        if prefix not in ("B", "I") or not entity:
+            close()
+            continue
+        if prefix == "I" and current is not None and current["entity"] == entity:
+            current["end"] = end
+            word_scores.append(score)
+            continue
+        close()
+        current = {"entity": entity, "start": start, "end": end}
+        word_scores = [score]
+    close()
+    return spans
+
+
+def decode(spec: HeadSpec, raw: np.ndarray, batch: TokenizedBatch, texts: list[str]) -> list[Output]:
+    """One result per text from a head's raw output for the whole batch."""
+    if spec.kind is Kind.EMBEDDING:
+        return [row.tolist() for row in raw]
+    probs = softmax(raw)
+    if spec.kind is Kind.TOKEN_CLASSIFICATION:
+        return [
+            entities(texts[i], probs[i], batch.offsets[i], batch.word_ids[i], spec.labels)
+            for i in range(batch.size)
+        ]
+    return [classification(row, spec.labels) for row in probs]

@@ -1,0 +1,113 @@
+"""The set of served heads: the only code that changes it.
+
+A new head is validated outside the lock (spec vs the loaded trunk, ONNX load, signature, one real
+inference through trunk and head), persisted to the repository, and only then swapped in as a new
+read-only mapping. Requests take one snapshot and never see a half-made change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from service.errors import Conflict, InvalidInput, NotFound
+from service.sessions import GraphError, HeadSession
+from spec.repository import ModelRepository, RepositoryError
+from spec.types import HeadSpec, Kind, TrunkSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedHead:
+    spec: HeadSpec
+    version: int
+    session: HeadSession
+
+
+# Runs one real inference through trunk and head; raises InvalidInput if the head misbehaves.
+Probe = Callable[[LoadedHead], None]
+
+
+class HeadRegistry:
+    def __init__(
+        self, repo: ModelRepository, trunk: TrunkSpec, probe: Probe, threads: int = 0
+    ) -> None:
+        self._repo = repo
+        self._trunk = trunk
+        self._probe = probe
+        self._threads = threads
+        self._lock = threading.Lock()
+        self._heads: Mapping[str, LoadedHead] = MappingProxyType({})
+
+    def snapshot(self) -> Mapping[str, LoadedHead]:
+        return self._heads
+
+    def load(self, spec: HeadSpec, model: bytes, version: int = 0) -> LoadedHead:
+        """Check a head against the trunk and build its session; touches no shared state."""
+        if spec.trunk_fingerprint != self._trunk.fingerprint:
+            raise Conflict(
+                f"head {spec.task!r} was trained against trunk {spec.trunk_fingerprint[:12]}..., "
+                f"this service runs trunk {self._trunk.fingerprint[:12]}..."
+            )
+        if spec.hidden_size != self._trunk.hidden_size:
+            raise InvalidInput(
+                f"head {spec.task!r} expects width {spec.hidden_size}, the trunk has "
+                f"{self._trunk.hidden_size}"
+            )
+        if not 0 <= spec.branch_layer <= self._trunk.num_layers:
+            raise InvalidInput(
+                f"head {spec.task!r} branches at tap {spec.branch_layer}; the trunk has taps "
+                f"0..{self._trunk.num_layers}"
+            )
+        try:
+            session = HeadSession(model, spec.output_name, self._trunk.hidden_size, self._threads)
+        except GraphError as exc:
+            raise InvalidInput(f"head {spec.task!r}: {exc}") from exc
+        head = LoadedHead(spec=spec, version=version, session=session)
+        self._probe(head)
+        return head
+
+    def load_repository(self) -> list[str]:
+        """Serve every task's current version; a broken one is logged and skipped, not fatal."""
+        loaded: dict[str, LoadedHead] = {}
+        failed = []
+        for task in self._repo.tasks():
+            try:
+                stored = self._repo.read_head(task)
+                loaded[task] = self.load(stored.spec, stored.model_path.read_bytes(), stored.version)
+            except (RepositoryError, InvalidInput, Conflict, OSError) as exc:
+                log.error("not serving task %s: %s", task, exc)
+                failed.append(task)
+        with self._lock:
+            self._heads = MappingProxyType(loaded)
+        return failed
+
+    def add(self, spec: HeadSpec, model: bytes, replace: bool = False) -> LoadedHead:
+        """Validate, persist as a new version, then serve. Refusals change nothing."""
+        if not replace and spec.task in self._heads:
+            raise Conflict(f"task {spec.task!r} exists; pass replace=true to serve a new version")
+        head = self.load(spec, model)
+        with self._lock:
+            if not replace and spec.task in self._heads:
+                raise Conflict(f"task {spec.task!r} was added concurrently")
+            version = self._repo.add_head(spec, model)
+            head = LoadedHead(spec=spec, version=version, session=head.session)
+            self._heads = MappingProxyType({**self._heads, spec.task: head})
+        log.info("serving %s version %d (%s, tap %d)", spec.task, version, spec.kind,
+                 spec.branch_layer)
+        return head
+
+    def remove(self, task: str) -> None:
+        with self._lock:
+            if task not in self._heads:
+                raise NotFound(f"unknown task {task!r}")
+            self._repo.remove_task(task)
+            self._heads = MappingProxyType({k: v for k, v in self._heads.items() if k != task})
+        log.info("removed %s", task)
+
+    def kinds(self) -> dict[str, Kind]:
+        return {task: head.spec.kind for task, head in self._heads.items()}

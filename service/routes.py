@@ -1,0 +1,139 @@
+"""Public routes: predictions, the task list, health, readiness and metrics.
+
+Routes parse, call one engine method off the event loop, and shape the answer; errors are raised
+as ServiceError and become JSON in one handler (service/errors.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.engine import PROBE_TEXT, Engine
+from service.errors import InvalidInput, TooLarge, Unavailable
+from service.metrics import Metrics
+from service.registry import LoadedHead
+from service.schemas import MultiPredictRequest, PredictRequest
+from service.settings import Settings
+from service.types import TaskResult
+
+router = APIRouter()
+
+
+def _texts(inputs: str | list[str], settings: Settings) -> list[str]:
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not texts:
+        raise InvalidInput("inputs is an empty list; send a text or a list of texts")
+    if len(texts) > settings.max_batch_texts:
+        raise TooLarge(
+            f"{len(texts)} texts in one request; the limit is {settings.max_batch_texts}"
+        )
+    return texts
+
+
+def _body(result: TaskResult, truncated: list[bool], single: bool) -> dict[str, Any]:
+    return {
+        "task": result.task,
+        "version": result.version,
+        "kind": result.kind,
+        "outputs": result.outputs[0] if single else result.outputs,
+        "truncated": truncated[0] if single else truncated,
+    }
+
+
+async def _predict(
+    request: Request, heads: dict[str, LoadedHead], texts: list[str]
+) -> tuple[dict[str, TaskResult], list[bool]]:
+    engine: Engine = request.app.state.engine
+    metrics: Metrics = request.app.state.metrics
+    started = time.perf_counter()
+    try:
+        results, truncated = await run_in_threadpool(engine.predict, heads, texts)
+    except Exception:
+        for task in heads:
+            metrics.requests.labels(task, "error").inc()
+        raise
+    elapsed = time.perf_counter() - started
+    for task in heads:
+        metrics.request_seconds.labels(task).observe(elapsed)
+        metrics.requests.labels(task, "ok").inc()
+    return results, truncated
+
+
+@router.post("/predict/{task}", tags=["predict"], summary="Run one task")
+async def predict_task(task: str, body: PredictRequest, request: Request) -> JSONResponse:
+    texts = _texts(body.inputs, request.app.state.settings)
+    heads = request.app.state.engine.resolve([task])
+    results, truncated = await _predict(request, heads, texts)
+    result = results[task]
+    return JSONResponse(
+        _body(result, truncated, isinstance(body.inputs, str)),
+        headers={"X-Head-Version": str(result.version)},
+    )
+
+
+@router.post("/predict", tags=["predict"], summary="Run several tasks with one trunk run")
+async def predict_tasks(body: MultiPredictRequest, request: Request) -> dict[str, Any]:
+    texts = _texts(body.inputs, request.app.state.settings)
+    tasks = list(dict.fromkeys(body.tasks))
+    heads = request.app.state.engine.resolve(tasks)
+    results, truncated = await _predict(request, heads, texts)
+    single = isinstance(body.inputs, str)
+    return {task: _body(results[task], truncated, single) for task in tasks}
+
+
+@router.get("/tasks", tags=["tasks"], summary="What is served")
+async def tasks(request: Request) -> dict[str, Any]:
+    engine: Engine = request.app.state.engine
+    assert engine.registry is not None
+    trunk = engine.trunk_spec
+    return {
+        "trunk": {
+            "base_model": trunk.base_model,
+            "fingerprint": trunk.fingerprint,
+            "num_layers": trunk.num_layers,
+            "hidden_size": trunk.hidden_size,
+            "max_length": request.app.state.max_length,
+        },
+        "tasks": [
+            {
+                "task": task,
+                "kind": str(head.spec.kind),
+                "version": head.version,
+                "branch_layer": head.spec.branch_layer,
+                "labels": list(head.spec.labels),
+            }
+            for task, head in sorted(engine.registry.snapshot().items())
+        ],
+    }
+
+
+@router.get("/healthz", tags=["health"], summary="The process lives")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"], summary="A real inference through trunk and a head")
+async def readyz(request: Request) -> dict[str, Any]:
+    engine: Engine = request.app.state.engine
+    assert engine.registry is not None
+    heads = engine.registry.snapshot()
+    try:
+        if heads:
+            task = sorted(heads)[0]
+            await run_in_threadpool(engine.predict, {task: heads[task]}, [PROBE_TEXT])
+        else:
+            await run_in_threadpool(engine.embed, [PROBE_TEXT])
+    except Exception as exc:
+        raise Unavailable(f"probe inference failed: {exc}") from exc
+    return {"status": "ready", "heads": len(heads)}
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

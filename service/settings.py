@@ -1,0 +1,36 @@
+"""Every knob of the service, read once from ``MTS_*`` environment variables or passed in tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MTS_", extra="ignore")
+
+    # The model repository: trunk and head versions, the one source of truth.
+    repository: Path = Path("model-repo")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Bearer token for /admin. Unset means admin is disabled, unless explicitly allowed below.
+    admin_token: SecretStr | None = None
+    # Local experiments only: admin endpoints without a token. Never in production.
+    allow_unauthenticated_admin: bool = False
+    # ONNX Runtime threads per session run; 0 lets ORT use every core. One process per pod in
+    # Kubernetes, so the pod's CPU limit is the number to put here.
+    intra_op_threads: int = 0
+    # Tokens per text; longer texts are truncated (and the response says so). 0 = the trunk's own
+    # maximum from trunk.json. Lower is faster: attention cost grows with the square of length.
+    max_length: int = 0
+    # Texts in one request. Bounds the memory and latency one client can claim.
+    max_batch_texts: int = 64
+    # Request body limits: predictions are small JSON; head archives carry ONNX weights.
+    max_body_bytes: int = 1 << 20
+    max_upload_bytes: int = 512 << 20
+    log_level: str = "info"
+
+    def admin_enabled(self) -> bool:
+        return self.admin_token is not None or self.allow_unauthenticated_admin

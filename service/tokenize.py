@@ -1,0 +1,35 @@
+"""Tokenization with the trunk's own tokenizer.json (Rust ``tokenizers``), keeping offsets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from service.types import TokenizedBatch
+
+
+class TextEncoder:
+    def __init__(self, tokenizer_path: Path, max_length: int, input_names: tuple[str, ...]) -> None:
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self._tokenizer.enable_truncation(max_length=max_length)
+        self._tokenizer.enable_padding()
+        self.max_length = max_length
+        self._types = "token_type_ids" in input_names
+
+    def encode(self, texts: list[str]) -> TokenizedBatch:
+        encodings = self._tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+        if self._types:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        return TokenizedBatch(
+            feeds=feeds,
+            offsets=[list(e.offsets) for e in encodings],
+            word_ids=[list(e.word_ids) for e in encodings],
+            truncated=[bool(e.overflowing) for e in encodings],
+        )

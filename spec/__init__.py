@@ -1,0 +1,1 @@
+"""The shared vocabulary of trunk, heads and the model repository; importable without torch."""

@@ -1,0 +1,182 @@
+"""The model repository on disk: one trunk, and for each task its head versions and a pointer.
+
+Layout (file names are the constants below)::
+
+    <root>/trunk/model.onnx, tokenizer.json, trunk.json
+    <root>/heads/<task>/<version>/head.onnx, head.json      versions are 1, 2, 3, ...
+    <root>/heads/<task>/current                             the served version, replaced by rename
+
+Every write stages a complete directory beside its target and renames it into place, so the
+repository is always in the old state or the new one. Hidden names (``.staging-*``) are ignored by
+readers and swept by ``sweep()``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from spec.atomic import atomic_write, discard_dir, fsync_dir, staged_dir
+from spec.types import HeadSpec, SpecError, TrunkSpec, validate_task_name
+
+TRUNK_DIR = "trunk"
+HEADS_DIR = "heads"
+TRASH_DIR = ".trash"
+TRUNK_MODEL = "model.onnx"
+TRUNK_TOKENIZER = "tokenizer.json"
+TRUNK_SPEC = "trunk.json"
+HEAD_MODEL = "head.onnx"
+HEAD_SPEC = "head.json"
+CURRENT = "current"
+
+
+class RepositoryError(RuntimeError):
+    """The repository is missing or inconsistent."""
+
+
+@dataclass(frozen=True)
+class StoredHead:
+    spec: HeadSpec
+    version: int
+    model_path: Path
+
+
+class ModelRepository:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    # -- trunk -----------------------------------------------------------------------------
+    @property
+    def trunk_dir(self) -> Path:
+        return self.root / TRUNK_DIR
+
+    @property
+    def trunk_model_path(self) -> Path:
+        return self.trunk_dir / TRUNK_MODEL
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.trunk_dir / TRUNK_TOKENIZER
+
+    def has_trunk(self) -> bool:
+        return (self.trunk_dir / TRUNK_SPEC).is_file()
+
+    def read_trunk_spec(self) -> TrunkSpec:
+        path = self.trunk_dir / TRUNK_SPEC
+        if not path.is_file():
+            raise RepositoryError(f"no trunk in {self.root} (missing {path}); run `mts build`")
+        return TrunkSpec.from_json(path.read_bytes())
+
+    def write_trunk(self, spec: TrunkSpec, model: bytes, tokenizer: bytes) -> None:
+        """Install a trunk. Replacing a trunk orphans every head, so it must not exist yet."""
+        if self.trunk_dir.exists():
+            raise RepositoryError(f"{self.trunk_dir} exists; a trunk is never replaced in place")
+        staged = staged_dir(
+            self.root,
+            {TRUNK_MODEL: model, TRUNK_TOKENIZER: tokenizer, TRUNK_SPEC: spec.to_json().encode()},
+        )
+        os.rename(staged, self.trunk_dir)
+        fsync_dir(self.root)
+
+    # -- heads -----------------------------------------------------------------------------
+    def _task_dir(self, task: str) -> Path:
+        return self.root / HEADS_DIR / validate_task_name(task)
+
+    def tasks(self) -> list[str]:
+        """Tasks that have a current version, sorted."""
+        heads = self.root / HEADS_DIR
+        if not heads.is_dir():
+            return []
+        return sorted(
+            p.name for p in heads.iterdir() if not p.name.startswith(".") and (p / CURRENT).is_file()
+        )
+
+    def versions(self, task: str) -> list[int]:
+        task_dir = self._task_dir(task)
+        if not task_dir.is_dir():
+            return []
+        return sorted(
+            int(p.name) for p in task_dir.iterdir() if p.name.isdigit() and p.is_dir()
+        )
+
+    def current_version(self, task: str) -> int | None:
+        pointer = self._task_dir(task) / CURRENT
+        try:
+            text = pointer.read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not text.isdigit():
+            raise RepositoryError(f"{pointer} holds {text!r}, not a version number")
+        return int(text)
+
+    def read_head(self, task: str, version: int | None = None) -> StoredHead:
+        if version is None:
+            version = self.current_version(task)
+            if version is None:
+                raise RepositoryError(f"task {task!r} has no current version")
+        vdir = self._task_dir(task) / str(version)
+        try:
+            spec = HeadSpec.from_json((vdir / HEAD_SPEC).read_bytes())
+        except FileNotFoundError:
+            raise RepositoryError(f"{vdir} has no {HEAD_SPEC}") from None
+        except SpecError as exc:
+            raise RepositoryError(f"{vdir}: {exc}") from exc
+        return StoredHead(spec=spec, version=version, model_path=vdir / HEAD_MODEL)
+
+    def add_head(self, spec: HeadSpec, model: bytes, *, make_current: bool = True) -> int:
+        """Store a new version of ``spec.task`` and (by default) point ``current`` at it."""
+        task_dir = self._task_dir(spec.task)
+        task_dir.mkdir(parents=True, exist_ok=True)
+        staged = staged_dir(task_dir, {HEAD_MODEL: model, HEAD_SPEC: spec.to_json().encode()})
+        try:
+            version = max(self.versions(spec.task), default=0) + 1
+            while True:
+                target = task_dir / str(version)
+                try:
+                    # rename(2) refuses a non-empty target: a concurrent writer that took this
+                    # number first makes us try the next one.
+                    os.rename(staged, target)
+                    break
+                except OSError:
+                    if not target.exists():
+                        raise
+                    version += 1
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        fsync_dir(task_dir)
+        if make_current:
+            self.set_current(spec.task, version)
+        return version
+
+    def set_current(self, task: str, version: int) -> None:
+        task_dir = self._task_dir(task)
+        if not (task_dir / str(version) / HEAD_SPEC).is_file():
+            raise RepositoryError(f"task {task!r} has no version {version}")
+        atomic_write(task_dir / CURRENT, f"{version}\n".encode())
+
+    def remove_task(self, task: str) -> None:
+        task_dir = self._task_dir(task)
+        if not task_dir.is_dir():
+            raise RepositoryError(f"task {task!r} does not exist")
+        discard_dir(task_dir, self.root / TRASH_DIR)
+
+    def sweep(self, older_than_s: float = 600.0) -> None:
+        """Delete leftovers of writes that a crash interrupted.
+
+        Only leftovers older than ``older_than_s`` go: another process sharing the repository may
+        be staging a write right now.
+        """
+        cutoff = time.time() - older_than_s
+        heads = self.root / HEADS_DIR
+        candidates = [self.root, self.root / TRASH_DIR, *(heads.iterdir() if heads.is_dir() else [])]
+        for parent in candidates:
+            if not parent.is_dir():
+                continue
+            pattern = "*" if parent.name == TRASH_DIR else ".staging-*"
+            for p in parent.glob(pattern):
+                if p.stat().st_mtime < cutoff:
+                    shutil.rmtree(p, ignore_errors=True)

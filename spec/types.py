@@ -1,0 +1,193 @@
+"""Trunk and head specs: the frozen dataclasses behind trunk.json and head.json.
+
+Both files carry a ``schema_version`` so that later formats can be read by shims instead of guesses.
+Parsing is strict: an unknown schema version, a missing field or a wrong type is a ``SpecError``
+with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+SCHEMA_VERSION = 1
+TASK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+# Graph signature every head obeys.
+HEAD_HIDDEN_INPUT = "hidden"
+HEAD_MASK_INPUT = "attention_mask"
+
+
+def tap_name(layer: int) -> str:
+    """Name of the trunk output holding the hidden state after ``layer`` (0 = embeddings)."""
+    return f"tap_{layer}"
+
+
+class SpecError(ValueError):
+    """A trunk.json or head.json that does not follow the schema."""
+
+
+class Kind(StrEnum):
+    EMBEDDING = "embedding"
+    ZERO_SHOT = "zero-shot"
+    SEQUENCE_CLASSIFICATION = "sequence-classification"
+    TOKEN_CLASSIFICATION = "token-classification"
+
+
+# The graph output each kind produces.
+OUTPUT_NAME = {
+    Kind.EMBEDDING: "embedding",
+    Kind.ZERO_SHOT: "logits",
+    Kind.SEQUENCE_CLASSIFICATION: "logits",
+    Kind.TOKEN_CLASSIFICATION: "logits",
+}
+
+
+def validate_task_name(task: str) -> str:
+    if not TASK_NAME_RE.match(task):
+        raise SpecError(
+            f"invalid task name {task!r}: use 1-64 characters of a-z, 0-9, '-' and '_', "
+            "starting with a letter or digit"
+        )
+    return task
+
+
+def _get(data: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise SpecError(f"{where}: missing field {key!r}")
+    value = data[key]
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise SpecError(f"{where}: field {key!r} has type {type(value).__name__}")
+    return value
+
+
+def _check_schema(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SpecError(
+            f"{where}: unsupported schema_version {version!r} (this build reads {SCHEMA_VERSION})"
+        )
+    return data
+
+
+@dataclass(frozen=True)
+class TrunkSpec:
+    """What trunk.json records about the shared frozen encoder graph."""
+
+    base_model: str
+    num_layers: int
+    hidden_size: int
+    max_length: int
+    input_names: tuple[str, ...]
+    fingerprint: str
+    parity_max_abs_diff: float = 0.0
+    versions: dict[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def tap_names(self) -> tuple[str, ...]:
+        return tuple(tap_name(i) for i in range(self.num_layers + 1))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TrunkSpec:
+        where = "trunk.json"
+        try:
+            data = _check_schema(json.loads(text), where)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{where}: not valid JSON ({exc})") from exc
+        return cls(
+            base_model=_get(data, "base_model", str, where),
+            num_layers=_get(data, "num_layers", int, where),
+            hidden_size=_get(data, "hidden_size", int, where),
+            max_length=_get(data, "max_length", int, where),
+            input_names=tuple(_get(data, "input_names", list, where)),
+            fingerprint=_get(data, "fingerprint", str, where),
+            parity_max_abs_diff=float(data.get("parity_max_abs_diff", 0.0)),
+            versions=dict(data.get("versions", {})),
+        )
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What head.json records about one task's graph."""
+
+    task: str
+    kind: Kind
+    branch_layer: int
+    hidden_size: int
+    trunk_fingerprint: str
+    labels: tuple[str, ...] = ()
+    pooling: str = "mean"
+    parity_max_abs_diff: float = 0.0
+    # Free-form provenance: strategy, data, seed, config, validation metrics.
+    training: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        validate_task_name(self.task)
+        if self.kind in (Kind.EMBEDDING,) and self.labels:
+            raise SpecError("head.json: an embedding head has no labels")
+        if self.kind is not Kind.EMBEDDING and not self.labels:
+            raise SpecError(f"head.json: a {self.kind} head needs labels")
+        if len(set(self.labels)) != len(self.labels):
+            raise SpecError("head.json: labels must be unique")
+        if self.pooling not in ("mean", "cls", "none"):
+            raise SpecError(f"head.json: unknown pooling {self.pooling!r}")
+
+    @property
+    def output_name(self) -> str:
+        return OUTPUT_NAME[self.kind]
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["kind"] = str(self.kind)
+        data["labels"] = list(self.labels)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> HeadSpec:
+        where = "head.json"
+        try:
+            data = _check_schema(json.loads(text), where)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SpecError(f"{where}: not valid JSON ({exc})") from exc
+        kind_name = _get(data, "kind", str, where)
+        try:
+            kind = Kind(kind_name)
+        except ValueError:
+            known = ", ".join(k.value for k in Kind)
+            raise SpecError(f"{where}: unknown kind {kind_name!r} (known: {known})") from None
+        labels = _get(data, "labels", list, where) if "labels" in data else []
+        if not all(isinstance(label, str) for label in labels):
+            raise SpecError(f"{where}: labels must be strings")
+        training = data.get("training", {})
+        if not isinstance(training, dict):
+            raise SpecError(f"{where}: field 'training' must be an object")
+        return cls(
+            task=_get(data, "task", str, where),
+            kind=kind,
+            branch_layer=_get(data, "branch_layer", int, where),
+            hidden_size=_get(data, "hidden_size", int, where),
+            trunk_fingerprint=_get(data, "trunk_fingerprint", str, where),
+            labels=tuple(labels),
+            pooling=data.get("pooling", "mean"),
+            parity_max_abs_diff=float(data.get("parity_max_abs_diff", 0.0)),
+            training=training,
+        )
+
+
+def trunk_fingerprint(model: bytes, tokenizer: bytes) -> str:
+    """sha256 over the trunk graph's bytes and then the tokenizer file's bytes."""
+    digest = hashlib.sha256()
+    digest.update(model)
+    digest.update(tokenizer)
+    return digest.hexdigest()
