@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
@@ -31,7 +30,9 @@ class Encoder:
 
     @property
     def layers(self) -> nn.ModuleList:
-        return self.model.encoder.layer  # type: ignore[no-any-return]
+        layers = getattr(self.model, "encoder").layer  # noqa: B009 (untyped across model classes)
+        assert isinstance(layers, nn.ModuleList)
+        return layers
 
     @property
     def num_layers(self) -> int:
@@ -99,4 +100,3 @@ def freeze(module: nn.Module) -> nn.Module:
     for param in module.parameters():
         param.requires_grad_(False)
     return module
-

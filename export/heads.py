@@ -56,7 +56,9 @@ class HeadExporter:
     def _types(self) -> bool:
         return "token_type_ids" in self.trunk_spec.input_names
 
-    def _taps(self, feeds: dict[str, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    def _taps(
+        self, feeds: dict[str, torch.Tensor]
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         with torch.no_grad():
             return self.trunk(*feeds.values()), feeds["attention_mask"]
 

@@ -1,9 +1,9 @@
 """PyTorch modules that become the trunk and head graphs.
 
-``Trunk`` runs the encoder layer by layer and returns the hidden state at every layer boundary (the
-taps). ``Head`` owns copies of the layers above its branch tap, then pools and classifies. Both build
-the attention mask the same way, so trunk tap ``L-k`` followed by a head owning layers ``L-k+1..L`` is
-the same computation as the whole encoder.
+``Trunk`` runs the encoder layer by layer and returns the hidden state at every layer boundary
+(the taps). ``Head`` owns copies of the layers above its branch tap, then pools and classifies.
+Both build the attention mask the same way, so trunk tap ``L-k`` followed by a head owning layers
+``L-k+1..L`` is the same computation as the whole encoder.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class Trunk(nn.Module):
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
-        self.embeddings = encoder.model.embeddings
+        embeddings = encoder.model.embeddings
+        assert isinstance(embeddings, nn.Module)
+        self.embeddings = embeddings
         self.layers = encoder.layers
 
     def forward(

@@ -1,8 +1,8 @@
 """Declared ONNX export that always ends in a parity check against the PyTorch module.
 
-An ``ExportDecl`` names a graph's inputs, outputs, dynamic axes, opset and tolerance. ``export`` traces
-the module with ``torch.onnx.export``, loads the bytes in ONNX Runtime, runs both on the sample
-inputs and raises ``ParityError`` if any output differs by more than the tolerance.
+An ``ExportDecl`` names a graph's inputs, outputs, dynamic axes, opset and tolerance. ``export``
+traces the module with ``torch.onnx.export``, loads the bytes in ONNX Runtime, runs both on the
+sample inputs and raises ``ParityError`` if any output differs by more than the tolerance.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def session(model: bytes) -> ort.InferenceSession:
 
 
 def _trace(module: nn.Module, sample: Sequence[torch.Tensor], decl: ExportDecl) -> bytes:
+    # The exporter warns on every call that torchvision's operators are not registered: we use none.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = Path(tmp) / f"{decl.name}.onnx"

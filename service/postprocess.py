@@ -13,7 +13,8 @@ from spec.types import HeadSpec, Kind
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+    out: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return out
 
 
 def classification(probs: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]:
@@ -26,7 +27,9 @@ def classification(probs: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]
 
 
 def _words(
-    offsets: list[tuple[int, int]], word_ids: list[int | None], label_ids: np.ndarray,
+    offsets: list[tuple[int, int]],
+    word_ids: list[int | None],
+    label_ids: np.ndarray,
     scores: np.ndarray,
 ) -> list[tuple[int, int, int, float]]:
     """(start, end, label id, score) per word; a word takes its first word piece's label."""
@@ -46,7 +49,10 @@ def _words(
 
 
 def entities(
-    text: str, probs: np.ndarray, offsets: list[tuple[int, int]], word_ids: list[int | None],
+    text: str,
+    probs: np.ndarray,
+    offsets: list[tuple[int, int]],
+    word_ids: list[int | None],
     labels: tuple[str, ...],
 ) -> list[dict[str, Any]]:
     """BIO tags over words -> entity spans with character offsets into ``text``.
@@ -85,7 +91,9 @@ def entities(
     return spans
 
 
-def decode(spec: HeadSpec, raw: np.ndarray, batch: TokenizedBatch, texts: list[str]) -> list[Output]:
+def decode(
+    spec: HeadSpec, raw: np.ndarray, batch: TokenizedBatch, texts: list[str]
+) -> list[Output]:
     """One result per text from a head's raw output for the whole batch."""
     if spec.kind is Kind.EMBEDDING:
         return [row.tolist() for row in raw]

@@ -78,7 +78,9 @@ class HeadRegistry:
         for task in self._repo.tasks():
             try:
                 stored = self._repo.read_head(task)
-                loaded[task] = self.load(stored.spec, stored.model_path.read_bytes(), stored.version)
+                loaded[task] = self.load(
+                    stored.spec, stored.model_path.read_bytes(), stored.version
+                )
             except (RepositoryError, InvalidInput, Conflict, OSError) as exc:
                 log.error("not serving task %s: %s", task, exc)
                 failed.append(task)
@@ -97,8 +99,9 @@ class HeadRegistry:
             version = self._repo.add_head(spec, model)
             head = LoadedHead(spec=spec, version=version, session=head.session)
             self._heads = MappingProxyType({**self._heads, spec.task: head})
-        log.info("serving %s version %d (%s, tap %d)", spec.task, version, spec.kind,
-                 spec.branch_layer)
+        log.info(
+            "serving %s version %d (%s, tap %d)", spec.task, version, spec.kind, spec.branch_layer
+        )
         return head
 
     def remove(self, task: str) -> None:

@@ -136,4 +136,6 @@ async def readyz(request: Request) -> dict[str, Any]:
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

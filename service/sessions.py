@@ -57,7 +57,9 @@ class HeadSession:
             )
         hidden = inputs[HEAD_HIDDEN_INPUT]
         if hidden.type != "tensor(float)" or len(hidden.shape) != 3:
-            raise GraphError(f"head input {HEAD_HIDDEN_INPUT!r} must be float32 (batch, seq, hidden)")
+            raise GraphError(
+                f"head input {HEAD_HIDDEN_INPUT!r} must be float32 (batch, seq, hidden)"
+            )
         if hidden.shape[2] != hidden_size:
             raise GraphError(
                 f"head input {HEAD_HIDDEN_INPUT!r} has width {hidden.shape[2]}, the trunk's taps "
@@ -71,4 +73,5 @@ class HeadSession:
 
     def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feeds = {HEAD_HIDDEN_INPUT: hidden, HEAD_MASK_INPUT: attention_mask}
-        return self._session.run([self.output_name], feeds)[0]  # type: ignore[no-any-return]
+        out: np.ndarray = self._session.run([self.output_name], feeds)[0]
+        return out

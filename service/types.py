@@ -33,4 +33,3 @@ class TaskResult:
     version: int
     kind: str
     outputs: list[Output]
-

@@ -24,9 +24,10 @@ class ArchiveError(ValueError):
 def pack_head(spec: HeadSpec, model: bytes) -> bytes:
     buf = io.BytesIO()
     # mtime=0 and sorted members make the archive a pure function of its content.
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(
-        fileobj=gz, mode="w", format=tarfile.PAX_FORMAT
-    ) as tar:
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for name, data in ((HEAD_SPEC, spec.to_json().encode()), (HEAD_MODEL, model)):
             info = tarfile.TarInfo(name)
             info.size = len(data)

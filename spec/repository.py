@@ -91,16 +91,16 @@ class ModelRepository:
         if not heads.is_dir():
             return []
         return sorted(
-            p.name for p in heads.iterdir() if not p.name.startswith(".") and (p / CURRENT).is_file()
+            p.name
+            for p in heads.iterdir()
+            if not p.name.startswith(".") and (p / CURRENT).is_file()
         )
 
     def versions(self, task: str) -> list[int]:
         task_dir = self._task_dir(task)
         if not task_dir.is_dir():
             return []
-        return sorted(
-            int(p.name) for p in task_dir.iterdir() if p.name.isdigit() and p.is_dir()
-        )
+        return sorted(int(p.name) for p in task_dir.iterdir() if p.name.isdigit() and p.is_dir())
 
     def current_version(self, task: str) -> int | None:
         pointer = self._task_dir(task) / CURRENT
@@ -172,7 +172,11 @@ class ModelRepository:
         """
         cutoff = time.time() - older_than_s
         heads = self.root / HEADS_DIR
-        candidates = [self.root, self.root / TRASH_DIR, *(heads.iterdir() if heads.is_dir() else [])]
+        candidates = [
+            self.root,
+            self.root / TRASH_DIR,
+            *(heads.iterdir() if heads.is_dir() else []),
+        ]
         for parent in candidates:
             if not parent.is_dir():
                 continue

