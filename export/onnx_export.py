@@ -82,6 +82,11 @@ def _trace(module: nn.Module, sample: Sequence[torch.Tensor], decl: ExportDecl) 
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise RuntimeError(f"{decl.name}: export produced external data, which heads refuse")
+    # The exporter annotates nodes with stack traces holding this machine's file paths. The graph's
+    # bytes are the trunk fingerprint, so they must depend on the weights alone.
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
     return model.SerializeToString()
 
 

@@ -113,3 +113,11 @@ def test_head_owning_top_two_layers_fed_tap_four_reproduces_the_full_model(
     untuned = FineTuned(tiny_encoder.model, classifier).eval()
     with torch.no_grad():
         assert np.max(np.abs(untuned(**feeds).numpy() - expected)) > 100 * HEAD_TOLERANCE
+
+
+def test_trunk_export_is_deterministic_and_free_of_local_paths(tiny_encoder, built_repo):
+    from export.trunk import export_trunk
+
+    spec, model = export_trunk(tiny_encoder)
+    assert spec.fingerprint == ModelRepository(built_repo).read_trunk_spec().fingerprint
+    assert b"site-packages" not in model and b".py" not in model
