@@ -16,11 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.encoder import Encoder
+from export.encoder import Encoder, EncoderError
 from export.modules import Head, Trunk, mean_pool
-from export.onnx_export import HEAD_TOLERANCE, ExportDecl, ParityError, export, max_abs_diff
+from export.onnx_export import (
+    HEAD_TOLERANCE,
+    TRUNK_TOLERANCE,
+    ExportDecl,
+    ParityError,
+    export,
+    max_abs_diff,
+)
+from export.onnx_export import session as onnx_session
 from export.samples import encode, sample_batches, tokenizer_from_json
 from spec import graphs
+from spec.repository import ModelRepository
 from spec.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT, HeadSpec, Kind, TrunkSpec
 
 log = logging.getLogger(__name__)
@@ -51,6 +60,35 @@ class HeadExporter:
         self.trunk = Trunk(encoder).eval()
         self.tokenizer = tokenizer_from_json(encoder.tokenizer_json, trunk.max_length)
         self._samples = [self._taps(b) for b in sample_batches(self.tokenizer, self._types)]
+
+    @classmethod
+    def for_repository(cls, encoder: Encoder, repo: ModelRepository) -> HeadExporter:
+        """An exporter for heads that ``repo``'s trunk will serve.
+
+        Heads record the repository trunk's fingerprint, so the encoder must be the one that trunk
+        was exported from: its taps must reproduce the trunk graph's on the sample batches.
+        """
+        trunk = repo.read_trunk_spec()
+        if (trunk.num_layers, trunk.hidden_size) != (encoder.num_layers, encoder.hidden_size):
+            raise EncoderError(
+                f"the encoder has {encoder.num_layers} layers of width {encoder.hidden_size}; "
+                f"{repo.root}'s trunk has {trunk.num_layers} of width {trunk.hidden_size}"
+            )
+        exporter = cls(encoder, trunk)
+        session = onnx_session(repo.trunk_model_path.read_bytes())
+        for feeds in sample_batches(exporter.tokenizer, exporter._types):
+            taps = session.run(list(trunk.tap_names), {k: v.numpy() for k, v in feeds.items()})
+            with torch.no_grad():
+                expected = exporter.trunk(*feeds.values())
+            diff = max(
+                float(np.max(np.abs(t - e.numpy()))) for t, e in zip(taps, expected, strict=True)
+            )
+            if diff > TRUNK_TOLERANCE:
+                raise EncoderError(
+                    f"the encoder is not the one {repo.root}'s trunk was exported from "
+                    f"(taps differ by {diff:.3g}); pass the same --encoder as the build"
+                )
+        return exporter
 
     @property
     def _types(self) -> bool:

