@@ -29,14 +29,24 @@ TOPIC_LABELS = {
 
 
 @pytest.fixture(scope="session")
-def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Encoder:
-    return load_encoder(write_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), seed=0))
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), seed=0)
 
 
 @pytest.fixture(scope="session")
-def other_encoder(tmp_path_factory: pytest.TempPathFactory) -> Encoder:
+def other_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Same shape, other weights: a different trunk fingerprint."""
-    return load_encoder(write_tiny_encoder(tmp_path_factory.mktemp("other-encoder"), seed=1))
+    return write_tiny_encoder(tmp_path_factory.mktemp("other-encoder"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_encoder_dir: Path) -> Encoder:
+    return load_encoder(tiny_encoder_dir)
+
+
+@pytest.fixture(scope="session")
+def other_encoder(other_encoder_dir: Path) -> Encoder:
+    return load_encoder(other_encoder_dir)
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,8 @@ NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = [*SPECIALS, *WORDS, *chars, *(f"##{c}" for c in string.ascii_lowercase + string.digits)]
+    pieces = (f"##{c}" for c in string.ascii_lowercase + string.digits)
+    vocab = list(dict.fromkeys([*SPECIALS, *WORDS, *chars, *pieces]))  # "a", "i" are words too
     tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

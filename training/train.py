@@ -195,7 +195,7 @@ def _epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(batch.index)
+        total += float(loss.detach()) * len(batch.index)
         count += len(batch.index)
     return total / max(count, 1)
 

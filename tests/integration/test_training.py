@@ -1,0 +1,162 @@
+"""Training on tiny real models and tiny user files: strategies, caching, alignment, archives."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+
+from export.encoder import Encoder
+from export.heads import HeadExporter
+from export.modules import Head, top_layers
+from spec.types import Kind
+from training.data import TokenExample
+from training.features import IGNORE, encode_tokens, rust_tokenizer
+from training.strategies import strategy, unfreeze_next
+from training.train import TrainConfig, export_run, train
+
+
+@pytest.fixture(scope="module")
+def sentiment_csv(tmp_path_factory):
+    rng = random.Random(0)
+    good = ["good", "great", "happy", "love"]
+    bad = ["bad", "awful", "sad", "hate"]
+    filler = ["the", "film", "music", "show", "was", "is", "this", "match"]
+    lines = ["text,label"]
+    for i in range(240):
+        label = "pos" if i % 2 else "neg"
+        words = [*rng.sample(filler, 3), rng.choice(good if label == "pos" else bad)]
+        rng.shuffle(words)
+        lines.append(f"{' '.join(words)} {i},{label}")
+    path = tmp_path_factory.mktemp("data") / "sentiment.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ner_conll(tmp_path_factory):
+    rng = random.Random(1)
+    people, places = ["john", "mary"], ["paris", "london"]
+    sentences = []
+    for i in range(80):
+        person, place = rng.choice(people), rng.choice(places)
+        sentences.append(f"{person}\tB-PER\nsaw\tO\n{place}\tB-LOC\n{i}\tO\n")
+    path = tmp_path_factory.mktemp("data") / "ner.conll"
+    path.write_text("\n".join(sentences))
+    return path
+
+
+def config(data, strategy_name, **kw) -> TrainConfig:
+    return TrainConfig(
+        task="t", data=str(data), strategy=strategy_name, max_length=32, batch_size=16, **kw
+    )
+
+
+def test_strategies_only_set_requires_grad(tiny_encoder: Encoder):
+    L = tiny_encoder.num_layers
+    for name, trained_layers in [("head-only", 0), ("top-2", 2), ("full", L), ("progressive", 1)]:
+        strat = strategy(name)
+        head = Head(
+            Kind.SEQUENCE_CLASSIFICATION,
+            tiny_encoder.hidden_size,
+            2,
+            top_layers(tiny_encoder, strat.owned(L)),
+        )
+        strat.apply(head, L)
+        assert all(p.requires_grad for p in head.classifier.parameters())
+        trainable = [any(p.requires_grad for p in layer.parameters()) for layer in head.layers]
+        assert sum(trainable) == trained_layers
+        assert trainable == sorted(trainable)  # the trainable ones are the top ones
+    head = Head(
+        Kind.SEQUENCE_CLASSIFICATION, tiny_encoder.hidden_size, 2, top_layers(tiny_encoder, 3)
+    )
+    strategy("progressive").apply(head, L)
+    assert unfreeze_next(head, 1) == 2
+    assert [any(p.requires_grad for p in layer.parameters()) for layer in head.layers] == [
+        False,
+        True,
+        True,
+    ]
+    assert strategy("top-5").owned(L) == 5
+    with pytest.raises(ValueError, match="unknown strategy"):
+        strategy("bottom-2")
+
+
+def test_training_is_deterministic_for_a_seed_and_learns(tiny_encoder, sentiment_csv):
+    fast = {"epochs": 8, "layer_lr": 1e-3, "head_lr": 1e-2}
+    a = train(config(sentiment_csv, "top-1", **fast), tiny_encoder)
+    b = train(config(sentiment_csv, "top-1", **fast), tiny_encoder)
+    assert a.test == b.test and a.history == b.history
+    for pa, pb in zip(a.head.state_dict().values(), b.head.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
+    c = train(config(sentiment_csv, "top-1", seed=1, **fast), tiny_encoder)
+    assert c.history != a.history
+    assert a.test["accuracy"] >= 0.8, a.history
+
+
+def test_frozen_part_runs_once_per_example_not_once_per_epoch(tiny_encoder, sentiment_csv):
+    calls = []
+    hook = tiny_encoder.model.embeddings.register_forward_hook(
+        lambda m, i, o: calls.append(o.shape[0])
+    )
+    try:
+        result = train(config(sentiment_csv, "head-only", epochs=5), tiny_encoder)
+    finally:
+        hook.remove()
+    examples = sum(result.data[k] for k in ("train", "validation", "test"))
+    assert sum(calls) == examples  # every example embedded exactly once, over 5 epochs
+
+
+def test_per_task_copies_leave_the_trunk_untouched_and_shared_layers_do_not(
+    tiny_encoder, sentiment_csv
+):
+    before = copy.deepcopy(tiny_encoder.model.state_dict())
+    train(config(sentiment_csv, "top-2", epochs=1), tiny_encoder)
+    assert all(torch.equal(before[k], v) for k, v in tiny_encoder.model.state_dict().items())
+    shared = Encoder(
+        copy.deepcopy(tiny_encoder.model),
+        tiny_encoder.tokenizer_json,
+        tiny_encoder.base_model,
+        tiny_encoder.max_length,
+    )
+    train(config(sentiment_csv, "top-2", epochs=1), shared, shared_layers=True)
+    changed = [k for k, v in shared.model.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed and all(".layer.4." in k or ".layer.5." in k for k in changed)
+
+
+def test_progressive_serves_from_the_tap_it_really_starts_at(tiny_encoder, sentiment_csv):
+    result = train(config(sentiment_csv, "progressive", epochs=6), tiny_encoder)
+    trained = {h["trainable_layers"] for h in result.history}
+    assert min(trained) == 1 and max(trained) <= 3
+    assert len(result.head.layers) == tiny_encoder.num_layers - result.branch_layer
+    assert 1 <= len(result.head.layers) <= 3
+
+
+def test_word_pieces_align_to_words_as_the_service_decodes_them(tiny_encoder):
+    tokenizer = rust_tokenizer(tiny_encoder.tokenizer_json, 32)
+    labels = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+    example = TokenExample(tokens=("johnny", "@paris:", "ok"), tags=("B-PER", "B-LOC", "O"))
+    enc = encode_tokens(tokenizer, [example], labels)
+    pieces = tokenizer.encode("johnny @paris: ok").tokens
+    tagged = {pieces[i]: labels[t] for i, t in enumerate(enc.labels[0]) if t != IGNORE}
+    # johnny -> john ##n ##y: only its first piece is labelled; "@paris:" splits into the
+    # pre-tokenizer words "@", "paris", ":" -> B-LOC, I-LOC, I-LOC; ok -> o ##k.
+    assert pieces == ["[CLS]", "john", "##n", "##y", "@", "paris", ":", "o", "##k", "[SEP]"]
+    assert tagged == {"john": "B-PER", "@": "B-LOC", "paris": "I-LOC", ":": "I-LOC", "o": "O"}
+    assert [pieces[i] for i in enc.word_tokens[0]] == ["john", "@", "o"]
+
+
+def test_ner_head_trains_exports_and_records_its_provenance(
+    tiny_encoder, exporter: HeadExporter, ner_conll
+):
+    result = train(config(ner_conll, "top-1", epochs=8, layer_lr=1e-3, head_lr=1e-2), tiny_encoder)
+    assert result.kind is Kind.TOKEN_CLASSIFICATION
+    assert result.test["entity_f1"] > 0.5, result.history
+    spec, _ = export_run(result, exporter)
+    assert spec.kind is Kind.TOKEN_CLASSIFICATION and spec.branch_layer == 5
+    assert spec.training["strategy"] == "top-1" and spec.training["seed"] == 0
+    assert spec.training["config"]["epochs"] == 8
+    assert spec.training["validation"]["entity_f1"] == result.validation["entity_f1"]
+    assert spec.labels[0] == "O"
