@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import TooLarge, error_body
+from service.errors import error_body
 
 
 class BodyLimit:
@@ -34,8 +35,9 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    # Raised inside the app's body read; the ServiceError handler answers 413.
-                    raise TooLarge(f"request body exceeds {limit} bytes")
+                    # Raised inside the app's body read. FastAPI turns most errors there into a
+                    # 400 but passes HTTPException through, so the handler answers 413.
+                    raise HTTPException(413, f"request body exceeds {limit} bytes")
             return message
 
         await self.app(scope, limited, send)

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from service.errors import Conflict, InvalidInput, NotFound
 from service.sessions import GraphError, HeadSession
 from spec.repository import ModelRepository, RepositoryError
-from spec.types import HeadSpec, Kind, TrunkSpec
+from spec.types import HeadSpec, TrunkSpec
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,3 @@ class HeadRegistry:
             self._repo.remove_task(task)
             self._heads = MappingProxyType({k: v for k, v in self._heads.items() if k != task})
         log.info("removed %s", task)
-
-    def kinds(self) -> dict[str, Kind]:
-        return {task: head.spec.kind for task, head in self._heads.items()}

@@ -58,6 +58,17 @@ def test_413_too_many_texts_and_oversized_bodies(repo):
     error(client.post("/predict/embed", json={"inputs": ["a"] * 5}), 413, "too_large")
     error(client.post("/predict/embed", json={"inputs": "a" * 5000}), 413, "too_large")
 
+    def chunked():  # no Content-Length: the limit applies while the body streams in
+        yield b'{"inputs": "'
+        for _ in range(10):
+            yield b"a" * 500
+        yield b'"}'
+
+    r = client.post(
+        "/predict/embed", content=chunked(), headers={"content-type": "application/json"}
+    )
+    error(r, 413, "too_large")
+
 
 def test_422_invalid_inputs(client):
     for body in [
