@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from export.modules import Trunk, run_layers
+from export.samples import tokenizer_from_json
 from training.data import TextExample, TokenExample
 
 IGNORE = -100
@@ -36,8 +37,8 @@ class Encoded:
 
 
 def rust_tokenizer(tokenizer_json: bytes, max_length: int) -> Tokenizer:
-    tokenizer = Tokenizer.from_str(tokenizer_json.decode())
-    tokenizer.enable_truncation(max_length=max_length)
+    """The trunk's tokenizer, truncating, unpadded (batches pad themselves)."""
+    tokenizer = tokenizer_from_json(tokenizer_json, max_length)
     tokenizer.no_padding()
     return tokenizer
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from export.encoder import Encoder
 from export.heads import HeadExporter
 from export.modules import Trunk, mean_pool
-from export.samples import encode
+from export.samples import encode, tokenizer_from_json
 from export.trunk import export_trunk
 from spec.graphs import zero_shot_graph
 from training import memory
@@ -99,8 +99,7 @@ def zero_shot_run(
     memory.reset_peak()
     started = time.perf_counter()
     trunk = Trunk(encoder).eval()
-    tokenizer = rust_tokenizer(encoder.tokenizer_json, max_length)
-    tokenizer.enable_padding()
+    tokenizer = tokenizer_from_json(encoder.tokenizer_json, max_length)
     types = encoder.uses_token_type_ids
 
     def embed(texts: list[str]) -> torch.Tensor:
