@@ -250,4 +250,6 @@ def _provenance(name: str, where: Path) -> str:
         release = version(dist)
     except PackageNotFoundError:
         release = "(unknown version)"
-    return f"{description}; PyPI {dist} {release}: {where}"
+    # The path inside the installed package, not this machine's site-packages.
+    inside = Path(*where.parts[where.parts.index(dist) :]) if dist in where.parts else where
+    return f"{description}; PyPI {dist} {release}: {inside}"
