@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from service.engine import Engine
 from service.errors import Forbidden, InvalidInput, Unauthorized
 from service.registry import HeadRegistry, LoadedHead
-from service.schemas import ZeroShotRequest
+from service.schemas import RollbackRequest, ZeroShotRequest
 from service.settings import Settings
 from spec.archive import ArchiveError, unpack_head
 from spec.types import SpecError, validate_task_name
@@ -97,6 +97,38 @@ async def add_zero_shot(task: str, body: ZeroShotRequest, request: Request) -> J
         return registry.add(spec, model, body.replace)
 
     return _added(await run_in_threadpool(make))
+
+
+@router.get("/heads/{task}/versions", summary="Every stored version and which one is served")
+async def versions(task: str, request: Request) -> dict[str, Any]:
+    registry: HeadRegistry = request.app.state.registry
+    current, stored = await run_in_threadpool(registry.versions, _task(task))
+    return {
+        "task": task,
+        "current": current,
+        "versions": [
+            {
+                "version": s.version,
+                "kind": str(s.spec.kind),
+                "branch_layer": s.spec.branch_layer,
+                "strategy": s.spec.training.get("strategy"),
+                "labels": list(s.spec.labels),
+            }
+            for s in stored
+        ],
+    }
+
+
+@router.post("/heads/{task}/rollback", summary="Serve an older stored version again")
+async def rollback(
+    task: str, request: Request, body: RollbackRequest | None = None
+) -> JSONResponse:
+    registry: HeadRegistry = request.app.state.registry
+    version = body.version if body is not None else None
+    head = await run_in_threadpool(registry.rollback, _task(task), version)
+    response = _added(head)
+    response.status_code = 200
+    return response
 
 
 @router.delete("/heads/{task}", summary="Stop serving a task and delete its versions")

@@ -5,7 +5,10 @@ Nothing lives at module level; tests and the CLI each pass their own settings an
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -61,7 +64,17 @@ def create_app(
         f", {len(failed)} refused: {failed}" if failed else "",
     )
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        watcher = RepositoryWatcher(registry, metrics, settings.repository_poll_seconds)
+        watcher.start()
+        try:
+            yield
+        finally:
+            watcher.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="multitask-serve",
         summary="Many NLP tasks from one frozen transformer trunk and hot-pluggable ONNX heads.",
         version="0.1.0",
@@ -76,3 +89,31 @@ def create_app(
     app.include_router(admin.router)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, upload=settings.max_upload_bytes)
     return app
+
+
+class RepositoryWatcher:
+    """Polls the shared repository so that this replica converges on what others changed."""
+
+    def __init__(self, registry: HeadRegistry, metrics: Metrics, interval: float) -> None:
+        self._registry, self._metrics, self._interval = registry, metrics, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="repository-watcher", daemon=True)
+
+    def start(self) -> None:
+        if self._interval > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                _, dropped = self._registry.sync()
+            except Exception:  # a bad poll must not end the watcher
+                log.exception("repository poll failed")
+                continue
+            for task in dropped:
+                self._metrics.forget_task(task)

@@ -7,6 +7,7 @@ read-only mapping. Requests take one snapshot and never see a half-made change.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -15,7 +16,7 @@ from types import MappingProxyType
 
 from service.errors import Conflict, InvalidInput, NotFound
 from service.sessions import GraphError, HeadSession
-from spec.repository import ModelRepository, RepositoryError
+from spec.repository import ModelRepository, RepositoryError, StoredHead
 from spec.types import HeadSpec, TrunkSpec
 
 log = logging.getLogger(__name__)
@@ -111,3 +112,72 @@ class HeadRegistry:
             self._repo.remove_task(task)
             self._heads = MappingProxyType({k: v for k, v in self._heads.items() if k != task})
         log.info("removed %s", task)
+
+    def versions(self, task: str) -> tuple[int | None, list[StoredHead]]:
+        """The current version and every stored one, oldest first."""
+        try:
+            stored = [self._repo.read_head(task, v) for v in self._repo.versions(task)]
+            current = self._repo.current_version(task)
+        except RepositoryError as exc:
+            raise NotFound(str(exc)) from exc
+        if not stored:
+            raise NotFound(f"unknown task {task!r}")
+        return current, stored
+
+    def rollback(self, task: str, version: int | None = None) -> LoadedHead:
+        """Serve a stored version again (default: the newest one older than the current)."""
+        current, stored = self.versions(task)
+        numbers = [s.version for s in stored]
+        if version is None:
+            older = [v for v in numbers if current is not None and v < current]
+            if not older:
+                raise Conflict(f"task {task!r} has no version older than {current}")
+            version = older[-1]
+        if version not in numbers:
+            raise NotFound(f"task {task!r} has no version {version} (has {numbers})")
+        target = stored[numbers.index(version)]
+        head = self.load(target.spec, target.model_path.read_bytes(), version)
+        with self._lock:
+            self._repo.set_current(task, version)
+            self._heads = MappingProxyType({**self._heads, task: head})
+        log.info("rolled %s back to version %d", task, version)
+        return head
+
+    def sync(self) -> tuple[list[str], list[str]]:
+        """Converge on the repository, which other replicas may have changed.
+
+        Loads each task whose current version differs from the served one (validated like an
+        upload; a broken one is logged and left as it was) and drops tasks that are gone.
+        Returns (changed, dropped) tasks.
+        """
+        wanted: dict[str, int] = {}
+        for task in self._repo.tasks():
+            with contextlib.suppress(RepositoryError):
+                version = self._repo.current_version(task)
+                if version is not None:
+                    wanted[task] = version
+        served = self._heads
+        loaded: dict[str, LoadedHead] = {}
+        for task, version in wanted.items():
+            if task in served and served[task].version == version:
+                continue
+            try:
+                stored = self._repo.read_head(task, version)
+                loaded[task] = self.load(stored.spec, stored.model_path.read_bytes(), version)
+            except (RepositoryError, InvalidInput, Conflict, OSError) as exc:
+                log.error("not serving %s version %d from the repository: %s", task, version, exc)
+        with self._lock:
+            # Only apply what nobody changed while we loaded; the next poll sees the rest.
+            heads = dict(self._heads)
+            changed = [t for t, h in loaded.items() if heads.get(t) is served.get(t)]
+            dropped = [t for t in heads if t not in wanted and heads[t] is served.get(t)]
+            for task in changed:
+                heads[task] = loaded[task]
+            for task in dropped:
+                del heads[task]
+            self._heads = MappingProxyType(heads)
+        for task in changed:
+            log.info("repository: serving %s version %d", task, heads[task].version)
+        for task in dropped:
+            log.info("repository: %s was removed", task)
+        return changed, dropped

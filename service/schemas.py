@@ -29,3 +29,11 @@ class ZeroShotRequest(BaseModel):
         examples=[{"sport": "sport, football, matches", "tech": "technology and software"}],
     )
     replace: bool = Field(False, description="Serve a new version if the task exists.")
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(
+        None, ge=1, description="Version to serve; default: the newest one older than current."
+    )

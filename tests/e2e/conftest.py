@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -22,23 +23,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(repo: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MTS_ADMIN_TOKEN": ADMIN_TOKEN, "MTS_INTRA_OP_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "mts", "serve", "--repo", str(repo), "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+@contextlib.contextmanager
+def serving(repo: Path, log: Path, **env: str) -> Iterator[str]:
+    """A ``mts serve`` process on a free loopback port; yields its URL, stops it after."""
+    port = free_port()
+    variables = {**os.environ, "MTS_ADMIN_TOKEN": ADMIN_TOKEN, "MTS_INTRA_OP_THREADS": "1", **env}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mts", "serve", "--repo", str(repo), "--port", str(port)],
+            env=variables,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"server exited: {proc.stdout.read().decode() if proc.stdout else ''}"
-            )
+            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
@@ -49,13 +59,6 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
 
 
 @pytest.fixture
-def server(repo: Path) -> Iterator[str]:
-    port = free_port()
-    proc = start(repo, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc)
+def server(repo: Path, tmp_path: Path) -> Iterator[str]:
+    with serving(repo, tmp_path / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
