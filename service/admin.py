@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
@@ -16,6 +19,8 @@ from service.schemas import RollbackRequest, ZeroShotRequest
 from service.settings import Settings
 from spec.archive import ArchiveError, unpack_head
 from spec.types import SpecError, validate_task_name
+
+T = TypeVar("T")
 
 
 def require_admin(request: Request, authorization: str | None = Header(None)) -> None:
@@ -30,6 +35,12 @@ def require_admin(request: Request, authorization: str | None = Header(None)) ->
     expected = settings.admin_token.get_secret_value().encode()
     if not hmac.compare_digest(token.strip().encode(), expected):
         raise Unauthorized("invalid admin token")
+
+
+async def _off_path(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    """Run a head load in the bounded load executor, not on the request threads."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app.state.loads, functools.partial(fn, *args))
 
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -73,7 +84,7 @@ async def add_head(task: str, request: Request, replace: bool = False) -> JSONRe
     if spec.task != task:
         raise InvalidInput(f"the archive is a head for {spec.task!r}, not {task!r}")
     registry: HeadRegistry = request.app.state.registry
-    head = await run_in_threadpool(registry.add, spec, model, replace)
+    head = await _off_path(request, registry.add, spec, model, replace)
     return _added(head)
 
 
@@ -96,7 +107,7 @@ async def add_zero_shot(task: str, body: ZeroShotRequest, request: Request) -> J
         spec, model = engine.zero_shot_head(task, labels)
         return registry.add(spec, model, body.replace)
 
-    return _added(await run_in_threadpool(make))
+    return _added(await _off_path(request, make))
 
 
 @router.get("/heads/{task}/versions", summary="Every stored version and which one is served")
@@ -125,7 +136,7 @@ async def rollback(
 ) -> JSONResponse:
     registry: HeadRegistry = request.app.state.registry
     version = body.version if body is not None else None
-    head = await run_in_threadpool(registry.rollback, _task(task), version)
+    head = await _off_path(request, registry.rollback, _task(task), version)
     response = _added(head)
     response.status_code = 200
     return response

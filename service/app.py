@@ -9,6 +9,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -52,7 +53,7 @@ def create_app(
         metrics,
         settings.intra_op_threads,
     )
-    registry = HeadRegistry(repo, trunk_spec, engine.probe, settings.intra_op_threads)
+    registry = HeadRegistry(repo, trunk_spec, engine.probe, metrics, settings.intra_op_threads)
     engine.attach(registry)
     failed = registry.load_repository()
     metrics.heads_loaded.set_function(lambda: len(registry.snapshot()))
@@ -64,6 +65,10 @@ def create_app(
         f", {len(failed)} refused: {failed}" if failed else "",
     )
 
+    # Head loads (validation, session, probe inference) run here, off the request threads, at
+    # most max_concurrent_loads at a time.
+    loads = ThreadPoolExecutor(settings.max_concurrent_loads, thread_name_prefix="head-load")
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         watcher = RepositoryWatcher(registry, metrics, settings.repository_poll_seconds)
@@ -72,6 +77,7 @@ def create_app(
             yield
         finally:
             watcher.stop()
+            loads.shutdown(wait=True)
 
     app = FastAPI(
         lifespan=lifespan,
@@ -82,6 +88,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.registry = registry
+    app.state.loads = loads
     app.state.metrics = metrics
     app.state.max_length = max_length
     install_handlers(app)

@@ -62,11 +62,29 @@ class Metrics:
             "Trunk inference runs (one per batch, however many tasks read it).",
             registry=registry,
         )
+        self.head_load_seconds = Histogram(
+            "mts_head_load_duration_seconds",
+            "Time to validate and load a head: graph checks, session, one real inference.",
+            ["task"],
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.head_load_failures = Counter(
+            "mts_head_load_failures",
+            "Heads refused at load (bad graph, wrong trunk, failed probe inference).",
+            ["task"],
+            registry=registry,
+        )
         self.heads_loaded = Gauge("mts_heads_loaded", "Heads currently served.", registry=registry)
 
     def forget_task(self, task: str) -> None:
         """A removed head's series go with it."""
-        for family in (self.request_seconds, self.head_seconds):
+        for family in (
+            self.request_seconds,
+            self.head_seconds,
+            self.head_load_seconds,
+            self.head_load_failures,
+        ):
             with contextlib.suppress(KeyError):
                 family.remove(task)
         for outcome in ("ok", "error"):

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from service.errors import Conflict, InvalidInput, NotFound
+from service.errors import Conflict, InvalidInput, NotFound, ServiceError
+from service.metrics import Metrics
 from service.sessions import GraphError, HeadSession
 from spec.repository import ModelRepository, RepositoryError, StoredHead
 from spec.types import HeadSpec, TrunkSpec
@@ -35,8 +37,14 @@ Probe = Callable[[LoadedHead], None]
 
 class HeadRegistry:
     def __init__(
-        self, repo: ModelRepository, trunk: TrunkSpec, probe: Probe, threads: int = 0
+        self,
+        repo: ModelRepository,
+        trunk: TrunkSpec,
+        probe: Probe,
+        metrics: Metrics,
+        threads: int = 0,
     ) -> None:
+        self._metrics = metrics
         self._repo = repo
         self._trunk = trunk
         self._probe = probe
@@ -49,6 +57,16 @@ class HeadRegistry:
 
     def load(self, spec: HeadSpec, model: bytes, version: int = 0) -> LoadedHead:
         """Check a head against the trunk and build its session; touches no shared state."""
+        started = time.perf_counter()
+        try:
+            head = self._load(spec, model, version)
+        except ServiceError:
+            self._metrics.head_load_failures.labels(spec.task).inc()
+            raise
+        self._metrics.head_load_seconds.labels(spec.task).observe(time.perf_counter() - started)
+        return head
+
+    def _load(self, spec: HeadSpec, model: bytes, version: int) -> LoadedHead:
         if spec.trunk_fingerprint != self._trunk.fingerprint:
             raise Conflict(
                 f"head {spec.task!r} was trained against trunk {spec.trunk_fingerprint[:12]}..., "

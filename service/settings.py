@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # Request body limits: predictions are small JSON; head archives carry ONNX weights.
     max_body_bytes: int = 1 << 20
     max_upload_bytes: int = 512 << 20
+    # Head loads (validation + a real inference) running at once, off the request threads. Each
+    # load holds a copy of the graph in memory while it runs.
+    max_concurrent_loads: int = 2
     # Seconds between looks at the repository for heads other replicas added, replaced, rolled
     # back or removed. Lower converges faster and costs a directory scan per look; 0 disables.
     repository_poll_seconds: float = 2.0

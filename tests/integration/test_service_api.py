@@ -107,3 +107,14 @@ def test_zero_shot_head_added_at_run_time_from_labels(client, admin):
     r = client.post("/admin/heads/mood/zero-shot", json=body, headers=admin)
     assert r.status_code == 201, r.text
     assert predict(client, "mood", "x")["outputs"]["label"] in {"happy", "unhappy"}
+
+
+def test_head_loads_are_timed_and_refusals_counted(client, admin, archives):
+    registry = client.app.state.metrics.registry
+    client.post("/admin/heads/sentiment", content=archives["foreign"], headers=admin)
+    assert registry.get_sample_value("mts_head_load_failures_total", {"task": "sentiment"}) == 1
+    client.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
+    count = registry.get_sample_value("mts_head_load_duration_seconds_count", {"task": "sentiment"})
+    assert count == 1
+    client.delete("/admin/heads/sentiment", headers=admin)
+    assert 'task="sentiment"' not in client.get("/metrics").text
