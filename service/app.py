@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from service import admin, routes
+from service.batcher import Batcher
 from service.engine import Engine
 from service.errors import install_handlers
 from service.limits import BodyLimit
@@ -65,6 +66,14 @@ def create_app(
         f", {len(failed)} refused: {failed}" if failed else "",
     )
 
+    batcher = Batcher(
+        engine,
+        metrics,
+        settings.batch_max_texts,
+        settings.batch_max_tokens,
+        settings.batch_max_wait_ms / 1000,
+        max_length,
+    )
     # Head loads (validation, session, probe inference) run here, off the request threads, at
     # most max_concurrent_loads at a time.
     loads = ThreadPoolExecutor(settings.max_concurrent_loads, thread_name_prefix="head-load")
@@ -73,9 +82,11 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         watcher = RepositoryWatcher(registry, metrics, settings.repository_poll_seconds)
         watcher.start()
+        batcher.start()
         try:
             yield
         finally:
+            await batcher.stop()
             watcher.stop()
             loads.shutdown(wait=True)
 
@@ -89,6 +100,7 @@ def create_app(
     app.state.engine = engine
     app.state.registry = registry
     app.state.loads = loads
+    app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.max_length = max_length
     install_handlers(app)

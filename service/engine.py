@@ -18,7 +18,7 @@ from service.postprocess import decode
 from service.registry import HeadRegistry, LoadedHead
 from service.sessions import HeadSession, TrunkSession
 from service.tokenize import TextEncoder
-from service.types import TaskResult, TokenizedBatch
+from service.types import Job, JobResult, Output, TaskResult, TokenizedBatch
 from spec import graphs
 from spec.types import HeadSpec, Kind, TrunkSpec, tap_name
 
@@ -75,15 +75,48 @@ class Engine:
         self, heads: Mapping[str, LoadedHead], texts: list[str]
     ) -> tuple[dict[str, TaskResult], list[bool]]:
         """Every head on the same texts with one trunk run. Returns results and truncation flags."""
-        batch, taps = self._run_trunk(texts, {h.spec.branch_layer for h in heads.values()})
-        results = {}
-        for task, head in heads.items():
+        done = self.predict_many([Job(heads, texts)])[0]
+        return done.results, done.truncated
+
+    def predict_many(self, jobs: list[Job]) -> list[JobResult]:
+        """Several requests, any tasks, one trunk run; each head runs on the rows that asked."""
+        texts = [text for job in jobs for text in job.texts]
+        spans, start = [], 0
+        for job in jobs:
+            spans.append(range(start, start + len(job.texts)))
+            start += len(job.texts)
+        users: dict[int, tuple[LoadedHead, list[int]]] = {}  # by head object: versions may differ
+        for job, span in zip(jobs, spans, strict=True):
+            for head in job.heads.values():
+                users.setdefault(id(head), (head, []))[1].extend(span)
+        batch, taps = self._run_trunk(texts, {h.spec.branch_layer for h, _ in users.values()})
+        self._metrics.batch_texts.observe(len(texts))
+        self._metrics.batch_tokens.observe(int(batch.attention_mask.sum()))
+        decoded: dict[int, dict[int, Output]] = {}
+        for key, (head, rows) in users.items():
             t0 = time.perf_counter()
-            raw = head.session.run(taps[head.spec.branch_layer], batch.attention_mask)
-            outputs = decode(head.spec, raw, batch, texts)
-            self._metrics.head_seconds.labels(task).observe(time.perf_counter() - t0)
-            results[task] = TaskResult(task, head.version, str(head.spec.kind), outputs)
-        return results, batch.truncated
+            whole = len(rows) == len(texts)
+            sub = batch if whole else batch.rows(rows)
+            hidden = taps[head.spec.branch_layer]
+            raw = head.session.run(hidden if whole else hidden[rows], sub.attention_mask)
+            outputs = decode(head.spec, raw, sub, [texts[i] for i in rows])
+            decoded[key] = dict(zip(rows, outputs, strict=True))
+            self._metrics.head_seconds.labels(head.spec.task).observe(time.perf_counter() - t0)
+        return [
+            JobResult(
+                results={
+                    task: TaskResult(
+                        task,
+                        head.version,
+                        str(head.spec.kind),
+                        [decoded[id(head)][i] for i in span],
+                    )
+                    for task, head in job.heads.items()
+                },
+                truncated=[batch.truncated[i] for i in span],
+            )
+            for job, span in zip(jobs, spans, strict=True)
+        ]
 
     def probe(self, head: LoadedHead) -> None:
         """One real inference through trunk and head; the output must fit the head's spec."""

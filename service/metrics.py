@@ -75,6 +75,24 @@ class Metrics:
             ["task"],
             registry=registry,
         )
+        self.queue_seconds = Histogram(
+            "mts_queue_wait_duration_seconds",
+            "Time a request waited for its micro-batch to start.",
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.batch_texts = Histogram(
+            "mts_batch_texts",
+            "Texts per trunk run.",
+            registry=registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.batch_tokens = Histogram(
+            "mts_batch_tokens",
+            "Real (unpadded) tokens per trunk run.",
+            registry=registry,
+            buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
+        )
         self.heads_loaded = Gauge("mts_heads_loaded", "Heads currently served.", registry=registry)
 
     def forget_task(self, task: str) -> None:

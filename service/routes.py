@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.batcher import Batcher
 from service.engine import PROBE_TEXT, Engine
 from service.errors import InvalidInput, TooLarge, Unavailable
 from service.metrics import Metrics
@@ -49,11 +50,11 @@ def _body(result: TaskResult, truncated: list[bool], single: bool) -> dict[str, 
 async def _predict(
     request: Request, heads: dict[str, LoadedHead], texts: list[str]
 ) -> tuple[dict[str, TaskResult], list[bool]]:
-    engine: Engine = request.app.state.engine
+    batcher: Batcher = request.app.state.batcher
     metrics: Metrics = request.app.state.metrics
     started = time.perf_counter()
     try:
-        results, truncated = await run_in_threadpool(engine.predict, heads, texts)
+        done = await batcher.submit(heads, texts)
     except Exception:
         for task in heads:
             metrics.requests.labels(task, "error").inc()
@@ -62,7 +63,7 @@ async def _predict(
     for task in heads:
         metrics.request_seconds.labels(task).observe(elapsed)
         metrics.requests.labels(task, "ok").inc()
-    return results, truncated
+    return done.results, done.truncated
 
 
 @router.post("/predict/{task}", tags=["predict"], summary="Run one task")

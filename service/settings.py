@@ -30,6 +30,14 @@ class Settings(BaseSettings):
     # Request body limits: predictions are small JSON; head archives carry ONNX weights.
     max_body_bytes: int = 1 << 20
     max_upload_bytes: int = 512 << 20
+    # Micro-batching: concurrent requests (any tasks) share one trunk run. A batch closes at
+    # batch_max_texts texts, batch_max_tokens estimated tokens, or batch_max_wait_ms after its
+    # first request arrived. With 0, a batch is what queued up while the previous one ran: no
+    # added latency when traffic is light, big batches under load. A wait builds bigger batches
+    # at light load, for that much added latency.
+    batch_max_texts: int = 32
+    batch_max_tokens: int = 8192
+    batch_max_wait_ms: float = 0.0
     # Head loads (validation + a real inference) running at once, off the request threads. Each
     # load holds a copy of the graph in memory while it runs.
     max_concurrent_loads: int = 2

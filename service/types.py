@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,15 @@ class TokenizedBatch:
     def size(self) -> int:
         return len(self.truncated)
 
+    def rows(self, index: list[int]) -> TokenizedBatch:
+        """The same batch restricted to some rows (padding width unchanged)."""
+        return TokenizedBatch(
+            feeds={k: v[index] for k, v in self.feeds.items()},
+            offsets=[self.offsets[i] for i in index],
+            word_ids=[self.word_ids[i] for i in index],
+            truncated=[self.truncated[i] for i in index],
+        )
+
 
 @dataclass(frozen=True)
 class TaskResult:
@@ -33,3 +43,17 @@ class TaskResult:
     version: int
     kind: str
     outputs: list[Output]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request's work: its texts and the heads (a snapshot) that must read them."""
+
+    heads: Mapping[str, Any]  # task -> registry.LoadedHead
+    texts: list[str]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    results: dict[str, TaskResult]
+    truncated: list[bool]

@@ -1,0 +1,79 @@
+"""Micro-batching: concurrent requests for different tasks share one trunk run, and a text's
+outputs inside a mixed batch match its outputs alone within the stated tolerance."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from service.app import create_app
+from service.batcher import Batcher
+from tests.conftest import make_settings
+
+TEXTS = ["john scored a great goal in the final match at paris", "ok", "the bank rates fell"]
+
+
+def flat(outputs) -> np.ndarray:
+    values = []
+    for out in outputs:
+        values.extend(out if isinstance(out, list) else out["scores"].values())
+    return np.array(values, dtype=np.float64)
+
+
+def test_concurrent_requests_for_different_tasks_share_one_trunk_run(repo):
+    app = create_app(make_settings(repo), CollectorRegistry())
+    engine, metrics = app.state.engine, app.state.metrics
+    heads = engine.resolve(["embed", "topic-zs"])
+    alone = {
+        (task, text): engine.predict({task: heads[task]}, [text])[0][task].outputs
+        for task in heads
+        for text in TEXTS
+    }
+    runs = metrics.registry.get_sample_value
+    before = runs("mts_trunk_runs_total")
+
+    async def main():
+        batcher = Batcher(
+            engine, metrics, max_texts=32, max_tokens=8192, max_wait_s=0.2, max_length=64
+        )
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                *(batcher.submit({task: heads[task]}, [text]) for task in heads for text in TEXTS)
+            )
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(main())
+    assert runs("mts_trunk_runs_total") - before == 1
+    assert runs("mts_batch_texts_count") >= 1
+    diffs = []
+    for (task, text), done in zip(((t, x) for t in heads for x in TEXTS), results, strict=True):
+        assert done.results[task].task == task
+        diffs.append(np.max(np.abs(flat(done.results[task].outputs) - flat(alone[task, text]))))
+    print(f"alone vs inside a mixed batch of 6 requests: max abs diff {max(diffs):.2e}")
+    assert max(diffs) <= 1e-5
+
+
+def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order(repo):
+    app = create_app(make_settings(repo), CollectorRegistry())
+    engine, metrics = app.state.engine, app.state.metrics
+    heads = engine.resolve(["embed"])
+    texts = [f"text number {i}" for i in range(7)]
+    whole = engine.predict(heads, texts)[0]["embed"].outputs
+
+    async def main():
+        batcher = Batcher(
+            engine, metrics, max_texts=3, max_tokens=8192, max_wait_s=0, max_length=64
+        )
+        batcher.start()
+        try:
+            return await batcher.submit(heads, texts)
+        finally:
+            await batcher.stop()
+
+    done = asyncio.run(main())
+    assert len(done.results["embed"].outputs) == 7 and done.truncated == [False] * 7
+    assert np.max(np.abs(np.array(done.results["embed"].outputs) - np.array(whole))) <= 1e-5
