@@ -10,6 +10,7 @@ with more texts than a batch holds is split into several entries and reassembled
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -78,15 +79,14 @@ class Batcher:
         parts = await asyncio.gather(*(e.future for e in entries))
         if len(parts) == 1:
             return parts[0]
+        # Every chunk carried the same head snapshot, so version and kind agree across parts.
+        first = parts[0].results
         return JobResult(
             results={
-                task: type(parts[0].results[task])(
-                    task,
-                    parts[0].results[task].version,
-                    parts[0].results[task].kind,
-                    [o for p in parts for o in p.results[task].outputs],
+                task: dataclasses.replace(
+                    result, outputs=[o for p in parts for o in p.results[task].outputs]
                 )
-                for task in parts[0].results
+                for task, result in first.items()
             },
             truncated=[t for p in parts for t in p.truncated],
         )
