@@ -73,6 +73,7 @@ def create_app(
         settings.batch_max_tokens,
         settings.batch_max_wait_ms / 1000,
         max_length,
+        settings.max_queued_texts,
     )
     # Head loads (validation, session, probe inference) run here, off the request threads, at
     # most max_concurrent_loads at a time.

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from service.engine import Engine
+from service.errors import Overloaded
 from service.metrics import Metrics
 from service.registry import LoadedHead
 from service.types import Job, JobResult
@@ -39,8 +40,11 @@ class Batcher:
         max_tokens: int,
         max_wait_s: float,
         max_length: int,
+        max_queued_texts: int = 1024,
     ) -> None:
         self._engine, self._metrics = engine, metrics
+        self._max_queued = max_queued_texts
+        self._queued = 0  # texts waiting, touched only on the event loop
         self._max_texts, self._max_tokens, self._max_wait = max_texts, max_tokens, max_wait_s
         self._max_length = max_length
         self._queue: asyncio.Queue[Entry] | None = None
@@ -66,6 +70,13 @@ class Batcher:
             loop = asyncio.get_running_loop()
             job = Job(heads, texts)
             return (await loop.run_in_executor(self._executor, self._engine.predict_many, [job]))[0]
+        if self._queued + len(texts) > self._max_queued:
+            # Beyond the bound a request would only wait longer than any client will: refuse it
+            # now, cheaply, and let the client back off.
+            raise Overloaded(
+                f"{self._queued} texts are queued (limit {self._max_queued}); retry shortly"
+            )
+        self._queued += len(texts)
         loop = asyncio.get_running_loop()
         chunks = [texts[i : i + self._max_texts] for i in range(0, len(texts), self._max_texts)]
         entries = [
@@ -121,6 +132,7 @@ class Batcher:
         while True:
             first = carry if carry is not None else await self._queue.get()
             batch, carry = await self._gather(first)
+            self._queued -= sum(len(e.job.texts) for e in batch)
             batch = [e for e in batch if not e.future.cancelled()]  # clients that went away
             if not batch:
                 continue

@@ -45,6 +45,10 @@ class InvalidInput(ServiceError):
     status, code = 422, "invalid_input"
 
 
+class Overloaded(ServiceError):
+    status, code = 429, "overloaded"
+
+
 class Unavailable(ServiceError):
     status, code = 503, "unavailable"
 
@@ -67,6 +71,8 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status in (429, 503):
+            headers = {"Retry-After": "1"}
         return JSONResponse(error_body(exc.code, exc.message), exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     batch_max_texts: int = 32
     batch_max_tokens: int = 8192
     batch_max_wait_ms: float = 0.0
+    # Texts waiting for a batch before new requests get 429 with Retry-After. Bounds memory and
+    # the queueing delay an accepted request can see (about this many texts' worth of trunk time).
+    max_queued_texts: int = 1024
     # Head loads (validation + a real inference) running at once, off the request threads. Each
     # load holds a copy of the graph in memory while it runs.
     max_concurrent_loads: int = 2

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from service.app import create_app
 from service.batcher import Batcher
+from service.errors import Overloaded
 from tests.conftest import make_settings
 
 TEXTS = ["john scored a great goal in the final match at paris", "ok", "the bank rates fell"]
@@ -77,3 +78,32 @@ def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order(repo):
     done = asyncio.run(main())
     assert len(done.results["embed"].outputs) == 7 and done.truncated == [False] * 7
     assert np.max(np.abs(np.array(done.results["embed"].outputs) - np.array(whole))) <= 1e-5
+
+
+def test_beyond_the_queue_bound_requests_are_refused_at_once(repo):
+    app = create_app(make_settings(repo), CollectorRegistry())
+    engine, metrics = app.state.engine, app.state.metrics
+    heads = engine.resolve(["embed"])
+
+    async def main():
+        batcher = Batcher(
+            engine,
+            metrics,
+            max_texts=32,
+            max_tokens=8192,
+            max_wait_s=0,
+            max_length=64,
+            max_queued_texts=4,
+        )
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                *(batcher.submit(heads, ["a", "b"]) for _ in range(5)), return_exceptions=True
+            )
+        finally:
+            await batcher.stop()
+
+    outcomes = asyncio.run(main())
+    refused = [o for o in outcomes if isinstance(o, Overloaded)]
+    served = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(served) == 2 and len(refused) == 3  # 2 x 2 texts fit under the bound of 4

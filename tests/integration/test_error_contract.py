@@ -143,3 +143,10 @@ def test_409_conflicts(client, admin, archives):
     )
     body = {"labels": ["a", "b"]}
     error(client.post("/admin/heads/topic-zs/zero-shot", json=body, headers=admin), 409, "conflict")
+
+
+def test_429_with_retry_after_when_the_queue_is_full(repo):
+    with TestClient(create_app(make_settings(repo, max_queued_texts=0), CollectorRegistry())) as c:
+        r = c.post("/predict/embed", json={"inputs": "x"})
+        error(r, 429, "overloaded")
+        assert r.headers["retry-after"] == "1"
