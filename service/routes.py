@@ -1,7 +1,8 @@
 """Public routes: predictions, the task list, health, readiness and metrics.
 
-Routes parse, call one engine method off the event loop, and shape the answer; errors are raised
-as ServiceError and become JSON in one handler (service/errors.py).
+Routes parse, resolve tasks against one registry snapshot, submit the work to the micro-batcher,
+and shape the answer; errors are raised as ServiceError and become JSON in one handler
+(service/errors.py).
 """
 
 from __future__ import annotations
