@@ -23,9 +23,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from service.sessions import HeadSession, TrunkSession
 from spec.repository import ModelRepository
 
 TEXTS = [
@@ -38,13 +38,11 @@ TASK = "topic-zs"
 
 
 def raw_throughput(repo: ModelRepository, batch: int, seconds: float) -> float:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    trunk = ort.InferenceSession(str(repo.trunk_model_path), options)
-    stored = repo.read_head(TASK)
-    head = ort.InferenceSession(str(stored.model_path), options)
+    # The service's own session wrappers: same options, no HTTP, no batcher.
     spec = repo.read_trunk_spec()
+    trunk = TrunkSession(repo.trunk_model_path)
+    stored = repo.read_head(TASK)
+    head = HeadSession(stored.model_path.read_bytes(), stored.spec.output_name, spec.hidden_size)
     tokenizer = Tokenizer.from_file(str(repo.tokenizer_path))
     tokenizer.enable_truncation(max_length=spec.max_length)
     tokenizer.enable_padding()
@@ -56,8 +54,8 @@ def raw_throughput(repo: ModelRepository, batch: int, seconds: float) -> float:
         ids = np.array([e.ids for e in enc], dtype=np.int64)
         mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        hidden = trunk.run([tap], feeds)[0]
-        logits = head.run(None, {"hidden": hidden, "attention_mask": mask})[0]
+        hidden = trunk.run(feeds, [tap])[tap]
+        logits = head.run(hidden, mask)
         exp = np.exp(logits - logits.max(-1, keepdims=True))
         _ = exp / exp.sum(-1, keepdims=True)
         done += batch

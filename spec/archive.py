@@ -14,8 +14,6 @@ import tarfile
 from spec.repository import HEAD_MODEL, HEAD_SPEC
 from spec.types import HeadSpec, SpecError
 
-ARCHIVE_SUFFIX = ".tar.gz"
-
 
 class ArchiveError(ValueError):
     """The upload is not a well-formed, safe head archive."""

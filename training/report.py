@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -308,7 +307,3 @@ def write_results(results: dict[str, Any], out: Path) -> Path:
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     return path
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
