@@ -48,15 +48,23 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from service.app import create_app
+    from service.sessions import RuntimeUnavailable
     from service.settings import Settings
+    from spec.repository import RepositoryError
 
     overrides = {"repository": args.repo, "host": args.host, "port": args.port}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    if args.build_if_missing and not settings.repository.exists():
-        _build(settings.repository, args.encoder, not args.no_train)
-    app = create_app(settings)
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        if args.build_if_missing and not settings.repository.exists():
+            _build(settings.repository, args.encoder, not args.no_train)
+        app = create_app(settings)
+    except (ValidationError, RepositoryError, RuntimeUnavailable, FileNotFoundError) as exc:
+        # A configuration mistake, not a crash: one clear message, no traceback.
+        print(f"mts serve: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
 

@@ -21,7 +21,7 @@ from service.errors import install_handlers
 from service.limits import BodyLimit
 from service.metrics import Metrics
 from service.registry import HeadRegistry
-from service.sessions import TrunkSession
+from service.sessions import Runtime, TrunkSession
 from service.settings import Settings
 from service.tokenize import TextEncoder
 from spec.repository import ModelRepository, RepositoryError
@@ -47,21 +47,28 @@ def create_app(
     repo.sweep()
     max_length = min(settings.max_length or trunk_spec.max_length, trunk_spec.max_length)
     metrics = Metrics(metrics_registry or CollectorRegistry())
+    runtime = Runtime(
+        settings.device, settings.cuda_device_id, settings.intra_op_threads, settings.io_binding
+    )
+    runtime.check()
     engine = Engine(
         trunk_spec,
-        TrunkSession(repo.trunk_model_path, settings.intra_op_threads),
+        TrunkSession(repo.trunk_model_path, runtime, settings.trunk_precision),
         TextEncoder(repo.tokenizer_path, max_length, trunk_spec.input_names),
         metrics,
-        settings.intra_op_threads,
+        runtime,
     )
-    registry = HeadRegistry(repo, trunk_spec, engine.probe, metrics, settings.intra_op_threads)
+    registry = HeadRegistry(repo, trunk_spec, engine.probe, metrics, runtime)
     engine.attach(registry)
     failed = registry.load_repository()
     metrics.heads_loaded.set_function(lambda: len(registry.snapshot()))
     log.info(
-        "trunk %s (%s), %d heads served%s",
+        "trunk %s (%s, %s %s%s), %d heads served%s",
         trunk_spec.base_model,
         trunk_spec.fingerprint[:12],
+        settings.device,
+        settings.trunk_precision,
+        ", IO binding" if runtime.bound else "",
         len(registry.snapshot()),
         f", {len(failed)} refused: {failed}" if failed else "",
     )

@@ -16,7 +16,7 @@ from service.errors import InvalidInput, NotFound
 from service.metrics import Metrics
 from service.postprocess import decode
 from service.registry import HeadRegistry, LoadedHead
-from service.sessions import HeadSession, TrunkSession
+from service.sessions import CPU, HeadSession, RowPicker, Runtime, Tap, TrunkSession
 from service.tokenize import TextEncoder
 from service.types import Job, JobResult, Output, TaskResult, TokenizedBatch
 from spec import graphs
@@ -32,7 +32,7 @@ class Engine:
         trunk: TrunkSession,
         encoder: TextEncoder,
         metrics: Metrics,
-        threads: int = 0,
+        runtime: Runtime = CPU,
     ) -> None:
         self.trunk_spec = trunk_spec
         self._trunk = trunk
@@ -42,16 +42,15 @@ class Engine:
             graphs.embedding_graph(trunk_spec.hidden_size),
             "embedding",
             trunk_spec.hidden_size,
-            threads,
+            runtime,
         )
+        self._rows = RowPicker(trunk_spec.hidden_size, runtime)
         self.registry: HeadRegistry | None = None
 
     def attach(self, registry: HeadRegistry) -> None:
         self.registry = registry
 
-    def _run_trunk(
-        self, texts: list[str], taps: set[int]
-    ) -> tuple[TokenizedBatch, dict[int, np.ndarray]]:
+    def _run_trunk(self, texts: list[str], taps: set[int]) -> tuple[TokenizedBatch, dict[int, Tap]]:
         t0 = time.perf_counter()
         batch = self._encoder.encode(texts)
         t1 = time.perf_counter()
@@ -98,7 +97,9 @@ class Engine:
             whole = len(rows) == len(texts)
             sub = batch if whole else batch.rows(rows)
             hidden = taps[head.spec.branch_layer]
-            raw = head.session.run(hidden if whole else hidden[rows], sub.attention_mask)
+            raw = head.session.run(
+                hidden if whole else self._rows.take(hidden, rows), sub.attention_mask
+            )
             outputs = decode(head.spec, raw, sub, [texts[i] for i in rows])
             decoded[key] = dict(zip(rows, outputs, strict=True))
             self._metrics.head_seconds.labels(head.spec.task).observe(time.perf_counter() - t0)

@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from service.errors import Conflict, InvalidInput, NotFound, ServiceError
 from service.metrics import Metrics
-from service.sessions import GraphError, HeadSession
+from service.sessions import CPU, GraphError, HeadSession, Runtime
 from spec.repository import ModelRepository, RepositoryError, StoredHead
 from spec.types import HeadSpec, TrunkSpec
 
@@ -42,13 +42,13 @@ class HeadRegistry:
         trunk: TrunkSpec,
         probe: Probe,
         metrics: Metrics,
-        threads: int = 0,
+        runtime: Runtime = CPU,
     ) -> None:
         self._metrics = metrics
         self._repo = repo
         self._trunk = trunk
         self._probe = probe
-        self._threads = threads
+        self._runtime = runtime
         self._lock = threading.Lock()
         self._heads: Mapping[str, LoadedHead] = MappingProxyType({})
 
@@ -83,7 +83,7 @@ class HeadRegistry:
                 f"0..{self._trunk.num_layers}"
             )
         try:
-            session = HeadSession(model, spec.output_name, self._trunk.hidden_size, self._threads)
+            session = HeadSession(model, spec.output_name, self._trunk.hidden_size, self._runtime)
         except GraphError as exc:
             raise InvalidInput(f"head {spec.task!r}: {exc}") from exc
         head = LoadedHead(spec=spec, version=version, session=session)

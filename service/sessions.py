@@ -1,51 +1,151 @@
-"""Thin ONNX Runtime session wrappers: the only module that touches onnxruntime."""
+"""Thin ONNX Runtime session wrappers: the only module that touches onnxruntime.
+
+A ``Runtime`` says where graphs run. On the CPU, taps are numpy arrays. On a GPU the trunk's taps
+stay in device memory (IO binding): heads read them there, a sub-batch is picked there, and only
+the heads' small outputs are copied back to the host.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TypeAlias
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
+from spec import graphs
 from spec.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT
+
+Device = Literal["cpu", "cuda"]
+Precision = Literal["fp32", "fp16"]
+# A trunk tap: a numpy array on the host, or an OrtValue where the trunk ran (IO binding).
+Tap: TypeAlias = np.ndarray | ort.OrtValue
 
 
 class GraphError(ValueError):
     """A graph ONNX Runtime cannot load, or whose signature does not fit."""
 
 
-def _options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    # Measured on 2 cores: plain ORT_ENABLE_ALL beat the transformer optimizer by 3-11%.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Each session owns a thread pool whose workers spin after a run. With a trunk and many
-    # heads on few cores the spinning pools starve each other: measured on 2 cores
-    # (bench/heads_vs_models.py), trunk + 3 heads took 83.8 ms spinning vs 38.0 ms not.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
+class RuntimeUnavailable(RuntimeError):
+    """The configured device cannot be used by this ONNX Runtime build."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where every session of one service runs, and how tensors move between them."""
+
+    device: Device = "cpu"
+    device_id: int = 0
+    # ORT intra-op threads per session run; 0 lets ORT use every core.
+    threads: int = 0
+    # Keep taps on the device between trunk and heads. None: on for CUDA, off for the CPU, where
+    # numpy arrays already are where the graphs run. On for the CPU only to test the bound path.
+    io_binding: bool | None = None
+
+    @property
+    def bound(self) -> bool:
+        return self.device == "cuda" if self.io_binding is None else self.io_binding
+
+    def check(self) -> None:
+        if self.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeUnavailable(
+                "MTS_DEVICE=cuda, but this ONNX Runtime has no CUDAExecutionProvider (has "
+                f"{ort.get_available_providers()}); install the gpu extra (onnxruntime-gpu) "
+                "instead of onnxruntime, and check the CUDA libraries it needs are found"
+            )
+
+    def providers(self) -> list[str | tuple[str, dict[str, str]]]:
+        if self.device == "cuda":
+            return [
+                ("CUDAExecutionProvider", {"device_id": str(self.device_id)}),
+                "CPUExecutionProvider",
+            ]
+        return ["CPUExecutionProvider"]
+
+    def options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        # Measured on 2 cores: plain ORT_ENABLE_ALL beat the transformer optimizer by 3-11%.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        # Each session owns a thread pool whose workers spin after a run. With a trunk and many
+        # heads on few cores the spinning pools starve each other: measured on 2 cores
+        # (bench/heads_vs_models.py), trunk + 3 heads took 83.8 ms spinning vs 38.0 ms not.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
+
+    def session(self, model: str | bytes) -> ort.InferenceSession:
+        return ort.InferenceSession(model, self.options(), providers=self.providers())
+
+
+CPU = Runtime()
+
+
+def to_fp16(model: bytes) -> bytes:
+    """The trunk with fp16 weights and arithmetic; int64 ids in, float32 taps out as before.
+
+    Heads and the fingerprint stay those of the fp32 trunk: the conversion is made at load time
+    from the fingerprinted fp32 file, so heads trained against it keep working unchanged.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = convert_float_to_float16(onnx.load_from_string(model), keep_io_types=True)
+    return bytes(converted.SerializeToString())
 
 
 class TrunkSession:
-    def __init__(self, model_path: Path, threads: int = 0) -> None:
-        self._session = ort.InferenceSession(
-            str(model_path), _options(threads), providers=["CPUExecutionProvider"]
-        )
+    def __init__(
+        self, model_path: Path, runtime: Runtime = CPU, precision: Precision = "fp32"
+    ) -> None:
+        self._runtime = runtime
+        model = model_path.read_bytes()
+        if precision == "fp16":
+            model = to_fp16(model)
+        self._session = runtime.session(model)
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
 
-    def run(self, feeds: dict[str, np.ndarray], taps: list[str]) -> dict[str, np.ndarray]:
-        """Hidden states at the named taps."""
-        return dict(zip(taps, self._session.run(taps, feeds), strict=True))
+    def run(self, feeds: dict[str, np.ndarray], taps: list[str]) -> dict[str, Tap]:
+        """Hidden states at the named taps: numpy arrays, or OrtValues left on the device."""
+        if not self._runtime.bound:
+            return dict(zip(taps, self._session.run(taps, feeds), strict=True))
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for tap in taps:
+            binding.bind_output(tap, self._runtime.device, self._runtime.device_id)
+        self._session.run_with_iobinding(binding)
+        return dict(zip(taps, binding.get_outputs(), strict=True))
+
+
+class RowPicker:
+    """hidden[rows] for a tap, wherever the tap lives."""
+
+    def __init__(self, hidden_size: int, runtime: Runtime = CPU) -> None:
+        self._runtime = runtime
+        self._session = runtime.session(graphs.rows_graph(hidden_size)) if runtime.bound else None
+
+    def take(self, hidden: Tap, rows: list[int]) -> Tap:
+        if isinstance(hidden, np.ndarray):
+            return hidden[rows]
+        assert self._session is not None
+        binding = self._session.io_binding()
+        binding.bind_ortvalue_input(HEAD_HIDDEN_INPUT, hidden)
+        binding.bind_cpu_input("rows", np.asarray(rows, dtype=np.int64))
+        binding.bind_output("picked", self._runtime.device, self._runtime.device_id)
+        self._session.run_with_iobinding(binding)
+        picked: ort.OrtValue = binding.get_outputs()[0]
+        return picked
 
 
 class HeadSession:
-    def __init__(self, model: bytes, output_name: str, hidden_size: int, threads: int = 0) -> None:
+    def __init__(
+        self, model: bytes, output_name: str, hidden_size: int, runtime: Runtime = CPU
+    ) -> None:
         try:
-            self._session = ort.InferenceSession(
-                model, _options(threads), providers=["CPUExecutionProvider"]
-            )
+            self._session = runtime.session(model)
         except Exception as exc:  # ORT raises several unrelated types for a bad graph
             raise GraphError(f"ONNX Runtime cannot load the head graph: {exc}") from exc
         self.output_name = output_name
@@ -75,7 +175,16 @@ class HeadSession:
         if self.output_name not in outputs:
             raise GraphError(f"head has no output {self.output_name!r} (has {sorted(outputs)})")
 
-    def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        feeds = {HEAD_HIDDEN_INPUT: hidden, HEAD_MASK_INPUT: attention_mask}
-        out: np.ndarray = self._session.run([self.output_name], feeds)[0]
-        return out
+    def run(self, hidden: Tap, attention_mask: np.ndarray) -> np.ndarray:
+        """The head's output, always on the host (it is small: logits or one vector per text)."""
+        if isinstance(hidden, np.ndarray):
+            feeds = {HEAD_HIDDEN_INPUT: hidden, HEAD_MASK_INPUT: attention_mask}
+            out: np.ndarray = self._session.run([self.output_name], feeds)[0]
+            return out
+        binding = self._session.io_binding()
+        binding.bind_ortvalue_input(HEAD_HIDDEN_INPUT, hidden)
+        binding.bind_cpu_input(HEAD_MASK_INPUT, attention_mask)
+        binding.bind_output(self.output_name, "cpu")
+        self._session.run_with_iobinding(binding)
+        result: np.ndarray = binding.copy_outputs_to_cpu()[0]
+        return result

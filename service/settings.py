@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +23,16 @@ class Settings(BaseSettings):
     # ONNX Runtime threads per session run; 0 lets ORT use every core. One process per pod in
     # Kubernetes, so the pod's CPU limit is the number to put here.
     intra_op_threads: int = 0
+    # Where the trunk and heads run. cuda needs the gpu extra (onnxruntime-gpu); the trunk's taps
+    # then stay on the device between trunk and heads (IO binding).
+    device: Literal["cpu", "cuda"] = "cpu"
+    cuda_device_id: int = 0
+    # Keep the trunk's taps where it ran, between trunk and heads. Unset: on for cuda, off for the
+    # CPU (where it only adds work). Off on cuda copies every tap to the host and back.
+    io_binding: bool | None = None
+    # fp16 halves the trunk's memory traffic on a GPU, for a small error the startup log and
+    # BENCHMARKS.md state. CPU kernels run fp16 graphs through casts, slower than fp32: cuda only.
+    trunk_precision: Literal["fp32", "fp16"] = "fp32"
     # Tokens per text; longer texts are truncated (and the response says so). 0 = the trunk's own
     # maximum from trunk.json. Lower is faster: attention cost grows with the square of length.
     max_length: int = 0
@@ -48,6 +59,15 @@ class Settings(BaseSettings):
     # back or removed. Lower converges faster and costs a directory scan per look; 0 disables.
     repository_poll_seconds: float = 2.0
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _fp16_needs_cuda(self) -> Settings:
+        if self.trunk_precision == "fp16" and self.device != "cuda":
+            raise ValueError(
+                "MTS_TRUNK_PRECISION=fp16 needs MTS_DEVICE=cuda: on the CPU an fp16 trunk runs "
+                "through casts and is slower than fp32"
+            )
+        return self
 
     def admin_enabled(self) -> bool:
         return self.admin_token is not None or self.allow_unauthenticated_admin

@@ -101,3 +101,27 @@ def zero_shot_graph(label_embeddings: np.ndarray, scale: float = ZERO_SHOT_SCALE
         initializer=consts,
     )
     return _model(graph)
+
+
+def rows_graph(hidden_size: int) -> bytes:
+    """(hidden (batch, seq, width), rows (n,)) -> hidden[rows]: picks a sub-batch on the device.
+
+    With IO binding the trunk's taps stay where the trunk ran; a head that serves only some rows
+    of a batch reads them through this graph instead of a round trip through host memory.
+    """
+    graph = helper.make_graph(
+        [helper.make_node("Gather", [HEAD_HIDDEN_INPUT, "rows"], ["picked"], axis=0)],
+        "pick_rows",
+        [
+            helper.make_tensor_value_info(
+                HEAD_HIDDEN_INPUT, TensorProto.FLOAT, ["batch", "seq", hidden_size]
+            ),
+            helper.make_tensor_value_info("rows", TensorProto.INT64, ["picked_batch"]),
+        ],
+        [
+            helper.make_tensor_value_info(
+                "picked", TensorProto.FLOAT, ["picked_batch", "seq", hidden_size]
+            )
+        ],
+    )
+    return _model(graph)
