@@ -49,7 +49,13 @@ class Runtime:
         return self.device == "cuda" if self.io_binding is None else self.io_binding
 
     def check(self) -> None:
-        if self.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        if self.device != "cuda":
+            return
+        preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu only
+        if preload is not None:
+            # CUDA and cuDNN from the nvidia-* wheels, so that no LD_LIBRARY_PATH is needed.
+            preload()
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeUnavailable(
                 "MTS_DEVICE=cuda, but this ONNX Runtime has no CUDAExecutionProvider (has "
                 f"{ort.get_available_providers()}); install the gpu extra (onnxruntime-gpu) "
@@ -77,7 +83,14 @@ class Runtime:
         return options
 
     def session(self, model: str | bytes) -> ort.InferenceSession:
-        return ort.InferenceSession(model, self.options(), providers=self.providers())
+        session = ort.InferenceSession(model, self.options(), providers=self.providers())
+        # ORT falls back to the CPU, with only a log line, when CUDA's libraries do not load.
+        if self.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            raise RuntimeUnavailable(
+                "the CUDA execution provider did not start (CUDA or cuDNN libraries not found?); "
+                "ONNX Runtime's log above says why"
+            )
+        return session
 
 
 CPU = Runtime()
