@@ -15,6 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 from spec.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT
 
 OPSET = 18
+# Stated rather than the onnx package's default, which newer onnx releases raise beyond what the
+# supported ONNX Runtime builds load (onnx 1.23.1 writes IR 14; onnxruntime-gpu 1.31 reads <= 13).
+IR_VERSION = 10
 # sentence-transformers clamps the token count at 1e-9 and F.normalize the norm at 1e-12.
 _COUNT_EPS = 1e-9
 _NORM_EPS = 1e-12
@@ -58,7 +61,10 @@ def _inputs(hidden_size: int) -> list[onnx.ValueInfoProto]:
 
 def _model(graph: onnx.GraphProto) -> bytes:
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="multitask-serve"
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="multitask-serve",
+        ir_version=IR_VERSION,
     )
     onnx.checker.check_model(model)
     return model.SerializeToString()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
+from spec import graphs
 from spec.graphs import ZERO_SHOT_SCALE, embedding_graph, zero_shot_graph
 
 
@@ -39,3 +41,9 @@ def test_zero_shot_graph_scores_scaled_cosines():
     got = run(zero_shot_graph(labels), hidden, mask)
     unit = labels / np.linalg.norm(labels, axis=1, keepdims=True)
     assert np.max(np.abs(got - ZERO_SHOT_SCALE * reference(hidden, mask) @ unit.T)) < 1e-5
+
+
+def test_built_graphs_state_an_ir_version_every_supported_runtime_loads():
+    # onnxruntime-gpu 1.31 reads IR <= 13; onnx's own default moved past it.
+    for model in (graphs.embedding_graph(8), graphs.rows_graph(8)):
+        assert onnx.load_from_string(model).ir_version == graphs.IR_VERSION <= 13
