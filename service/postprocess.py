@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -18,12 +19,23 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def classification(probs: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]:
-    best = int(np.argmax(probs))
-    return {
-        "label": labels[best],
-        "score": float(probs[best]),
-        "scores": {label: float(p) for label, p in zip(labels, probs, strict=True)},
-    }
+    return classifications(probs[None], labels)[0]
+
+
+def classifications(probs: np.ndarray, labels: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One result per row; converts the batch to Python floats once, not value by value."""
+    return [
+        {"label": labels[best], "score": row[best], "scores": dict(zip(labels, row, strict=True))}
+        for best, row in zip(probs.argmax(axis=-1).tolist(), probs.tolist(), strict=True)
+    ]
+
+
+@lru_cache(maxsize=64)
+def _tags(labels: tuple[str, ...]) -> tuple[tuple[tuple[str, str], ...], np.ndarray]:
+    """Per label: (BIO prefix, entity type), and whether it tags an entity at all."""
+    parsed = tuple((prefix, entity) for prefix, _, entity in (t.partition("-") for t in labels))
+    is_entity = np.array([p in ("B", "I") and bool(e) for p, e in parsed], dtype=bool)
+    return parsed, is_entity
 
 
 def _words(
@@ -62,6 +74,7 @@ def entities(
     """
     label_ids = probs.argmax(axis=-1)
     scores = probs.max(axis=-1)
+    parsed, _ = _tags(labels)
     spans: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     word_scores: list[float] = []
@@ -75,8 +88,7 @@ def entities(
         current = None
 
     for start, end, label_id, score in _words(offsets, word_ids, label_ids, scores):
-        tag = labels[label_id]
-        prefix, _, entity = tag.partition("-")
+        prefix, entity = parsed[label_id]
         if prefix not in ("B", "I") or not entity:
             close()
             continue
@@ -96,11 +108,18 @@ def decode(
 ) -> list[Output]:
     """One result per text from a head's raw output for the whole batch."""
     if spec.kind is Kind.EMBEDDING:
-        return [row.tolist() for row in raw]
+        rows: list[Output] = raw.tolist()
+        return rows
     probs = softmax(raw)
     if spec.kind is Kind.TOKEN_CLASSIFICATION:
+        # Most texts have no entity: a text whose tokens' best labels are all outside-tags needs
+        # no walk over its words.
+        _, is_entity = _tags(spec.labels)
+        tagged = (is_entity[probs.argmax(axis=-1)] & (batch.attention_mask != 0)).any(axis=1)
         return [
             entities(texts[i], probs[i], batch.offsets[i], batch.word_ids[i], spec.labels)
+            if tagged[i]
+            else []
             for i in range(batch.size)
         ]
-    return [classification(row, spec.labels) for row in probs]
+    return list(classifications(probs, spec.labels))
