@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     # ONNX Runtime threads per session run; 0 lets ORT use every core. One process per pod in
     # Kubernetes, so the pod's CPU limit is the number to put here.
     intra_op_threads: int = 0
+    # Which graph of the trunk to run: "fp32" (model.onnx, what heads were trained against) or a
+    # variant recorded in trunk.json, e.g. "int8" (`mts quantize`): faster and smaller, with
+    # outputs that move slightly (measured quality change in BENCHMARKS.md).
+    trunk_precision: str = "fp32"
     # Tokens per text; longer texts are truncated (and the response says so). 0 = the trunk's own
     # maximum from trunk.json. Lower is faster: attention cost grows with the square of length.
     max_length: int = 0
