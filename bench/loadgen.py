@@ -28,6 +28,7 @@ Request = tuple[str, dict[str, Any], int]
 
 @dataclass(frozen=True)
 class Server:
+    name: str
     url: str
     pid: int
 
@@ -40,6 +41,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def server(
+    name: str,
     command: list[str],
     port: int,
     env: dict[str, str],
@@ -60,7 +62,7 @@ def server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{url}{ready} not ready after 300 s")
             time.sleep(0.2)
-        yield Server(url, process.pid)
+        yield Server(name, url, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -18,13 +18,17 @@ Resident memory (VmRSS) of each server is read after a warm-up and at the end; V
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import spy
 from baseline_app import TASKS, prepare_models
 from loadgen import Request, Server, closed_loop, free_port, memory_mb, server
 
@@ -53,7 +57,7 @@ def real_texts(n: int, seed: int = 0) -> list[str]:
     return texts
 
 
-def make_loads(texts: list[str], per_request: int) -> dict[str, object]:
+def make_loads(texts: list[str], per_request: int) -> dict[str, Callable[[int], Request]]:
     def chunk(i: int) -> list[str] | str:
         start = (i * per_request) % len(texts)
         chosen = (texts + texts)[start : start + per_request]
@@ -69,20 +73,27 @@ def make_loads(texts: list[str], per_request: int) -> dict[str, object]:
 
 
 def measure(
-    side: Server, texts: list[str], sizes: list[int], seconds: float, in_flight: int
-) -> dict[str, object]:
-    # Warm-up: every task and request size once through, then a few seconds of load.
+    side: Server,
+    texts: list[str],
+    sizes: list[int],
+    seconds: float,
+    in_flight: int,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    # Warm-up: every task and request size, a couple of seconds each.
     for size in sizes:
         for load in make_loads(texts, size).values():
-            closed_loop(side.url, load, 2.0, in_flight)  # type: ignore[arg-type]
-    figures: dict[str, object] = {"warm": memory_mb(side.pid)}
+            closed_loop(side.url, load, 2.0, in_flight)
+    figures: dict[str, Any] = {"warm": memory_mb(side.pid)}
     for size in sizes:
         for name, load in make_loads(texts, size).items():
-            figures[f"{name} {size}"] = closed_loop(side.url, load, seconds, in_flight)  # type: ignore[arg-type]
-            print(
-                f"  {name}, {size} texts per request: {figures[f'{name} {size}']:.1f} texts/s",
-                file=sys.stderr,
-            )
+            key = f"{name} {size}"
+            with contextlib.ExitStack() as stack:
+                if profile:
+                    raw = profile / f"{side.name}, {key}.txt"
+                    stack.enter_context(spy.record(side.pid, raw, seconds))
+                figures[key] = closed_loop(side.url, load, seconds, in_flight)
+            print(f"  {key} texts per request: {figures[key]:.1f} texts/s", file=sys.stderr)
     figures["end"] = memory_mb(side.pid)
     return figures
 
@@ -101,7 +112,14 @@ def main() -> None:
     p.add_argument("--in-flight", type=int, default=16)
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 8], help="texts per request")
     p.add_argument("--texts", type=int, default=600)
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="record every measurement's server with py-spy into this folder",
+    )
     args = p.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     texts = real_texts(args.texts)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MTS_LOG_LEVEL": "warning"}
     results = {}
@@ -130,8 +148,11 @@ def main() -> None:
             port = free_port()
             print(name, file=sys.stderr)
             log = work / f"{name}.log"
-            with server([*command, "--port", str(port)], port, env | extra, log=log) as side:
-                results[name] = measure(side, texts, args.sizes, args.seconds, args.in_flight)
+            command = [*command, "--port", str(port)]
+            with server(name, command, port, env | extra, log=log) as side:
+                results[name] = measure(
+                    side, texts, args.sizes, args.seconds, args.in_flight, args.profile
+                )
 
     strategies = ", ".join(
         f"{t} {h.training.get('strategy', '?')} (tap {h.branch_layer})" for t, h in heads.items()
@@ -166,6 +187,11 @@ def main() -> None:
             f"| {label} | {b:.0f} | {o:.0f} | {o / b:.2f} | {q:.0f} | {q / b:.2f} | "
             f"<= {MEMORY_TARGET:.2f} |"
         )
+    if args.profile:
+        for raw in sorted(args.profile.glob("*.txt")):
+            print(f"\nprofile ({raw.stem}): function | on stack | at the top")
+            for function, inclusive, own in spy.summary(raw):
+                print(f"  {function} | {100 * inclusive:.0f}% | {100 * own:.0f}%")
 
 
 if __name__ == "__main__":
