@@ -22,13 +22,12 @@ import logging
 import shutil
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from heads_vs_models import median_time
 from pipelines_vs_ours import real_texts
 
 from export.quantize import INT8, quantize_trunk
@@ -40,16 +39,6 @@ from training.features import encode_texts, encode_tokens, rust_tokenizer
 from training.train import TrainConfig, cap_eval, score
 
 HEADLINE = {"sentiment": "macro_f1", "topic": "macro_f1", "ner": "entity_f1"}
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def feeds(spec: TrunkSpec, rows: list[list[int]]) -> dict[str, np.ndarray]:
