@@ -12,7 +12,7 @@ Endpoints are sync ``def`` (FastAPI runs them in its thread pool), mirroring our
 classification layer on top and the default heads' labels. The added layers keep their random
 initialisation (training them changes no speed or memory figure).
 
-    .venv/bin/python bench/baseline_app.py --models DIR [--port 8001] [--prepare]
+    .venv/bin/python bench/baseline_app.py --models DIR [--port 8001]
 """
 
 from __future__ import annotations
