@@ -111,6 +111,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    try:
+        from export.quantize import INT8, quantize_trunk
+        from spec.repository import ModelRepository
+    except ImportError as exc:
+        _needs_train_extra(exc)
+    spec = quantize_trunk(ModelRepository(args.repo))
+    variant = spec.variants[INT8]
+    print(
+        f"wrote {args.repo / 'trunk' / variant.file}: taps vs fp32 max abs diff "
+        f"{variant.max_abs_diff:.3g}, min cosine {variant.min_cosine:.6f}; serve it with "
+        f"MTS_TRUNK_PRECISION={INT8}"
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     try:
         from export.encoder import load_encoder
@@ -196,6 +212,13 @@ def parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--add", action="store_true", help="also store it in --repo as a new version")
     tr.set_defaults(func=cmd_train)
+
+    quant = sub.add_parser(
+        "quantize",
+        help="add an int8 (dynamic, per-channel) variant of the trunk; heads stay valid",
+    )
+    quant.add_argument("--repo", type=Path, default=Path("model-repo"))
+    quant.set_defaults(func=cmd_quantize)
 
     rep = sub.add_parser("report", help="run every strategy on every task; write reports/")
     rep.add_argument("--out", type=Path, default=Path("reports"))

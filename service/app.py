@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -25,7 +26,7 @@ from service.sessions import Runtime, TrunkSession
 from service.settings import Settings
 from service.tokenize import TextEncoder
 from spec.repository import ModelRepository, RepositoryError
-from spec.types import trunk_fingerprint
+from spec.types import TrunkSpec, trunk_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,9 @@ def create_app(
     settings = settings or Settings()
     repo = ModelRepository(settings.repository)
     trunk_spec = repo.read_trunk_spec()
-    model = repo.trunk_model_path.read_bytes()
-    if trunk_fingerprint(model, repo.tokenizer_path.read_bytes()) != trunk_spec.fingerprint:
-        raise RepositoryError(
-            f"{repo.trunk_dir}: model.onnx or tokenizer.json does not match the fingerprint "
-            "in trunk.json"
-        )
-    del model
+    # fp16 is made from the reference graph at load time; other precisions are stored variants.
+    fp16 = settings.trunk_precision == "fp16"
+    trunk_path = _checked_trunk(repo, trunk_spec, "fp32" if fp16 else settings.trunk_precision)
     repo.sweep()
     max_length = min(settings.max_length or trunk_spec.max_length, trunk_spec.max_length)
     metrics = Metrics(metrics_registry or CollectorRegistry())
@@ -53,7 +50,7 @@ def create_app(
     runtime.check()
     engine = Engine(
         trunk_spec,
-        TrunkSession(repo.trunk_model_path, runtime, settings.trunk_precision),
+        TrunkSession(trunk_path, runtime, "fp16" if fp16 else "fp32"),
         TextEncoder(repo.tokenizer_path, max_length, trunk_spec.input_names),
         metrics,
         runtime,
@@ -116,6 +113,25 @@ def create_app(
     app.include_router(admin.router)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, upload=settings.max_upload_bytes)
     return app
+
+
+def _checked_trunk(repo: ModelRepository, spec: TrunkSpec, precision: str) -> Path:
+    """The graph to serve, after checking its bytes against trunk.json.
+
+    The reference graph is checked even when a variant is served: its fingerprint is what every
+    head is validated against, so it must be the graph trunk.json describes.
+    """
+    tokenizer = repo.tokenizer_path.read_bytes()
+    if trunk_fingerprint(repo.trunk_model_path.read_bytes(), tokenizer) != spec.fingerprint:
+        raise RepositoryError(
+            f"{repo.trunk_dir}: model.onnx or tokenizer.json does not match the fingerprint "
+            "in trunk.json"
+        )
+    path = repo.trunk_variant_path(precision)
+    variant = spec.variants.get(precision)
+    if variant and trunk_fingerprint(path.read_bytes(), tokenizer) != variant.fingerprint:
+        raise RepositoryError(f"{path} does not match the {precision} fingerprint in trunk.json")
+    return path
 
 
 class RepositoryWatcher:

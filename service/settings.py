@@ -30,9 +30,11 @@ class Settings(BaseSettings):
     # Keep the trunk's taps where it ran, between trunk and heads. Unset: on for cuda, off for the
     # CPU (where it only adds work). Off on cuda copies every tap to the host and back.
     io_binding: bool | None = None
-    # fp16 halves the trunk's memory traffic on a GPU, for a small error the startup log and
-    # BENCHMARKS.md state. CPU kernels run fp16 graphs through casts, slower than fp32: cuda only.
-    trunk_precision: Literal["fp32", "fp16"] = "fp32"
+    # Which trunk to run. "fp32": model.onnx, what heads were trained against. A variant stored in
+    # trunk.json, e.g. "int8" (`mts quantize`): faster and smaller on the CPU, with outputs that
+    # move slightly. "fp16": made from model.onnx at load time, for cuda only (CPU kernels run
+    # fp16 graphs through casts, slower than fp32). Measured quality changes in BENCHMARKS.md.
+    trunk_precision: str = "fp32"
     # Tokens per text; longer texts are truncated (and the response says so). 0 = the trunk's own
     # maximum from trunk.json. Lower is faster: attention cost grows with the square of length.
     max_length: int = 0

@@ -3,6 +3,7 @@
 Layout (file names are the constants below)::
 
     <root>/trunk/model.onnx, tokenizer.json, trunk.json
+    <root>/trunk/model.<precision>.onnx                     optional variants (e.g. int8)
     <root>/heads/<task>/<version>/head.onnx, head.json      versions are 1, 2, 3, ...
     <root>/heads/<task>/current                             the served version, replaced by rename
 
@@ -13,6 +14,7 @@ readers and swept by ``sweep()``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -20,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spec.atomic import atomic_write, discard_dir, fsync_dir, staged_dir
-from spec.types import HeadSpec, SpecError, TrunkSpec, validate_task_name
+from spec.types import (
+    PRECISION_RE,
+    REFERENCE_PRECISION,
+    HeadSpec,
+    SpecError,
+    TrunkSpec,
+    TrunkVariant,
+    validate_task_name,
+)
 
 TRUNK_DIR = "trunk"
 HEADS_DIR = "heads"
@@ -80,6 +90,35 @@ class ModelRepository:
         )
         os.rename(staged, self.trunk_dir)
         fsync_dir(self.root)
+
+    def trunk_variant_path(self, precision: str) -> Path:
+        """The graph served for ``precision``: model.onnx for the reference, else a variant's."""
+        if precision == REFERENCE_PRECISION:
+            return self.trunk_model_path
+        spec = self.read_trunk_spec()
+        if precision not in spec.variants:
+            raise RepositoryError(
+                f"{self.trunk_dir} has no {precision} trunk (has {', '.join(spec.precisions)}); "
+                f"`mts quantize --repo {self.root}` makes an int8 one"
+            )
+        return self.trunk_dir / spec.variants[precision].file
+
+    def add_trunk_variant(self, precision: str, variant: TrunkVariant, model: bytes) -> TrunkSpec:
+        """Store another graph of the trunk and record it in trunk.json.
+
+        The reference graph and its fingerprint do not change, so served heads stay valid. The
+        graph is written before trunk.json names it: a crash in between leaves an unnamed file
+        that nothing reads.
+        """
+        if not PRECISION_RE.match(precision) or precision == REFERENCE_PRECISION:
+            raise RepositoryError(f"invalid trunk variant name {precision!r}")
+        spec = self.read_trunk_spec()
+        if precision in spec.variants:
+            raise RepositoryError(f"{self.trunk_dir} already has an {precision!r} trunk variant")
+        atomic_write(self.trunk_dir / variant.file, model)
+        updated = dataclasses.replace(spec, variants={**spec.variants, precision: variant})
+        atomic_write(self.trunk_dir / TRUNK_SPEC, updated.to_json().encode())
+        return updated
 
     # -- heads -----------------------------------------------------------------------------
     def _task_dir(self, task: str) -> Path:

@@ -76,9 +76,54 @@ def _check_schema(data: Any, where: str) -> dict[str, Any]:
     return data
 
 
+# The precision of the graph heads were trained against; every other precision is a variant.
+REFERENCE_PRECISION = "fp32"
+PRECISION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class TrunkVariant:
+    """Another graph of the same trunk (e.g. int8 quantized) that may be served in its place.
+
+    Heads keep binding to the reference (fp32) fingerprint: a variant computes the same function
+    approximately, so it is recorded beside the trunk with its own hash and how far its taps
+    moved, rather than becoming a new trunk that would orphan every head.
+    """
+
+    file: str
+    # trunk_fingerprint() of this graph's bytes and the trunk's tokenizer.
+    fingerprint: str
+    method: str
+    # Measured against the reference graph on sample texts when the variant was made.
+    max_abs_diff: float = 0.0
+    min_cosine: float = 1.0
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> TrunkVariant:
+        if not isinstance(data, dict):
+            raise SpecError(f"{where}: expected a JSON object")
+        file = _get(data, "file", str, where)
+        if "/" in file or "\\" in file or file.startswith("."):
+            raise SpecError(f"{where}: field 'file' must be a plain file name, got {file!r}")
+        return cls(
+            file=file,
+            fingerprint=_get(data, "fingerprint", str, where),
+            method=_get(data, "method", str, where),
+            max_abs_diff=float(data.get("max_abs_diff", 0.0)),
+            min_cosine=float(data.get("min_cosine", 1.0)),
+            versions=dict(data.get("versions", {})),
+        )
+
+
 @dataclass(frozen=True)
 class TrunkSpec:
-    """What trunk.json records about the shared frozen encoder graph."""
+    """What trunk.json records about the shared frozen encoder graph.
+
+    ``fingerprint`` identifies the reference graph (model.onnx), the one heads are trained and
+    validated against. ``variants`` maps a precision name (e.g. "int8") to another graph of the
+    same trunk that a deployment may serve instead; it never changes what heads bind to.
+    """
 
     base_model: str
     num_layers: int
@@ -88,7 +133,12 @@ class TrunkSpec:
     fingerprint: str
     parity_max_abs_diff: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)
+    variants: dict[str, TrunkVariant] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return (REFERENCE_PRECISION, *sorted(self.variants))
 
     @property
     def tap_names(self) -> tuple[str, ...]:
@@ -113,7 +163,19 @@ class TrunkSpec:
             fingerprint=_get(data, "fingerprint", str, where),
             parity_max_abs_diff=float(data.get("parity_max_abs_diff", 0.0)),
             versions=dict(data.get("versions", {})),
+            variants=_variants(data.get("variants", {}), where),
         )
+
+
+def _variants(data: Any, where: str) -> dict[str, TrunkVariant]:
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: field 'variants' must be an object")
+    variants = {}
+    for name, value in data.items():
+        if not PRECISION_RE.match(name) or name == REFERENCE_PRECISION:
+            raise SpecError(f"{where}: invalid variant name {name!r}")
+        variants[name] = TrunkVariant.from_dict(value, f"{where} variant {name!r}")
+    return variants
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -157,11 +158,21 @@ def predict(head: Head, source: TapSource) -> list[torch.Tensor]:
 def evaluate(
     head: Head, source: TapSource, examples: list[Any], labels: tuple[str, ...]
 ) -> dict[str, float]:
-    logits = predict(head, source)
-    if head.kind is Kind.TOKEN_CLASSIFICATION:
-        assert source.encoded.word_tokens is not None
+    return score(head.kind, predict(head, source), examples, labels, source.encoded.word_tokens)
+
+
+def score(
+    kind: Kind,
+    logits: Sequence[Any],
+    examples: list[Any],
+    labels: tuple[str, ...],
+    word_tokens: list[list[int | None]] | None = None,
+) -> dict[str, float]:
+    """Test metrics from per-example logits (torch or numpy), whichever graph produced them."""
+    if kind is Kind.TOKEN_CLASSIFICATION:
+        assert word_tokens is not None
         gold, pred = [], []
-        for example, rows, words in zip(examples, logits, source.encoded.word_tokens, strict=True):
+        for example, rows, words in zip(examples, logits, word_tokens, strict=True):
             ids = rows.argmax(-1).tolist()
             pred.append([labels[ids[t]] if t is not None else "O" for t in words])
             gold.append(list(example.tags))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from spec.types import HeadSpec, Kind, SpecError, TrunkSpec
+from spec.types import HeadSpec, Kind, SpecError, TrunkSpec, TrunkVariant
 
 HEAD = HeadSpec(
     task="sentiment",
@@ -25,6 +25,35 @@ def test_trunk_spec_round_trips_through_json():
     spec = TrunkSpec("m", 6, 384, 256, ("input_ids", "attention_mask"), "f" * 64, 1e-5)
     assert TrunkSpec.from_json(spec.to_json()) == spec
     assert spec.tap_names[0] == "tap_0" and spec.tap_names[-1] == "tap_6"
+
+
+INT8 = TrunkVariant("model.int8.onnx", "e" * 64, "dynamic int8", 0.1, 0.99, {"onnxruntime": "1"})
+
+
+def test_trunk_variants_round_trip_and_a_trunk_json_without_them_still_reads():
+    spec = TrunkSpec("m", 6, 384, 256, ("input_ids",), "f" * 64, variants={"int8": INT8})
+    assert TrunkSpec.from_json(spec.to_json()) == spec
+    assert spec.precisions == ("fp32", "int8")
+    data = json.loads(spec.to_json())
+    del data["variants"]
+    assert TrunkSpec.from_json(json.dumps(data)).variants == {}
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ({"fp32": {}}, "invalid variant name 'fp32'"),
+        ({"Int 8": {}}, "invalid variant name"),
+        ({"int8": {"file": "../model.onnx", "fingerprint": "e", "method": "m"}}, "plain file"),
+        ({"int8": {"file": "model.int8.onnx", "method": "m"}}, "missing field 'fingerprint'"),
+        ([], "'variants' must be an object"),
+    ],
+)
+def test_malformed_trunk_variants_are_refused(variants, message):
+    data = json.loads(TrunkSpec("m", 6, 384, 256, ("a",), "f" * 64).to_json())
+    data["variants"] = variants
+    with pytest.raises(SpecError, match=message):
+        TrunkSpec.from_json(json.dumps(data))
 
 
 @pytest.mark.parametrize(

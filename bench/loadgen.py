@@ -1,0 +1,111 @@
+"""A small closed-loop HTTP load generator and a server-process helper for the benchmarks.
+
+``closed_loop`` keeps ``in_flight`` requests outstanding with an asyncio httpx client: each worker
+sends its next request as soon as the previous one returned, so the figure is the server's
+throughput at that concurrency (the client shares the machine's cores with the server, which both
+sides of a comparison pay alike). ``server`` starts a process, waits for its readiness URL and
+stops it afterwards; ``memory_mb`` reads its resident memory from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+# A request: path and JSON body, and how many texts it carries.
+Request = tuple[str, dict[str, Any], int]
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    url: str
+    pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(
+    name: str,
+    command: list[str],
+    port: int,
+    env: dict[str, str],
+    ready: str = "/readyz",
+    log: Path | None = None,
+) -> Iterator[Server]:
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[:3]} exited with {process.returncode}; see {log}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + ready).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url}{ready} not ready after 300 s")
+            time.sleep(0.2)
+        yield Server(name, url, process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS (resident now) and VmHWM (peak resident) of a process, in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
+async def _closed_loop(
+    url: str, requests: Callable[[int], Request], seconds: float, in_flight: int
+) -> float:
+    counter = itertools.count()
+    done = 0
+    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                path, body, texts = requests(next(counter))
+                r = await client.post(path, json=body)
+                if r.status_code != 200:
+                    raise RuntimeError(f"{path}: {r.status_code} {r.text[:200]}")
+                done += texts
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        # Requests still in flight at the deadline finish and count: divide by the real time.
+        return done / (time.perf_counter() - started)
+
+
+def closed_loop(
+    url: str, requests: Callable[[int], Request], seconds: float, in_flight: int
+) -> float:
+    """Texts per second with ``in_flight`` requests outstanding; request i is ``requests(i)``."""
+    return asyncio.run(_closed_loop(url, requests, seconds, in_flight))
