@@ -54,6 +54,7 @@ def create_app(
         TextEncoder(repo.tokenizer_path, max_length, trunk_spec.input_names),
         metrics,
         runtime,
+        settings.batch_group_cost_tokens,
     )
     registry = HeadRegistry(repo, trunk_spec, engine.probe, metrics, runtime)
     engine.attach(registry)

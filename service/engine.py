@@ -7,6 +7,7 @@ descriptions with the same frozen trunk.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 
@@ -23,6 +24,41 @@ from spec import graphs
 from spec.types import HeadSpec, Kind, TrunkSpec, tap_name
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
+# The fixed cost of one trunk run with its heads, in tokens' worth of work, per device: what
+# splitting a micro-batch into more, less padded runs must save to pay. On a GPU a run's fixed
+# cost dwarfs padding, so batches stay whole. Measured by bench/length_groups.py.
+GROUP_COST_TOKENS = {"cpu": 32, "cuda": 1 << 20}
+
+
+def default_group_cost(runtime: Runtime) -> int:
+    return GROUP_COST_TOKENS[runtime.device]
+
+
+def length_groups(lengths: np.ndarray, call_cost: int) -> list[list[int]]:
+    """Rows cut into groups, each padded to its own longest, at the least total cost.
+
+    Cost = padded tokens + ``call_cost`` per group; the best cut of the rows sorted by length is
+    found by dynamic programming over where each group starts. When all the padding of one group
+    costs less than one more run, the rows stay one group in their own order.
+    """
+    n = len(lengths)
+    if n <= 1 or n * int(lengths.max()) - int(lengths.sum()) <= call_cost:
+        return [list(range(n))]
+    order = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[order].tolist()
+    best = [0.0] + [math.inf] * n  # least cost of the first j rows
+    cut = [0] * (n + 1)  # where the last group of that best cost starts
+    for j in range(1, n + 1):
+        longest = sorted_lengths[j - 1]
+        for i in range(j):
+            cost = best[i] + (j - i) * longest + call_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j] : j].tolist())
+        j = cut[j]
+    return groups[::-1]
 
 
 class Engine:
@@ -33,6 +69,7 @@ class Engine:
         encoder: TextEncoder,
         metrics: Metrics,
         runtime: Runtime = CPU,
+        group_cost: int | None = None,
     ) -> None:
         self.trunk_spec = trunk_spec
         self._trunk = trunk
@@ -45,22 +82,29 @@ class Engine:
             runtime,
         )
         self._rows = RowPicker(trunk_spec.hidden_size, runtime)
+        self._group_cost = default_group_cost(runtime) if group_cost is None else group_cost
         self.registry: HeadRegistry | None = None
 
     def attach(self, registry: HeadRegistry) -> None:
         self.registry = registry
 
-    def _run_trunk(self, texts: list[str], taps: set[int]) -> tuple[TokenizedBatch, dict[int, Tap]]:
+    def _encode(self, texts: list[str]) -> TokenizedBatch:
         t0 = time.perf_counter()
         batch = self._encoder.encode(texts)
-        t1 = time.perf_counter()
+        self._metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - t0)
+        return batch
+
+    def _trunk_taps(self, batch: TokenizedBatch, taps: set[int]) -> dict[int, Tap]:
+        t0 = time.perf_counter()
         names = sorted(taps)
         out = self._trunk.run(batch.feeds, [tap_name(i) for i in names])
-        t2 = time.perf_counter()
-        self._metrics.stage_seconds.labels("tokenize").observe(t1 - t0)
-        self._metrics.stage_seconds.labels("trunk").observe(t2 - t1)
+        self._metrics.stage_seconds.labels("trunk").observe(time.perf_counter() - t0)
         self._metrics.trunk_runs.inc()
-        return batch, {i: out[tap_name(i)] for i in names}
+        return {i: out[tap_name(i)] for i in names}
+
+    def _run_trunk(self, texts: list[str], taps: set[int]) -> tuple[TokenizedBatch, dict[int, Tap]]:
+        batch = self._encode(texts)
+        return batch, self._trunk_taps(batch, taps)
 
     def resolve(self, tasks: list[str]) -> dict[str, LoadedHead]:
         assert self.registry is not None
@@ -78,7 +122,11 @@ class Engine:
         return done.results, done.truncated
 
     def predict_many(self, jobs: list[Job]) -> list[JobResult]:
-        """Several requests, any tasks, one trunk run; each head runs on the rows that asked."""
+        """Several requests, any tasks, one tokenization; each head runs on the rows that asked.
+
+        The texts run through the trunk as length groups (``length_groups``): each group is padded
+        only to its own longest text, and every group serves every head that has rows in it.
+        """
         texts = [text for job in jobs for text in job.texts]
         spans, start = [], 0
         for job in jobs:
@@ -88,21 +136,35 @@ class Engine:
         for job, span in zip(jobs, spans, strict=True):
             for head in job.heads.values():
                 users.setdefault(id(head), (head, []))[1].extend(span)
-        batch, taps = self._run_trunk(texts, {h.spec.branch_layer for h, _ in users.values()})
+        batch = self._encode(texts)
         self._metrics.batch_texts.observe(len(texts))
         self._metrics.batch_tokens.observe(int(batch.attention_mask.sum()))
-        decoded: dict[int, dict[int, Output]] = {}
-        for key, (head, rows) in users.items():
-            t0 = time.perf_counter()
-            whole = len(rows) == len(texts)
-            sub = batch if whole else batch.rows(rows)
-            hidden = taps[head.spec.branch_layer]
-            raw = head.session.run(
-                hidden if whole else self._rows.take(hidden, rows), sub.attention_mask
-            )
-            outputs = decode(head.spec, raw, sub, [texts[i] for i in rows])
-            decoded[key] = dict(zip(rows, outputs, strict=True))
-            self._metrics.head_seconds.labels(head.spec.task).observe(time.perf_counter() - t0)
+        decoded: dict[int, dict[int, Output]] = {key: {} for key in users}
+        groups = length_groups(batch.attention_mask.sum(axis=1), self._group_cost)
+        for group in groups:
+            sub = batch if len(groups) == 1 else batch.group(group)
+            position = {row: i for i, row in enumerate(group)}
+            members = {
+                key: [row for row in rows if row in position] for key, (_, rows) in users.items()
+            }
+            needed = {users[key][0].spec.branch_layer for key, rows in members.items() if rows}
+            taps = self._trunk_taps(sub, needed)
+            for key, rows in members.items():
+                if not rows:
+                    continue
+                head = users[key][0]
+                t0 = time.perf_counter()
+                hidden = taps[head.spec.branch_layer]
+                if len(rows) == sub.size:  # every row of the group, in the group's order
+                    served, part = group, sub
+                else:
+                    local = [position[row] for row in rows]
+                    served, part = rows, sub.rows(local)
+                    hidden = self._rows.take(hidden, local)
+                raw = head.session.run(hidden, part.attention_mask)
+                outputs = decode(head.spec, raw, part, [texts[row] for row in served])
+                decoded[key].update(zip(served, outputs, strict=True))
+                self._metrics.head_seconds.labels(head.spec.task).observe(time.perf_counter() - t0)
         return [
             JobResult(
                 results={

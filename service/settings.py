@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     batch_max_texts: int = 32
     batch_max_tokens: int = 8192
     batch_max_wait_ms: float = 0.0
+    # A micro-batch runs as length groups, each padded to its own longest text, when that saves
+    # more padded tokens than this many per extra run (the fixed cost of a trunk + heads run, in
+    # tokens). Unset: 32 on the CPU (measured, bench/length_groups.py), never split on cuda,
+    # where a run's fixed cost dwarfs padding.
+    batch_group_cost_tokens: int | None = None
     # Texts waiting for a batch before new requests get 429 with Retry-After. Bounds memory and
     # the queueing delay an accepted request can see (about this many texts' worth of trunk time).
     max_queued_texts: int = 1024

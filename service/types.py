@@ -36,6 +36,17 @@ class TokenizedBatch:
             truncated=[self.truncated[i] for i in index],
         )
 
+    def group(self, index: list[int]) -> TokenizedBatch:
+        """Some rows, padded only to the longest of them (padding is on the right)."""
+        picked = self.rows(index)
+        width = int(picked.attention_mask.sum(axis=1).max())
+        return TokenizedBatch(
+            feeds={k: v[:, :width] for k, v in picked.feeds.items()},
+            offsets=[o[:width] for o in picked.offsets],
+            word_ids=[w[:width] for w in picked.word_ids],
+            truncated=picked.truncated,
+        )
+
 
 @dataclass(frozen=True)
 class TaskResult:

@@ -11,6 +11,9 @@ from prometheus_client import CollectorRegistry
 from service.app import create_app
 from service.batcher import Batcher
 from service.errors import Overloaded
+from service.types import Job
+from spec.archive import unpack_head
+from spec.repository import ModelRepository
 from tests.conftest import make_settings
 
 TEXTS = ["john scored a great goal in the final match at paris", "ok", "the bank rates fell"]
@@ -107,3 +110,48 @@ def test_beyond_the_queue_bound_requests_are_refused_at_once(repo):
     refused = [o for o in outcomes if isinstance(o, Overloaded)]
     served = [o for o in outcomes if not isinstance(o, Exception)]
     assert len(served) == 2 and len(refused) == 3  # 2 x 2 texts fit under the bound of 4
+
+
+def spans(outputs):
+    return [[(e["entity"], e["start"], e["end"]) for e in entities] for entities in outputs]
+
+
+def test_length_groups_give_the_outputs_of_one_padded_batch(repo, archives):
+    store = ModelRepository(repo)
+    for name in ("sentiment", "topic", "ner"):
+        store.add_head(*unpack_head(archives[name], 1 << 30))
+    texts = [
+        "ok",
+        "the bank raised rates " * 12,
+        "a goal",
+        "parliament votes on the climate bill next week in london",
+        "hi there",
+    ]
+    tasks = ["embed", "topic-zs", "sentiment", "topic", "ner"]
+
+    def serve(cost):
+        app = create_app(make_settings(repo, batch_group_cost_tokens=cost), CollectorRegistry())
+        engine, runs = app.state.engine, app.state.metrics.registry.get_sample_value
+        heads = engine.resolve(tasks)
+        jobs = [Job({t: heads[t] for t in tasks[:3]}, texts[:3]), Job(heads, texts[2:])]
+        before = runs("mts_trunk_runs_total")
+        done = engine.predict_many(jobs)
+        return done, runs("mts_trunk_runs_total") - before
+
+    whole, whole_runs = serve(1 << 20)
+    grouped, grouped_runs = serve(0)
+    assert whole_runs == 1 and grouped_runs > 1
+    worst = 0.0
+    for a, b in zip(whole, grouped, strict=True):
+        assert a.truncated == b.truncated
+        for task in a.results:
+            x, y = a.results[task].outputs, b.results[task].outputs
+            if task == "ner":
+                strip = [[{k: v for k, v in e.items() if k != "score"} for e in o] for o in x]
+                assert strip == [
+                    [{k: v for k, v in e.items() if k != "score"} for e in o] for o in y
+                ]
+                continue
+            worst = max(worst, float(np.max(np.abs(flat(x) - flat(y)))))
+    print(f"length groups vs one padded batch: max abs diff {worst:.2e}")
+    assert worst <= 1e-5
