@@ -71,7 +71,7 @@ RUN apt-get update \
     && install -d -o 10001 -g 10001 /models
 COPY --from=gpu-venv /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    MTS_REPOSITORY=/models MTS_HOST=0.0.0.0 MTS_PORT=8000
+    MTS_REPOSITORY=/models MTS_HOST=0.0.0.0 MTS_PORT=8000 MTS_DEVICE=cuda
 USER 10001:10001
 VOLUME ["/models"]
 EXPOSE 8000

@@ -51,6 +51,7 @@ def test_targets_serve_by_default_build_and_gpu():
     assert "[serve,train]" in stages["build-venv"]
     assert "[gpu]" in stages["gpu-venv"] and "[serve" not in stages["gpu-venv"]
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", DOCKERFILE, re.MULTILINE)
+    assert "MTS_DEVICE=cuda" in stages["gpu"]
     assert 'CMD ["build", "--repo", "/models"' in stages["build"]
 
 
