@@ -241,3 +241,17 @@ def test_requests_are_counted_in_flight_while_they_run_and_metrics_per_task(repo
         assert client.post("/v2/models/embed/infer", json=infer_body(["a"])).status_code == 500
         assert value("mts_requests_in_flight") == 0.0
         assert value("mts_requests_total", {"task": "embed", "outcome": "error"}) == 1.0
+
+
+def test_every_kind_answers_the_tensors_its_metadata_declares(client, admin, archives):
+    for name in ("sentiment", "ner"):
+        assert client.post(f"/admin/heads/{name}", content=archives[name], headers=admin).is_success
+    for task in ("embed", "topic-zs", "sentiment", "ner"):
+        declared = client.get(f"/v2/models/{task}").json()["outputs"]
+        answered = client.post(f"/v2/models/{task}/infer", json=infer_body(TEXTS)).json()["outputs"]
+        assert [(o["name"], o["datatype"]) for o in answered] == [
+            (o["name"], o["datatype"]) for o in declared
+        ]
+        for got, meta in zip(answered, declared, strict=True):
+            assert got["shape"] == [len(TEXTS) if d == -1 else d for d in meta["shape"]]
+            assert len(got["data"]) == np.prod(got["shape"])
