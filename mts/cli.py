@@ -21,7 +21,8 @@ def _logging(level: str) -> None:
 
 
 def _needs_train_extra(exc: ImportError) -> None:
-    sys.exit(f"this command needs the train extra (pip install -e '.[train]'): {exc}")
+    # Export checks parity in onnxruntime, which comes with the serve extra (or gpu's).
+    sys.exit(f"this command needs the serve and train extras (pip install '.[serve,train]'): {exc}")
 
 
 def _build(repo: Path, encoder: str | None, train_heads: bool) -> None:

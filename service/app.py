@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from service import admin, routes
+from service import admin, oip, routes
 from service.batcher import Batcher
 from service.engine import Engine
 from service.errors import install_handlers
@@ -112,6 +112,7 @@ def create_app(
     install_handlers(app)
     app.include_router(routes.router)
     app.include_router(admin.router)
+    app.include_router(oip.router)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, upload=settings.max_upload_bytes)
     return app
 

@@ -94,6 +94,13 @@ class Metrics:
             buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
         )
         self.heads_loaded = Gauge("mts_heads_loaded", "Heads currently served.", registry=registry)
+        # Queued plus running prediction requests: the load signal an autoscaler reads (through
+        # prometheus-adapter), since CPU saturates before latency shows the backlog.
+        self.in_flight = Gauge(
+            "mts_requests_in_flight",
+            "Prediction requests accepted and not yet answered (queued or running).",
+            registry=registry,
+        )
 
     def forget_task(self, task: str) -> None:
         """A removed head's series go with it."""

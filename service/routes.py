@@ -27,7 +27,7 @@ from service.types import TaskResult
 router = APIRouter()
 
 
-def _texts(inputs: str | list[str], settings: Settings) -> list[str]:
+def request_texts(inputs: str | list[str], settings: Settings) -> list[str]:
     texts = [inputs] if isinstance(inputs, str) else inputs
     if not texts:
         raise InvalidInput("inputs is an empty list; send a text or a list of texts")
@@ -48,14 +48,16 @@ def _body(result: TaskResult, truncated: list[bool], single: bool) -> dict[str, 
     }
 
 
-async def _predict(
+async def run_batched(
     request: Request, heads: dict[str, LoadedHead], texts: list[str]
 ) -> tuple[dict[str, TaskResult], list[bool]]:
+    """Every prediction route's path: the micro-batcher, then per-task metrics."""
     batcher: Batcher = request.app.state.batcher
     metrics: Metrics = request.app.state.metrics
     started = time.perf_counter()
     try:
-        done = await batcher.submit(heads, texts)
+        with metrics.in_flight.track_inprogress():
+            done = await batcher.submit(heads, texts)
     except Exception:
         for task in heads:
             metrics.requests.labels(task, "error").inc()
@@ -69,9 +71,9 @@ async def _predict(
 
 @router.post("/predict/{task}", tags=["predict"], summary="Run one task")
 async def predict_task(task: str, body: PredictRequest, request: Request) -> JSONResponse:
-    texts = _texts(body.inputs, request.app.state.settings)
+    texts = request_texts(body.inputs, request.app.state.settings)
     heads = request.app.state.engine.resolve([task])
-    results, truncated = await _predict(request, heads, texts)
+    results, truncated = await run_batched(request, heads, texts)
     result = results[task]
     return JSONResponse(
         _body(result, truncated, isinstance(body.inputs, str)),
@@ -81,10 +83,10 @@ async def predict_task(task: str, body: PredictRequest, request: Request) -> JSO
 
 @router.post("/predict", tags=["predict"], summary="Run several tasks with one trunk run")
 async def predict_tasks(body: MultiPredictRequest, request: Request) -> dict[str, Any]:
-    texts = _texts(body.inputs, request.app.state.settings)
+    texts = request_texts(body.inputs, request.app.state.settings)
     tasks = list(dict.fromkeys(body.tasks))
     heads = request.app.state.engine.resolve(tasks)
-    results, truncated = await _predict(request, heads, texts)
+    results, truncated = await run_batched(request, heads, texts)
     single = isinstance(body.inputs, str)
     return {task: _body(results[task], truncated, single) for task in tasks}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,7 +16,8 @@ class Settings(BaseSettings):
     repository: Path = Path("model-repo")
     host: str = "127.0.0.1"
     port: int = 8000
-    # Bearer token for /admin. Unset means admin is disabled, unless explicitly allowed below.
+    # Bearer token for /admin. Unset or empty (a Kubernetes Secret left blank) means admin is
+    # disabled, unless explicitly allowed below.
     admin_token: SecretStr | None = None
     # Local experiments only: admin endpoints without a token. Never in production.
     allow_unauthenticated_admin: bool = False
@@ -66,6 +67,11 @@ class Settings(BaseSettings):
     # back or removed. Lower converges faster and costs a directory scan per look; 0 disables.
     repository_poll_seconds: float = 2.0
     log_level: str = "info"
+
+    @field_validator("admin_token")
+    @classmethod
+    def _empty_token_is_unset(cls, token: SecretStr | None) -> SecretStr | None:
+        return token if token is not None and token.get_secret_value() else None
 
     @model_validator(mode="after")
     def _fp16_needs_cuda(self) -> Settings:

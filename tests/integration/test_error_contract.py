@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from service.app import create_app
+from service.settings import Settings
 from spec.archive import pack_head, unpack_head
 from tests.conftest import make_settings
 from tests.integration.test_isolation import tree
@@ -36,6 +37,13 @@ def test_403_when_admin_is_disabled(repo):
     settings.admin_token = None
     client = TestClient(create_app(settings, CollectorRegistry()))
     assert "MTS_ADMIN_TOKEN" in error(client.delete("/admin/heads/embed"), 403, "forbidden")
+
+
+def test_403_when_the_admin_token_is_empty(repo, monkeypatch):
+    monkeypatch.setenv("MTS_ADMIN_TOKEN", "")  # a Kubernetes Secret left blank
+    client = TestClient(create_app(Settings(repository=repo), CollectorRegistry()))
+    headers = {"Authorization": "Bearer "}
+    error(client.delete("/admin/heads/embed", headers=headers), 403, "forbidden")
 
 
 def test_404_unknown_task_and_unknown_route(client, admin):

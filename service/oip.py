@@ -1,0 +1,330 @@
+"""Open Inference Protocol (KServe v2) endpoints, beside the service's own wire format.
+
+KServe and Triton tooling (``tritonclient``, KServe's InferenceService probes, load generators)
+speak this protocol, so they can point at the service unchanged. Each task is a *model*; the head
+version it serves is the model version. A model takes one BYTES tensor ``text`` and answers with
+the tensors its kind produces (``outputs_meta``). Both the JSON tensor form and the binary tensor
+extension (which ``tritonclient`` uses by default) are read and written. Predictions go through
+the same micro-batcher, limits and metrics as ``/predict`` (``routes.run_batched``); errors take
+the protocol's ``{"error": "message"}`` form.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import routes
+from service.engine import Engine
+from service.errors import InvalidInput, NotFound, ServiceError
+from service.registry import LoadedHead
+from service.types import TaskResult
+from spec.types import HeadSpec, Kind
+
+INPUT_NAME = "text"
+# Triton's name for the header that says where the JSON ends and binary tensor data begins.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+PLATFORM = "multitask-serve"
+
+
+class OipRoute(APIRoute):
+    """Answers ServiceErrors as ``{"error": message}``, the protocol's form, not the service's.
+
+    422 becomes 400: v2 clients treat any malformed request as a 400 Bad Request.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ServiceError as exc:
+                status, message = (400 if exc.status == 422 else exc.status), exc.message
+            except StarletteHTTPException as exc:  # the body limit, raised while reading
+                status, message = exc.status_code, str(exc.detail)
+            headers = {"Retry-After": "1"} if status in (429, 503) else None
+            return JSONResponse({"error": message}, status, headers=headers)
+
+        return handle
+
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=OipRoute)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str  # BYTES, FP32 or BOOL
+    shape: list[int]
+    data: list[Any]  # flat, row-major
+
+    def encode(self, binary: bool) -> tuple[dict[str, Any], bytes]:
+        """The tensor's JSON entry, and its bytes when sent as binary data (else b"")."""
+        entry: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+        if not binary:
+            entry["data"] = self.data
+            return entry, b""
+        if self.datatype == "BYTES":
+            raw = b"".join(
+                struct.pack("<I", len(item)) + item for item in (d.encode() for d in self.data)
+            )
+        else:
+            raw = np.asarray(self.data, dtype="<f4" if self.datatype == "FP32" else bool).tobytes()
+        entry["parameters"] = {"binary_data_size": len(raw)}
+        return entry, raw
+
+
+def outputs_meta(spec: HeadSpec) -> list[dict[str, Any]]:
+    """The output tensors a head's kind produces (shapes with -1 for the batch)."""
+    n = len(spec.labels)
+    tensors: dict[Kind, list[tuple[str, str, list[int]]]] = {
+        Kind.EMBEDDING: [("embedding", "FP32", [-1, spec.hidden_size])],
+        Kind.TOKEN_CLASSIFICATION: [("entities", "BYTES", [-1])],  # one JSON list per text
+        Kind.SEQUENCE_CLASSIFICATION: [
+            ("label", "BYTES", [-1]),
+            ("score", "FP32", [-1]),
+            ("scores", "FP32", [-1, n]),
+        ],
+    }
+    tensors[Kind.ZERO_SHOT] = tensors[Kind.SEQUENCE_CLASSIFICATION]
+    meta = [
+        {"name": name, "datatype": dt, "shape": shape} for name, dt, shape in tensors[spec.kind]
+    ]
+    return [*meta, {"name": "truncated", "datatype": "BOOL", "shape": [-1]}]
+
+
+def _tensors(spec: HeadSpec, result: TaskResult, truncated: list[bool]) -> list[Tensor]:
+    rows: list[Any] = result.outputs
+    n = len(rows)
+    if spec.kind is Kind.EMBEDDING:
+        made = [Tensor("embedding", "FP32", [n, spec.hidden_size], [x for r in rows for x in r])]
+    elif spec.kind is Kind.TOKEN_CLASSIFICATION:
+        made = [Tensor("entities", "BYTES", [n], [json.dumps(r) for r in rows])]
+    else:
+        made = [
+            Tensor("label", "BYTES", [n], [r["label"] for r in rows]),
+            Tensor("score", "FP32", [n], [r["score"] for r in rows]),
+            Tensor(
+                "scores",
+                "FP32",
+                [n, len(spec.labels)],
+                [r["scores"][label] for r in rows for label in spec.labels],
+            ),
+        ]
+    return [*made, Tensor("truncated", "BOOL", [n], truncated)]
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    texts: list[str]
+    id: str | None
+    wanted: dict[str, bool] | None  # requested output -> binary; None: every output
+    binary_default: bool
+
+
+def _decode_bytes(raw: bytes) -> list[bytes]:
+    items, at = [], 0
+    while at < len(raw):
+        if at + 4 > len(raw):
+            raise InvalidInput("binary BYTES data ends inside an element's 4-byte length")
+        (size,) = struct.unpack_from("<I", raw, at)
+        at += 4
+        if at + size > len(raw):
+            raise InvalidInput("binary BYTES data ends inside an element")
+        items.append(raw[at : at + size])
+        at += size
+    return items
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, list):
+        return [x for item in data for x in _flatten(item)]
+    return [data]
+
+
+def _texts(tensor: dict[str, Any], binary: bytes) -> list[str]:
+    if tensor.get("name") != INPUT_NAME or tensor.get("datatype") != "BYTES":
+        raise InvalidInput(
+            f"expected one input named {INPUT_NAME!r} with datatype BYTES, got "
+            f"{tensor.get('name')!r} ({tensor.get('datatype')!r})"
+        )
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InvalidInput("input 'shape' must be a list of non-negative integers")
+    params = tensor.get("parameters") or {}
+    if "binary_data_size" in params:
+        items: list[Any] = _decode_bytes(binary)
+    elif "data" in tensor:
+        items = _flatten(tensor["data"])
+    else:
+        raise InvalidInput("input 'text' has neither 'data' nor binary data")
+    if len(items) != math.prod(shape):
+        raise InvalidInput(f"input 'text' has shape {shape} but {len(items)} elements")
+    texts = []
+    for item in items:
+        if isinstance(item, bytes):
+            try:
+                item = item.decode()
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"input 'text' holds bytes that are not UTF-8: {exc}") from exc
+        if not isinstance(item, str):
+            raise InvalidInput("input 'text' elements must be strings")
+        texts.append(item)
+    return texts
+
+
+def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
+    """Read a v2 inference request: JSON alone, or JSON then binary tensor data."""
+    size = len(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidInput(f"{HEADER_LENGTH} {header_length!r} does not fit the body")
+        size = int(header_length)
+    try:
+        request = json.loads(body[:size])
+    except ValueError as exc:
+        raise InvalidInput(f"the inference request is not valid JSON: {exc}") from exc
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise InvalidInput("the inference request must be a JSON object with an 'inputs' list")
+    if len(request["inputs"]) != 1 or not isinstance(request["inputs"][0], dict):
+        raise InvalidInput(f"send exactly one input, {INPUT_NAME!r} (BYTES)")
+    texts = _texts(request["inputs"][0], body[size:])
+    params = request.get("parameters") or {}
+    binary_default = bool(isinstance(params, dict) and params.get("binary_data_output"))
+    wanted = None
+    if request.get("outputs") is not None:
+        outputs = request["outputs"]
+        if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+        ):
+            raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+        wanted = {
+            o["name"]: bool((o.get("parameters") or {}).get("binary_data", binary_default))
+            for o in outputs
+        }
+    request_id = None if request.get("id") is None else str(request["id"])
+    return InferRequest(texts, request_id, wanted, binary_default)
+
+
+def _head(request: Request, task: str, version: str | None = None) -> LoadedHead:
+    engine: Engine = request.app.state.engine
+    head = engine.resolve([task])[task]
+    if version is not None and version != str(head.version):
+        raise NotFound(
+            f"model {task!r} serves version {head.version}, not {version!r}; a stored version "
+            "is served again by rolling back to it"
+        )
+    return head
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata(request: Request) -> dict[str, Any]:
+    return {
+        "name": request.app.title,
+        "version": request.app.version,
+        "extensions": ["binary_tensor_data"],
+    }
+
+
+@router.get("/health/live", summary="The process lives")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="A real inference through trunk and a head")
+async def ready(request: Request) -> dict[str, bool]:
+    await routes.readyz(request)  # raises Unavailable (503) if the probe inference fails
+    return {"ready": True}
+
+
+def _metadata(head: LoadedHead) -> dict[str, Any]:
+    spec = head.spec
+    return {
+        "name": spec.task,
+        "versions": [str(head.version)],
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": outputs_meta(spec),
+        # Beyond the protocol's schema, which clients tolerate: what the scores' columns mean.
+        "parameters": {
+            "kind": str(spec.kind),
+            "labels": list(spec.labels),
+            "branch_layer": spec.branch_layer,
+        },
+    }
+
+
+async def _infer(request: Request, head: LoadedHead) -> Response:
+    parsed = parse_infer(await request.body(), request.headers.get(HEADER_LENGTH))
+    names = [o["name"] for o in outputs_meta(head.spec)]
+    unknown = sorted(set(parsed.wanted or ()) - set(names))
+    if unknown:
+        raise InvalidInput(f"model {head.spec.task!r} has no output {unknown[0]!r}; it has {names}")
+    texts = routes.request_texts(parsed.texts, request.app.state.settings)
+    task = head.spec.task
+    results, truncated = await routes.run_batched(request, {task: head}, texts)
+    entries, chunks = [], []
+    for tensor in _tensors(head.spec, results[task], truncated):
+        if parsed.wanted is not None and tensor.name not in parsed.wanted:
+            continue
+        binary = parsed.binary_default if parsed.wanted is None else parsed.wanted[tensor.name]
+        entry, raw = tensor.encode(binary)
+        entries.append(entry)
+        chunks.append(raw)
+    body: dict[str, Any] = {
+        "model_name": task,
+        "model_version": str(results[task].version),
+        "outputs": entries,
+    }
+    if parsed.id is not None:
+        body["id"] = parsed.id
+    header = json.dumps(body).encode()
+    if not any(chunks):
+        return Response(header, media_type="application/json")
+    return Response(
+        header + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )
+
+
+@router.get("/models/{task}", summary="Model metadata")
+async def model_metadata(request: Request, task: str) -> dict[str, Any]:
+    return _metadata(_head(request, task))
+
+
+@router.get("/models/{task}/versions/{version}", summary="Model metadata of one version")
+async def version_metadata(request: Request, task: str, version: str) -> dict[str, Any]:
+    return _metadata(_head(request, task, version))
+
+
+# A head is in the registry only after a real probe inference passed: served means ready.
+@router.get("/models/{task}/ready", summary="Model readiness")
+async def model_ready(request: Request, task: str) -> dict[str, Any]:
+    return {"name": _head(request, task).spec.task, "ready": True}
+
+
+@router.get("/models/{task}/versions/{version}/ready", summary="Readiness of one version")
+async def version_ready(request: Request, task: str, version: str) -> dict[str, Any]:
+    return {"name": _head(request, task, version).spec.task, "ready": True}
+
+
+@router.post("/models/{task}/infer", summary="Inference")
+async def model_infer(request: Request, task: str) -> Response:
+    return await _infer(request, _head(request, task))
+
+
+@router.post("/models/{task}/versions/{version}/infer", summary="Inference on one version")
+async def version_infer(request: Request, task: str, version: str) -> Response:
+    return await _infer(request, _head(request, task, version))

@@ -1,0 +1,45 @@
+"""`mts serve` as the serving image runs it: no torch, transformers, export/ or training/.
+
+The process starts with those modules made unimportable (``sys.modules[name] = None`` makes
+``import name`` raise ImportError), so any import of them on the serving path fails the test.
+The measured check in a clean venv holding only ``.[serve]`` is in docs/deploy.md.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.conftest import free_port, wait_ready
+
+BLOCKED = ("torch", "transformers", "onnxscript", "export", "training")
+
+
+def test_mts_serve_needs_nothing_from_the_train_extra(repo: Path, tmp_path: Path):
+    port = free_port()
+    script = (
+        "import sys\n"
+        f"for name in {BLOCKED!r}:\n"
+        "    sys.modules[name] = None\n"
+        "from mts.cli import main\n"
+        f"sys.exit(main(['serve', '--repo', {str(repo)!r}, '--port', '{port}']))\n"
+    )
+    log = tmp_path / "server.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, log)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.post("/predict/topic-zs", json={"inputs": "a goal"}).status_code == 200
+            v2 = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}
+            assert http.post("/v2/models/embed/infer", json=v2).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "ImportError" not in log.read_text()

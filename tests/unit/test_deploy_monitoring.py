@@ -1,0 +1,128 @@
+"""Alerts, the Grafana dashboard and the prometheus-adapter rules speak our real series.
+
+Every expression must name only series and labels that service/metrics.py exposes. Where
+Debian's prometheus package provides promtool, the alert rules also pass `promtool check rules`
+and their unit tests (`promtool test rules`), and every dashboard and adapter query parses as
+PromQL (checked by wrapping each in a recording rule).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy import K8S, by_kind, check_expression, render
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not installed (Debian: apt-get install prometheus)"
+)
+DASHBOARD = json.loads((K8S / "monitoring" / "grafana-dashboard.json").read_text())
+ADAPTER = yaml.safe_load((K8S / "monitoring" / "prometheus-adapter.yaml").read_text())
+ALERT_GROUPS = by_kind(render(), "PrometheusRule")[0]["spec"]["groups"]
+
+
+def _dashboard_queries() -> list[str]:
+    return [t["expr"] for panel in DASHBOARD["panels"] for t in panel["targets"]]
+
+
+def _as_promql(query: str) -> str:
+    """Grafana and adapter templates replaced by values, so that promtool can parse the rest."""
+    query = query.replace("$__rate_interval", "5m")
+    query = re.sub(r"<<\.LabelMatchers>>", 'namespace="mts"', query)
+    return re.sub(r"<<\.GroupBy>>", "pod", query)
+
+
+def _adapter_queries() -> list[str]:
+    """Each rule's query, with the series its seriesQuery discovers in place of <<.Series>>."""
+    return [
+        rule["metricsQuery"].replace("<<.Series>>", rule["seriesQuery"].partition("{")[0])
+        for rule in ADAPTER["rules"]["custom"]
+    ]
+
+
+def _promtool(*args: str, cwd: Path) -> str:
+    assert PROMTOOL is not None
+    done = subprocess.run(
+        [PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _rules_file(tmp_path: Path, groups: list[dict[str, Any]]) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [rule["expr"] for group in ALERT_GROUPS for rule in group["rules"]]
+    + _dashboard_queries()
+    + _adapter_queries(),
+)
+def test_every_query_names_series_and_labels_the_service_exposes(expr):
+    assert check_expression(expr) == []
+
+
+def test_the_name_check_catches_a_misspelt_series_or_label():
+    assert check_expression('rate(mts_request_total{task="a"}[5m])')
+    assert check_expression('sum by (stage) (rate(mts_requests_total{stage="a"}[5m]))')
+
+
+def test_the_dashboard_covers_latency_throughput_errors_batching_and_heads():
+    queries = " ".join(_dashboard_queries())
+    for quantile in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({quantile}, sum by (task, le) " in queries
+    for series in (
+        "mts_requests_total",
+        'outcome="error"',
+        "mts_batch_texts",
+        "mts_queue_wait_duration_seconds_bucket",
+        "mts_heads_loaded",
+        "mts_requests_in_flight",
+    ):
+        assert series in queries
+    ids = [panel["id"] for panel in DASHBOARD["panels"]]
+    assert len(ids) == len(set(ids))
+    assert {v["name"] for v in DASHBOARD["templating"]["list"]} == {
+        "datasource",
+        "namespace",
+        "task",
+    }
+
+
+def test_the_hpa_reads_a_metric_the_adapter_exposes():
+    hpa = by_kind(render(), "HorizontalPodAutoscaler")[0]
+    pods = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    exposed = {rule["name"]["as"] for rule in ADAPTER["rules"]["custom"]}
+    assert pods and set(pods) <= exposed
+
+
+@needs_promtool
+def test_alert_rules_pass_promtool_check_and_their_unit_tests(tmp_path):
+    rules = _rules_file(tmp_path, ALERT_GROUPS)
+    assert "SUCCESS" in _promtool("check", "rules", rules.name, cwd=tmp_path)
+    shutil.copy(K8S / "monitoring" / "alerts-test.yaml", tmp_path)
+    assert "SUCCESS" in _promtool("test", "rules", "alerts-test.yaml", cwd=tmp_path)
+
+
+@needs_promtool
+def test_dashboard_and_adapter_queries_parse_as_promql(tmp_path):
+    queries = _dashboard_queries() + _adapter_queries()
+    recorded = [
+        {"record": f"check:query_{i}", "expr": _as_promql(q)} for i, q in enumerate(queries)
+    ]
+    rules = _rules_file(tmp_path, [{"name": "queries", "rules": recorded}])
+    out = _promtool("check", "rules", rules.name, cwd=tmp_path)
+    assert f"SUCCESS: {len(queries)} rules found" in out
+    broken = _rules_file(tmp_path, [{"name": "q", "rules": [{"record": "x:y", "expr": "sum("}]}])
+    assert subprocess.run([PROMTOOL, "check", "rules", str(broken)], capture_output=True).returncode
