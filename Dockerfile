@@ -8,7 +8,9 @@
 # pip cache or source tree ships.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# onnxruntime-gpu 1.31 on PyPI is a CUDA 13.0 build (its capi/build_and_package_info.py says so):
+# the runtime base must carry CUDA 13 and cuDNN 9.
+ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 
 # The project as one pure-Python wheel; every venv below installs it with its extra.
 FROM ${PYTHON_IMAGE} AS wheel
