@@ -47,9 +47,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from service.app import create_app
+    from service.server import serve
     from service.settings import Settings
 
     overrides = {"repository": args.repo, "host": args.host, "port": args.port}
@@ -57,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.build_if_missing and not settings.repository.exists():
         _build(settings.repository, args.encoder, not args.no_train)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    serve(app, settings)
     return 0
 
 

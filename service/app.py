@@ -104,6 +104,8 @@ def create_app(
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.max_length = max_length
+    # Set when shutdown begins: /readyz fails from then on while requests are still served.
+    app.state.draining = threading.Event()
     install_handlers(app)
     app.include_router(routes.router)
     app.include_router(admin.router)

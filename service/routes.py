@@ -122,6 +122,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["health"], summary="A real inference through trunk and a head")
 async def readyz(request: Request) -> dict[str, Any]:
+    if request.app.state.draining.is_set():
+        raise Unavailable("shutting down: finishing in-flight requests")
     engine: Engine = request.app.state.engine
     assert engine.registry is not None
     heads = engine.registry.snapshot()

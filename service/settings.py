@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     # Seconds between looks at the repository for heads other replicas added, replaced, rolled
     # back or removed. Lower converges faster and costs a directory scan per look; 0 disables.
     repository_poll_seconds: float = 2.0
+    # Graceful shutdown. On SIGTERM /readyz fails at once but requests are served for
+    # shutdown_drain_seconds more, while load balancers notice; then no new connections are
+    # accepted and in-flight requests get up to shutdown_grace_seconds to finish (the rest are
+    # cancelled). Keep the sum under Kubernetes' terminationGracePeriodSeconds (30 by default).
+    shutdown_drain_seconds: float = 5.0
+    shutdown_grace_seconds: int = 20
     log_level: str = "info"
 
     def admin_enabled(self) -> bool:
