@@ -139,15 +139,23 @@ class Batcher:
             started = time.perf_counter()
             for entry in batch:
                 self._metrics.queue_seconds.observe(started - entry.enqueued)
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._engine.predict_many, [e.job for e in batch]
-                )
-            except Exception as exc:  # every waiting request gets the error, the worker lives on
+            await self._execute(loop, batch)
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[Entry]) -> None:
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._engine.predict_many, [e.job for e in batch]
+            )
+        except Exception as exc:
+            if len(batch) > 1:
+                # One request's input must not fail the others that shared its batch: run each
+                # alone, so that only the culprit gets the error.
                 for entry in batch:
-                    if not entry.future.done():
-                        entry.future.set_exception(exc)
-                continue
-            for entry, result in zip(batch, results, strict=True):
-                if not entry.future.done():
-                    entry.future.set_result(result)
+                    await self._execute(loop, [entry])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        for entry, result in zip(batch, results, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(result)

@@ -35,6 +35,15 @@ def _texts(inputs: str | list[str], settings: Settings) -> list[str]:
         raise TooLarge(
             f"{len(texts)} texts in one request; the limit is {settings.max_batch_texts}"
         )
+    for i, text in enumerate(texts):
+        # JSON may escape lone UTF-16 surrogates ("\ud800"); they are not text, and the
+        # tokenizer would fail on them inside a micro-batch that other requests share.
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                f"inputs[{i}] is not valid Unicode ({exc.reason} at character {exc.start})"
+            ) from None
     return texts
 
 
