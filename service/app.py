@@ -74,6 +74,7 @@ def create_app(
         settings.batch_max_wait_ms / 1000,
         max_length,
         settings.max_queued_texts,
+        settings.max_queue_wait_seconds,
     )
     # Head loads (validation, session, probe inference) run here, off the request threads, at
     # most max_concurrent_loads at a time.

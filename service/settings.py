@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     # Texts waiting for a batch before new requests get 429 with Retry-After. Bounds memory and
     # the queueing delay an accepted request can see (about this many texts' worth of trunk time).
     max_queued_texts: int = 1024
+    # Seconds a new request may expect to wait in the queue, at the recent inference pace, before
+    # it gets 429 instead. Bounds the latency of accepted requests under overload whatever the
+    # model's speed; 0 disables (only max_queued_texts applies).
+    max_queue_wait_seconds: float = 0.0
     # Head loads (validation + a real inference) running at once, off the request threads. Each
     # load holds a copy of the graph in memory while it runs.
     max_concurrent_loads: int = 2
