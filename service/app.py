@@ -18,7 +18,7 @@ from service import admin, routes
 from service.batcher import Batcher
 from service.engine import Engine
 from service.errors import install_handlers
-from service.limits import BodyLimit
+from service.limits import BodyLimit, InFlightLimit
 from service.metrics import Metrics
 from service.registry import HeadRegistry
 from service.sessions import TrunkSession
@@ -111,6 +111,8 @@ def create_app(
     app.include_router(routes.router)
     app.include_router(admin.router)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, upload=settings.max_upload_bytes)
+    # Added last, so it runs first: an overloaded process refuses before reading the body.
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight_requests)
     return app
 
 

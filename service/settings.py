@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     # Texts waiting for a batch before new requests get 429 with Retry-After. Bounds memory and
     # the queueing delay an accepted request can see (about this many texts' worth of trunk time).
     max_queued_texts: int = 1024
+    # Prediction requests in flight (from their first byte to their answer) before new ones get
+    # 429 with Retry-After. Bounds the latency of accepted requests under overload, which the
+    # queue bound alone does not: excess requests otherwise wait on the event loop before they
+    # reach the queue. 0 disables.
+    max_in_flight_requests: int = 128
     # Seconds a new request may expect to wait in the queue, at the recent inference pace, before
     # it gets 429 instead. Bounds the latency of accepted requests under overload whatever the
     # model's speed; 0 disables (only max_queued_texts applies).
