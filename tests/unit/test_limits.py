@@ -43,6 +43,7 @@ def test_beyond_the_limit_prediction_requests_get_429_at_once_and_others_pass():
     refused, health, served, again = asyncio.run(main())
     status, headers, body = refused
     assert status == 429 and headers[b"retry-after"] == b"1"
+    assert int(headers[b"content-length"]) == len(body)
     assert json.loads(body)["error"]["code"] == "overloaded"
     assert reached.count("/predict") == 0  # refused before the app saw it
     assert health[0] == 200 and [s[0] for s in served] == [200, 200] and again[0] == 200
