@@ -31,6 +31,7 @@ import numpy as np
 
 from bench.process import rss_mib, start_server
 
+KEEP_ALIVE_S = 3.0  # reuse idle connections younger than this (uvicorn's timeout is 5 s)
 TEXTS = [
     "The central bank raised interest rates by half a point on Thursday.",
     "What a brilliant match, the striker scored twice in the final minutes!",
@@ -50,10 +51,10 @@ class Connections:
     def __init__(self, url: str) -> None:
         host, port = url.removeprefix("http://").split(":")
         self.host, self.port = host, int(port)
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
     async def post(self, path: str, body: bytes) -> tuple[int, dict[str, str]]:
-        reader, writer = self.idle.pop() if self.idle else await self._open()
+        reader, writer = await self._take()
         head = (
             f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\n\r\n"
@@ -69,14 +70,20 @@ class Connections:
         if headers.get("connection") == "close":
             writer.close()
         else:
-            self.idle.append((reader, writer))
+            self.idle.append((reader, writer, time.monotonic()))
         return int(status_line.split()[1]), headers
 
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            # uvicorn closes connections idle for 5 s; one it closed may not show EOF yet.
+            if not reader.at_eof() and time.monotonic() - since < KEEP_ALIVE_S:
+                return reader, writer
+            writer.close()
         return await asyncio.open_connection(self.host, self.port)
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for _, writer, _ in self.idle:
             writer.close()
 
 
