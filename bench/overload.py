@@ -5,7 +5,7 @@
    saturation rate.
 2. Overload, open loop: requests leave on a fixed schedule at ``--factor`` x that rate for
    ``--seconds``, whatever the server answers, so a slow server faces a growing backlog (its
-   bounded queue turns the excess into 429s) instead of a slower client.
+   bounds turn the excess into 429s) instead of a slower client.
 
 Prints requests sent, accepted (2xx), 429s (and whether each carried Retry-After), other 4xx, 5xx,
 transport errors, accepted latency p50/p99/max, and the server's resident memory (VmRSS) sampled
