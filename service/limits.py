@@ -48,10 +48,10 @@ class BodyLimit:
 class InFlightLimit:
     """429 with Retry-After for prediction requests beyond ``limit`` in flight (0: no limit).
 
-    Under overload the wait does not only build up in the batcher's bounded queue: every
-    accepted connection is a task on the one event loop, and thousands of them share it, so that
-    each takes longer to even reach the queue. Counting requests from their first byte bounds
-    that too, and refuses the excess before its body is read or validated.
+    Under overload an accepted request's latency is about the number of requests ahead of it
+    divided by the throughput, so bounding requests in flight bounds it. Counting from the first
+    byte to the answer covers every stage (body, validation, queue, inference, response), and the
+    excess is refused before its body is read or validated.
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
