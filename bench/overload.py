@@ -43,9 +43,9 @@ TEXTS = [
 class Connections:
     """A minimal HTTP/1.1 client on asyncio streams with a pool of keep-alive connections.
 
-    httpx costs the client about a millisecond of CPU per request and more as its pool grows; on
-    a machine whose cores the server shares, that made the client, not the server, the place
-    where requests waited. This one costs a few tens of microseconds.
+    With httpx at these rates, on a machine whose cores the server shares, the client and not
+    the server became the place where requests waited (docs/reliability.md); this one does
+    little more per request than write it and read the answer.
     """
 
     def __init__(self, url: str) -> None:
