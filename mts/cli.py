@@ -48,10 +48,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
     from pydantic import ValidationError
 
     from service.app import create_app
+    from service.server import serve
     from service.sessions import RuntimeUnavailable
     from service.settings import Settings
     from spec.repository import RepositoryError
@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # A configuration mistake, not a crash: one clear message, no traceback.
         print(f"mts serve: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    serve(app, settings)
     return 0
 
 

@@ -19,7 +19,7 @@ from service import admin, oip, routes
 from service.batcher import Batcher
 from service.engine import Engine
 from service.errors import install_handlers
-from service.limits import BodyLimit
+from service.limits import BodyLimit, InFlightLimit
 from service.metrics import Metrics
 from service.registry import HeadRegistry
 from service.sessions import Runtime, TrunkSession
@@ -79,6 +79,7 @@ def create_app(
         settings.batch_max_wait_ms / 1000,
         max_length,
         settings.max_queued_texts,
+        settings.max_queue_wait_seconds,
     )
     # Head loads (validation, session, probe inference) run here, off the request threads, at
     # most max_concurrent_loads at a time.
@@ -109,11 +110,15 @@ def create_app(
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.max_length = max_length
+    # Set when shutdown begins: /readyz fails from then on while requests are still served.
+    app.state.draining = threading.Event()
     install_handlers(app)
     app.include_router(routes.router)
     app.include_router(admin.router)
     app.include_router(oip.router)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, upload=settings.max_upload_bytes)
+    # Added last, so it runs first: an overloaded process refuses before reading the body.
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight_requests)
     return app
 
 

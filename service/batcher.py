@@ -41,9 +41,12 @@ class Batcher:
         max_wait_s: float,
         max_length: int,
         max_queued_texts: int = 1024,
+        max_queue_wait_s: float = 0.0,
     ) -> None:
         self._engine, self._metrics = engine, metrics
         self._max_queued = max_queued_texts
+        self._max_queue_wait = max_queue_wait_s
+        self._texts_per_s: float | None = None  # recent inference throughput, a moving average
         self._queued = 0  # texts waiting, touched only on the event loop
         self._max_texts, self._max_tokens, self._max_wait = max_texts, max_tokens, max_wait_s
         self._max_length = max_length
@@ -76,6 +79,15 @@ class Batcher:
             raise Overloaded(
                 f"{self._queued} texts are queued (limit {self._max_queued}); retry shortly"
             )
+        if self._max_queue_wait > 0 and self._texts_per_s:
+            # The count bound alone lets the wait grow with how slow each text is; this one
+            # refuses a request that would wait longer than the deadline at the recent pace.
+            wait = (self._queued + len(texts)) / self._texts_per_s
+            if wait > self._max_queue_wait:
+                raise Overloaded(
+                    f"the queue would take {wait:.2f} s to reach this request (limit "
+                    f"{self._max_queue_wait:g} s); retry shortly"
+                )
         self._queued += len(texts)
         loop = asyncio.get_running_loop()
         chunks = [texts[i : i + self._max_texts] for i in range(0, len(texts), self._max_texts)]
@@ -139,15 +151,27 @@ class Batcher:
             started = time.perf_counter()
             for entry in batch:
                 self._metrics.queue_seconds.observe(started - entry.enqueued)
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._engine.predict_many, [e.job for e in batch]
-                )
-            except Exception as exc:  # every waiting request gets the error, the worker lives on
+            await self._execute(loop, batch)
+            texts = sum(len(e.job.texts) for e in batch)
+            pace = texts / max(time.perf_counter() - started, 1e-6)
+            previous = self._texts_per_s
+            self._texts_per_s = pace if previous is None else 0.8 * previous + 0.2 * pace
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[Entry]) -> None:
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._engine.predict_many, [e.job for e in batch]
+            )
+        except Exception as exc:
+            if len(batch) > 1:
+                # One request's input must not fail the others that shared its batch: run each
+                # alone, so that only the culprit gets the error.
                 for entry in batch:
-                    if not entry.future.done():
-                        entry.future.set_exception(exc)
-                continue
-            for entry, result in zip(batch, results, strict=True):
-                if not entry.future.done():
-                    entry.future.set_result(result)
+                    await self._execute(loop, [entry])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        for entry, result in zip(batch, results, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(result)

@@ -1,4 +1,5 @@
-"""A pure ASGI middleware that bounds request bodies before anything buffers them."""
+"""Pure ASGI middlewares that refuse work before anything is parsed or buffered: bodies over a size
+limit, and prediction requests beyond a number in flight."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ class BodyLimit:
         limit = self.upload if scope["path"].startswith("/admin/") else self.default
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _refuse(send, limit)
+            message = f"request body exceeds {limit} bytes"
+            await _respond(send, 413, "too_large", message, [(b"connection", b"close")])
             return
         seen = 0
 
@@ -43,13 +45,48 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-async def _refuse(send: Send, limit: int) -> None:
-    body = json.dumps(error_body("too_large", f"request body exceeds {limit} bytes")).encode()
+class InFlightLimit:
+    """429 with Retry-After for prediction requests beyond ``limit`` in flight (0: no limit).
+
+    Under overload an accepted request's latency is about the number of requests ahead of it
+    divided by the throughput, so bounding requests in flight bounds it. Counting from the first
+    byte to the answer covers every stage (body, validation, queue, inference, response), and the
+    excess is refused before its body is read or validated.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.active = 0  # touched only on the event loop
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limit <= 0 or not scope["path"].startswith("/predict"):
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            message = f"{self.active} prediction requests in flight (limit {self.limit}); retry"
+            await _respond(send, 429, "overloaded", message, [(b"retry-after", b"1")])
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
+async def _respond(
+    send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    body = json.dumps(error_body(code, message)).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

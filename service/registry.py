@@ -18,6 +18,7 @@ from types import MappingProxyType
 from service.errors import Conflict, InvalidInput, NotFound, ServiceError
 from service.metrics import Metrics
 from service.sessions import CPU, GraphError, HeadSession, Runtime
+from spec.graphs import external_data_locations
 from spec.repository import ModelRepository, RepositoryError, StoredHead
 from spec.types import HeadSpec, TrunkSpec
 
@@ -81,6 +82,12 @@ class HeadRegistry:
             raise InvalidInput(
                 f"head {spec.task!r} branches at tap {spec.branch_layer}; the trunk has taps "
                 f"0..{self._trunk.num_layers}"
+            )
+        external = external_data_locations(model)
+        if external:
+            raise InvalidInput(
+                f"head {spec.task!r} keeps tensor data outside its graph ({', '.join(external)}); "
+                "a head must be one self-contained head.onnx"
             )
         try:
             session = HeadSession(model, spec.output_name, self._trunk.hidden_size, self._runtime)

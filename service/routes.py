@@ -35,6 +35,15 @@ def request_texts(inputs: str | list[str], settings: Settings) -> list[str]:
         raise TooLarge(
             f"{len(texts)} texts in one request; the limit is {settings.max_batch_texts}"
         )
+    for i, text in enumerate(texts):
+        # JSON may escape lone UTF-16 surrogates ("\ud800"); they are not text, and the
+        # tokenizer would fail on them inside a micro-batch that other requests share.
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                f"inputs[{i}] is not valid Unicode ({exc.reason} at character {exc.start})"
+            ) from None
     return texts
 
 
@@ -124,6 +133,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["health"], summary="A real inference through trunk and a head")
 async def readyz(request: Request) -> dict[str, Any]:
+    if request.app.state.draining.is_set():
+        raise Unavailable("shutting down: finishing in-flight requests")
     engine: Engine = request.app.state.engine
     assert engine.registry is not None
     heads = engine.registry.snapshot()

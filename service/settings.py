@@ -60,12 +60,27 @@ class Settings(BaseSettings):
     # Texts waiting for a batch before new requests get 429 with Retry-After. Bounds memory and
     # the queueing delay an accepted request can see (about this many texts' worth of trunk time).
     max_queued_texts: int = 1024
+    # Prediction requests in flight (from their first byte to their answer) before new ones get
+    # 429 with Retry-After. Under overload accepted requests' latency is about this divided by
+    # the throughput (measured: p99 0.87 s at ~185 requests/s on 2 cores, docs/reliability.md);
+    # higher admits more concurrent clients, lower bounds latency tighter. 0 disables.
+    max_in_flight_requests: int = 128
+    # Seconds a new request may expect to wait in the queue, at the recent inference pace, before
+    # it gets 429 instead. Bounds the latency of accepted requests under overload whatever the
+    # model's speed; 0 disables (only max_queued_texts applies).
+    max_queue_wait_seconds: float = 0.0
     # Head loads (validation + a real inference) running at once, off the request threads. Each
     # load holds a copy of the graph in memory while it runs.
     max_concurrent_loads: int = 2
     # Seconds between looks at the repository for heads other replicas added, replaced, rolled
     # back or removed. Lower converges faster and costs a directory scan per look; 0 disables.
     repository_poll_seconds: float = 2.0
+    # Graceful shutdown. On SIGTERM /readyz fails at once but requests are served for
+    # shutdown_drain_seconds more, while load balancers notice; then no new connections are
+    # accepted and in-flight requests get up to shutdown_grace_seconds to finish (the rest are
+    # cancelled). Keep the sum under Kubernetes' terminationGracePeriodSeconds (30 by default).
+    shutdown_drain_seconds: float = 5.0
+    shutdown_grace_seconds: int = 20
     log_level: str = "info"
 
     @field_validator("admin_token")

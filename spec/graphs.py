@@ -131,3 +131,32 @@ def rows_graph(hidden_size: int) -> bytes:
         ],
     )
     return _model(graph)
+
+
+def external_data_locations(model: bytes) -> list[str]:
+    """Files a graph's tensors point to instead of holding their data (empty: self-contained).
+
+    A head must be one file: external data would be read from paths the uploader chose. Bytes
+    that do not parse as ONNX give an empty list; ONNX Runtime refuses them with its own message.
+    """
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(model)
+    except Exception:  # DecodeError, whose type depends on the protobuf backend
+        return []
+    found: list[str] = []
+
+    def tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+        out = [*graph.initializer, *(s.values for s in graph.sparse_initializer)]
+        for node in graph.node:
+            for attr in node.attribute:
+                out += [attr.t, *attr.tensors, *(s.values for s in attr.sparse_tensors)]
+                for sub in (attr.g, *attr.graphs):
+                    out += tensors(sub)
+        return out
+
+    for tensor in tensors(proto.graph):
+        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
+            where = {e.key: e.value for e in tensor.external_data}.get("location", "?")
+            found.append(f"{tensor.name or '<unnamed>'} -> {where}")
+    return found

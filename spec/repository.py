@@ -219,7 +219,12 @@ class ModelRepository:
         for parent in candidates:
             if not parent.is_dir():
                 continue
-            pattern = "*" if parent.name == TRASH_DIR else ".staging-*"
-            for p in parent.glob(pattern):
-                if p.stat().st_mtime < cutoff:
+            # Staged directories, and the temporary files of atomic_write (a pointer's update).
+            patterns = ["*"] if parent.name == TRASH_DIR else [".staging-*", ".*.tmp"]
+            for p in (p for pattern in patterns for p in parent.glob(pattern)):
+                if p.lstat().st_mtime >= cutoff:
+                    continue
+                if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)

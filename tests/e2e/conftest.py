@@ -23,11 +23,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def serving(repo: Path, log: Path, **env: str) -> Iterator[str]:
-    """A ``mts serve`` process on a free loopback port; yields its URL, stops it after."""
+def launch(repo: Path, log: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``mts serve`` on a free loopback port and wait until it is ready."""
     port = free_port()
-    variables = {**os.environ, "MTS_ADMIN_TOKEN": ADMIN_TOKEN, "MTS_INTRA_OP_THREADS": "1", **env}
+    variables = {
+        **os.environ,
+        "MTS_ADMIN_TOKEN": ADMIN_TOKEN,
+        "MTS_INTRA_OP_THREADS": "1",
+        "MTS_SHUTDOWN_DRAIN_SECONDS": "0",  # tests stop servers often; the drain has its own test
+        **env,
+    }
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mts", "serve", "--repo", str(repo), "--port", str(port)],
@@ -38,6 +43,18 @@ def serving(repo: Path, log: Path, **env: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, log)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, url
+
+
+@contextlib.contextmanager
+def serving(repo: Path, log: Path, **env: str) -> Iterator[str]:
+    """A ``mts serve`` process on a free loopback port; yields its URL, stops it after."""
+    proc, url = launch(repo, log, **env)
+    try:
         yield url
     finally:
         proc.terminate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from tests.conftest import ADMIN_TOKEN
+from tests.e2e.conftest import serving
 
 
 def test_served_process_answers_predictions_and_hot_adds_over_http(server, archives):
@@ -28,3 +29,18 @@ def test_served_process_answers_predictions_and_hot_adds_over_http(server, archi
         assert tasks == {"embed", "topic-zs", "ner"}
         metrics = http.get("/metrics").text
         assert 'mts_request_duration_seconds_count{task="ner"} 1.0' in metrics
+
+
+def test_admin_tokens_never_reach_the_server_log_even_at_debug_level(repo, tmp_path):
+    log = tmp_path / "debug.log"
+    wrong = "wrong-token-that-must-not-be-logged"
+    with serving(repo, log, MTS_LOG_LEVEL="debug") as url:
+        for token in (ADMIN_TOKEN, wrong):
+            httpx.post(
+                f"{url}/admin/heads/mood/zero-shot?replace=true",
+                json={"labels": ["a", "b"]},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+    text = log.read_text()
+    assert "/admin/heads/mood/zero-shot" in text  # requests were logged, without their headers
+    assert ADMIN_TOKEN not in text and wrong not in text

@@ -147,11 +147,36 @@ def test_length_groups_give_the_outputs_of_one_padded_batch(repo, archives):
         for task in a.results:
             x, y = a.results[task].outputs, b.results[task].outputs
             if task == "ner":
-                strip = [[{k: v for k, v in e.items() if k != "score"} for e in o] for o in x]
-                assert strip == [
-                    [{k: v for k, v in e.items() if k != "score"} for e in o] for o in y
-                ]
+                assert spans(x) == spans(y)
                 continue
             worst = max(worst, float(np.max(np.abs(flat(x) - flat(y)))))
     print(f"length groups vs one padded batch: max abs diff {worst:.2e}")
     assert worst <= 1e-5
+
+
+def test_a_request_that_would_wait_past_the_deadline_is_refused_at_the_recent_pace(repo):
+    app = create_app(make_settings(repo), CollectorRegistry())
+    engine, metrics = app.state.engine, app.state.metrics
+    heads = engine.resolve(["embed"])
+
+    async def main(deadline_in_texts: float):
+        batcher = Batcher(
+            engine, metrics, max_texts=2, max_tokens=8192, max_wait_s=0, max_length=64
+        )
+        batcher.start()
+        try:
+            await batcher.submit(heads, ["a"])  # before this, the pace is unknown
+            assert batcher._texts_per_s
+            # The deadline, in seconds, that this many texts take at the measured pace.
+            batcher._max_queue_wait = deadline_in_texts / batcher._texts_per_s
+            return await asyncio.gather(
+                *(batcher.submit(heads, ["a", "b"]) for _ in range(6)), return_exceptions=True
+            )
+        finally:
+            await batcher.stop()
+
+    assert all(not isinstance(o, Exception) for o in asyncio.run(main(0)))  # 0: no deadline
+    # Requests are admitted while the queue ahead of them, plus their own texts, fits: 2 x 2.
+    outcomes = asyncio.run(main(4.5))
+    assert [isinstance(o, Overloaded) for o in outcomes] == [False, False] + [True] * 4
+    assert "would take" in next(o for o in outcomes if isinstance(o, Overloaded)).message

@@ -54,10 +54,13 @@ def test_sweep_removes_stale_staging_but_not_fresh_ones(repo):
     stale, fresh = task_dir / ".staging-old", task_dir / ".staging-new"
     stale.mkdir()
     fresh.mkdir()
+    stale_pointer = task_dir / ".current.0123.tmp"  # an interrupted atomic_write
+    stale_pointer.write_text("2\n")
     old = time.time() - 3600
     os.utime(stale, (old, old))
+    os.utime(stale_pointer, (old, old))
     repo.sweep()
-    assert not stale.exists() and fresh.exists()
+    assert not stale.exists() and not stale_pointer.exists() and fresh.exists()
     assert repo.tasks() == ["sentiment"]
 
 

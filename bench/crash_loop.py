@@ -1,0 +1,248 @@
+"""Crash consistency: kill -9 a real ``mts serve`` at random moments while heads change.
+
+A client fires admin calls back to back (hot-add from an archive, hot-add zero-shot, replace,
+rollback) and the server is killed with SIGKILL after a random (seeded) delay, so that most kills
+land inside a call. After each restart the checks are:
+
+- the repository is consistent: every ``current`` pointer names a complete version that
+  ``ModelRepository`` reads and ONNX parses, and every task with a pointer is served;
+- every acknowledged (2xx) call's result is there: its version is stored, and each task serves its
+  last acknowledged version, or, for the one call the kill interrupted, that call's result;
+- every task answers predictions, and a version's outputs are bit-identical to what the same
+  version answered after earlier restarts.
+
+    flock /tmp/mts-cpu.lock .venv/bin/python -m bench.crash_loop --repo model-repo --kills 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import os
+import random
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import onnx
+
+from bench.process import start_server
+from spec.archive import pack_head
+from spec.repository import HEADS_DIR, ModelRepository
+
+TOKEN = "crash-loop-token"
+PROBES = ["the striker scored twice in the final", "rates fell at the bank", "ok"]
+LABELS = ["sport", "business", "politics", "tech", "music", "weather", "travel", "food"]
+
+
+@dataclass
+class Op:
+    kind: str  # add-archive, add-zero-shot, replace, rollback
+    task: str
+    before: int | None  # the version served when the call was sent
+    target: int | None = None  # rollback's version
+
+
+@dataclass
+class Ledger:
+    """What the server acknowledged, and the one call a kill left without an answer."""
+
+    current: dict[str, int] = field(default_factory=dict)
+    stored: dict[str, set[int]] = field(default_factory=dict)
+    outputs: dict[tuple[str, int], Any] = field(default_factory=dict)
+    pending: Op | None = None
+    errors: list[str] = field(default_factory=list)
+    acknowledged: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def acknowledge(self, task: str, version: int, kind: str) -> None:
+        self.current[task] = version
+        self.stored.setdefault(task, set()).add(version)
+        self.acknowledged[kind] += 1
+
+
+class Client:
+    def __init__(self, url: str, archive_template: tuple[Any, bytes], rng: random.Random) -> None:
+        self.http = httpx.Client(
+            base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        self.template = archive_template
+        self.rng = rng
+
+    def next_op(self, ledger: Ledger, counter: int) -> Op:
+        tasks = sorted(ledger.current)
+        rollbackable = [t for t in tasks if min(ledger.stored[t]) < ledger.current[t]]
+        choices = ["add-archive", "add-zero-shot"] + ["replace"] * 2 * bool(tasks)
+        choices += ["rollback"] * 2 * bool(rollbackable)
+        kind = self.rng.choice(choices)
+        if kind.startswith("add"):
+            return Op(kind, f"crash-{counter}", None)
+        task = self.rng.choice(rollbackable if kind == "rollback" else tasks)
+        return Op(kind, task, ledger.current[task])
+
+    def run(self, op: Op) -> int:
+        if op.kind == "rollback":
+            # An explicit version: an interrupted replace may have stored a version that was never
+            # acknowledged, which a default rollback would pick.
+            r = self.http.post(f"/admin/heads/{op.task}/rollback", json={"version": op.target})
+        elif op.kind == "add-archive" or (op.kind == "replace" and self.rng.random() < 0.5):
+            spec, model = self.template
+            data = pack_head(dataclasses.replace(spec, task=op.task), model)
+            replace = "true" if op.kind == "replace" else "false"
+            r = self.http.post(f"/admin/heads/{op.task}?replace={replace}", content=data)
+        else:
+            labels = self.rng.sample(LABELS, self.rng.randint(2, 5))
+            body = {"labels": labels, "replace": op.kind == "replace"}
+            r = self.http.post(f"/admin/heads/{op.task}/zero-shot", json=body)
+        r.raise_for_status()
+        return int(r.json()["version"])
+
+
+def fire(client: Client, ledger: Ledger, counter: list[int], stop: threading.Event) -> None:
+    """Admin calls back to back until the server dies."""
+    while not stop.is_set():
+        counter[0] += 1
+        op = client.next_op(ledger, counter[0])
+        if op.kind == "rollback":
+            op.target = max(v for v in ledger.stored[op.task] if v < ledger.current[op.task])
+        ledger.pending = op
+        try:
+            version = client.run(op)
+        except httpx.TransportError:
+            return  # killed: op stays pending
+        except httpx.HTTPStatusError as exc:
+            ledger.errors.append(f"{op}: {exc.response.status_code} {exc.response.text}")
+            ledger.pending = None
+            return
+        ledger.pending = None
+        ledger.acknowledge(op.task, version, op.kind)
+
+
+def check_repository(root: Path) -> tuple[dict[str, int], int]:
+    """Every pointer names a complete, readable version. Returns pointers and leftover count."""
+    repo = ModelRepository(root)
+    pointers = {}
+    for task in repo.tasks():
+        stored = repo.read_head(task)
+        assert stored.spec.task == task, f"{task}: head.json names {stored.spec.task}"
+        onnx.load_model(stored.model_path, load_external_data=False)
+        pointers[task] = stored.version
+    leftovers = sum(
+        1 for d in (root / HEADS_DIR).rglob(".*") if d.name.startswith((".staging-", ".current"))
+    )
+    return pointers, leftovers
+
+
+def verify(
+    url: str, root: Path, ledger: Ledger, outcomes: collections.Counter[str], after_kill: bool
+) -> int:
+    """All the checks after a restart; adopts the interrupted call's outcome. Returns leftovers."""
+    assert not ledger.errors, ledger.errors
+    pointers, leftovers = check_repository(root)
+    http = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"})
+    served = {t["task"]: t["version"] for t in http.get("/tasks").json()["tasks"]}
+    assert served == pointers, f"served {served} != repository pointers {pointers}"
+    op, ledger.pending = ledger.pending, None
+    for task, version in ledger.current.items():
+        if op is not None and task == op.task:
+            continue
+        assert served.get(task) == version, f"{task}: serves {served.get(task)}, acked {version}"
+    if op is not None:
+        now = served.get(op.task)
+        if now == op.before:
+            outcomes[f"{op.kind}: old"] += 1
+        else:
+            allowed_new = (
+                {op.target} if op.kind == "rollback" else {v for v in [now] if v is not None}
+            )
+            new_version = op.kind != "rollback" and now not in ledger.stored.get(op.task, set())
+            assert now in allowed_new and (op.kind == "rollback" or new_version), (
+                f"{op.kind} {op.task} interrupted: serves {now}, before {op.before}"
+            )
+            outcomes[f"{op.kind}: new"] += 1
+            assert now is not None
+            ledger.current[op.task] = now
+            ledger.stored.setdefault(op.task, set()).add(now)
+    elif after_kill:
+        outcomes["between calls"] += 1
+    for task, versions in ledger.stored.items():
+        listed = http.get(f"/admin/heads/{task}/versions").json()
+        missing = versions - {v["version"] for v in listed["versions"]}
+        assert not missing, f"{task}: acknowledged versions {missing} are gone"
+    for task, version in served.items():
+        r = http.post(f"/predict/{task}", json={"inputs": PROBES})
+        assert r.status_code == 200 and r.json()["version"] == version, r.text
+        seen = ledger.outputs.setdefault((task, version), r.json()["outputs"])
+        assert r.json()["outputs"] == seen, f"{task} v{version}: outputs changed after a restart"
+    return leftovers
+
+
+def crash_loop(
+    source: Path, kills: int, seed: int, max_delay: float, workdir: Path
+) -> dict[str, Any]:
+    rng = random.Random(seed)
+    root = workdir / "repo"
+    shutil.copytree(source, root)
+    repo = ModelRepository(root)
+    biggest = max(repo.tasks(), key=lambda t: repo.read_head(t).model_path.stat().st_size)
+    stored = repo.read_head(biggest)
+    template = (stored.spec, stored.model_path.read_bytes())
+    env = {"MTS_ADMIN_TOKEN": TOKEN, "MTS_LOG_LEVEL": "warning", "MTS_INTRA_OP_THREADS": "1"}
+    ledger, outcomes, counter = Ledger(), collections.Counter[str](), [0]
+    for task, version in check_repository(root)[0].items():  # the heads served from the start
+        ledger.current[task] = version
+        ledger.stored[task] = set(repo.versions(task))
+    leftovers, started = 0, time.monotonic()
+    for i in range(kills + 1):
+        proc, url = start_server(root, workdir / "server.log", env)
+        try:
+            leftovers = verify(url, root, ledger, outcomes, after_kill=i > 0)
+            if i == kills:
+                break
+            stop = threading.Event()
+            client = Client(url, template, rng)
+            thread = threading.Thread(target=fire, args=(client, ledger, counter, stop))
+            thread.start()
+            time.sleep(rng.uniform(0.0, max_delay))
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        stop.set()
+        thread.join()
+    return {
+        "kills": kills,
+        "seed": seed,
+        "admin calls sent": counter[0],
+        "acknowledged": dict(ledger.acknowledged),
+        "kill landed": dict(sorted(outcomes.items())),
+        "tasks at the end": len(ledger.current),
+        "versions at the end": sum(len(v) for v in ledger.stored.values()),
+        "leftover staging entries": leftovers,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--repo", type=Path, default=Path("model-repo"), help="copied, never changed")
+    p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-delay", type=float, default=2.0, help="seconds before each kill, at most")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="crash-loop-") as tmp:
+        result = crash_loop(args.repo, args.kills, args.seed, args.max_delay, Path(tmp))
+    for key, value in result.items():
+        print(f"{key}: {value}")
+    print("all checks passed after every restart")
+
+
+if __name__ == "__main__":
+    main()
