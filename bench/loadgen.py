@@ -3,8 +3,9 @@
 ``closed_loop`` keeps ``in_flight`` requests outstanding with an asyncio httpx client: each worker
 sends its next request as soon as the previous one returned, so the figure is the server's
 throughput at that concurrency (the client shares the machine's cores with the server, which both
-sides of a comparison pay alike). ``server`` starts a process, waits for its readiness URL and
-stops it afterwards; ``memory_mb`` reads its resident memory from /proc.
+sides of a comparison pay alike); ``measure`` also keeps every request's latency. ``server``
+starts a process, waits for its readiness URL and stops it afterwards; ``memory_mb`` reads its
+resident memory from /proc.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import itertools
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 # A request: path and JSON body, and how many texts it carries.
 Request = tuple[str, dict[str, Any], int]
@@ -80,32 +83,70 @@ def memory_mb(pid: int) -> dict[str, float]:
     return fields
 
 
+@dataclass
+class Run:
+    """What one closed-loop measurement saw: every answered request's latency, and the refusals."""
+
+    seconds: float
+    texts: int
+    latencies: list[float] = field(default_factory=list)  # seconds, 2xx answers only
+    failures: Counter[int] = field(default_factory=Counter)  # non-2xx answers by status
+
+    @property
+    def texts_per_s(self) -> float:
+        return self.texts / self.seconds
+
+    @property
+    def requests_per_s(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
 async def _closed_loop(
-    url: str, requests: Callable[[int], Request], seconds: float, in_flight: int
-) -> float:
+    url: str, requests: Callable[[int], Request], seconds: float, in_flight: int, strict: bool
+) -> Run:
     counter = itertools.count()
-    done = 0
+    run = Run(seconds=0.0, texts=0)
     limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
         deadline = time.perf_counter() + seconds
 
         async def worker() -> None:
-            nonlocal done
             while time.perf_counter() < deadline:
                 path, body, texts = requests(next(counter))
+                sent = time.perf_counter()
                 r = await client.post(path, json=body)
-                if r.status_code != 200:
-                    raise RuntimeError(f"{path}: {r.status_code} {r.text[:200]}")
-                done += texts
+                if r.status_code // 100 != 2:
+                    if strict:
+                        raise RuntimeError(f"{path}: {r.status_code} {r.text[:200]}")
+                    run.failures[r.status_code] += 1
+                    continue
+                run.latencies.append(time.perf_counter() - sent)
+                run.texts += texts
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(in_flight)))
         # Requests still in flight at the deadline finish and count: divide by the real time.
-        return done / (time.perf_counter() - started)
+        run.seconds = time.perf_counter() - started
+        return run
+
+
+def measure(
+    url: str,
+    requests: Callable[[int], Request],
+    seconds: float,
+    in_flight: int,
+    strict: bool = True,
+) -> Run:
+    """Latencies and throughput with ``in_flight`` requests outstanding; request i is
+    ``requests(i)``. ``strict`` raises on the first non-2xx answer; otherwise they are counted."""
+    return asyncio.run(_closed_loop(url, requests, seconds, in_flight, strict))
 
 
 def closed_loop(
     url: str, requests: Callable[[int], Request], seconds: float, in_flight: int
 ) -> float:
     """Texts per second with ``in_flight`` requests outstanding; request i is ``requests(i)``."""
-    return asyncio.run(_closed_loop(url, requests, seconds, in_flight))
+    return measure(url, requests, seconds, in_flight).texts_per_s
