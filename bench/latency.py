@@ -5,8 +5,10 @@ single-text ``POST /predict/<task>`` requests from the closed-loop client (bench
 the same cores as the server), default batching. Before the HTTP measurements at concurrency 1,
 the same trunk and head run the same texts in this process at batch 1 (tokenization included,
 bench/http_vs_ort.py's raw side), and the p50 difference is set against the target: within 1 ms.
-``--profile DIR`` records py-spy on the server during each HTTP measurement and prints where its
-time goes.
+At concurrency 1 the server's own histograms (``/metrics``, read before and after) split each
+request's time into the part inside the batcher (queue, hand-off to the inference thread,
+tokenization, trunk, head) and the rest (HTTP, routing, JSON, the client). ``--profile DIR``
+records py-spy on the server during each HTTP measurement and prints where its time goes.
 
     .venv/bin/python bench/latency.py [--repo /work/model-repo] [--task topic-zs] [--seconds 10]
 """
@@ -22,10 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import spy
 from http_vs_ort import TEXTS, RawPipeline
 from loadgen import Run, free_port, measure, server
+from prometheus_client.parser import text_string_to_metric_families
 
 from spec.repository import ModelRepository
 
@@ -46,6 +50,26 @@ def raw_latencies(repo: ModelRepository, task: str, seconds: float) -> list[floa
     return latencies
 
 
+# Server-side time per request at concurrency 1: histogram sums (seconds) from /metrics.
+STAGES = {
+    "inside the batcher (submit to result)": ("mts_request_duration_seconds_sum", None),
+    "  queue wait": ("mts_queue_wait_duration_seconds_sum", None),
+    "  tokenization": ("mts_stage_duration_seconds_sum", "tokenize"),
+    "  trunk": ("mts_stage_duration_seconds_sum", "trunk"),
+    "  head and post-processing": ("mts_head_duration_seconds_sum", None),
+}
+
+
+def histogram_sums(url: str) -> dict[str, float]:
+    sums = dict.fromkeys(STAGES, 0.0)
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for sample in family.samples:
+            for stage, (name, label) in STAGES.items():
+                if sample.name == name and (label is None or sample.labels.get("stage") == label):
+                    sums[stage] += sample.value
+    return sums
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -61,8 +85,21 @@ def main() -> None:
         shutil.copytree(args.repo, repo)
         raw = raw_latencies(ModelRepository(repo), args.task, args.seconds)
         port = free_port()
-        env = {**os.environ, "MTS_LOG_LEVEL": "warning", "MTS_REPOSITORY_POLL_SECONDS": "0"}
-        command = [sys.executable, "-m", "mts", "serve", "--repo", str(repo), "--port", str(port)]
+        env = {
+            **os.environ,
+            "MTS_LOG_LEVEL": "warning",
+            "MTS_REPOSITORY_POLL_SECONDS": "0",
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "mts",
+            "serve",
+            "--repo",
+            str(repo),
+            "--port",
+            str(port),
+        ]
         runs: dict[int, Run] = {}
         with server("mts", command, port, env) as running:
 
@@ -76,7 +113,12 @@ def main() -> None:
                         args.profile.mkdir(parents=True, exist_ok=True)
                         out = args.profile / f"latency-c{concurrency}.txt"
                         stack.enter_context(spy.record(running.pid, out, args.seconds))
+                    before = histogram_sums(running.url)
                     runs[concurrency] = measure(running.url, load, args.seconds, concurrency)
+                    if concurrency == 1:
+                        after = histogram_sums(running.url)
+                        served = len(runs[1].latencies)
+                        split = {k: (after[k] - before[k]) / served * 1000 for k in STAGES}
 
     raw_p50 = float(np.percentile(raw, 50)) * 1000
     print(f"task {args.task}, single-text requests, {args.seconds:.0f} s per measurement\n")
@@ -98,6 +140,17 @@ def main() -> None:
         f"\nconcurrency 1: HTTP p50 - raw p50 = {gap:.2f} ms "
         f"(target <= {TARGET_MS:.0f} ms): {verdict}"
     )
+    print("\nconcurrency 1, server-side time per request (from its /metrics histograms)\n")
+    print("| part | ms per request |")
+    print("|---|---|")
+    for stage, ms in split.items():
+        print(f"| {stage} | {ms:.2f} |")
+    inside = split["inside the batcher (submit to result)"]
+    outside = runs[1].percentile_ms(50) - inside
+    print(
+        f"| outside the batcher: HTTP, routing, JSON, client | {outside:.2f} (p50 - mean above) |"
+    )
+    print(f"| raw ORT in-process, whole call | {raw_p50:.2f} (p50) |")
     if args.profile:
         for concurrency in CONCURRENCY:
             print(f"\nserver profile at concurrency {concurrency} (share of samples)\n")
