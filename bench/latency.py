@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 import spy
 from http_vs_ort import TEXTS, RawPipeline
-from loadgen import Run, free_port, measure, server
+from loadgen import Run, cpu_seconds, free_port, measure, server
 from prometheus_client.parser import text_string_to_metric_families
 
 from spec.repository import ModelRepository
@@ -103,6 +103,7 @@ def main() -> None:
         ]
         runs: dict[int, Run] = {}
         splits: dict[int, dict[str, float]] = {}  # ms per request, by part
+        server_cores: dict[int, float] = {}  # CPU seconds per second
         with server("mts", command, port, env) as running:
 
             def load(i: int) -> tuple[str, dict[str, str], int]:
@@ -115,8 +116,11 @@ def main() -> None:
                         args.profile.mkdir(parents=True, exist_ok=True)
                         out = args.profile / f"latency-c{concurrency}.txt"
                         stack.enter_context(spy.record(running.pid, out, args.seconds))
-                    before = histogram_sums(running.url)
+                    before, server_cpu = histogram_sums(running.url), cpu_seconds(running.pid)
                     runs[concurrency] = measure(running.url, load, args.seconds, concurrency)
+                    server_cores[concurrency] = (cpu_seconds(running.pid) - server_cpu) / runs[
+                        concurrency
+                    ].seconds
                     after = histogram_sums(running.url)
                     served = len(runs[concurrency].latencies)
                     splits[concurrency] = {
@@ -127,19 +131,20 @@ def main() -> None:
     print(f"task {args.task}, single-text requests, {args.seconds:.0f} s per measurement\n")
     print(
         "| side | concurrency | p50 ms | p90 ms | p99 ms | requests/s "
-        "| server: mean ms in the batcher (queue wait) |"
+        "| server: mean ms in the batcher (queue wait) | cores used: server, client |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     print(
         f"| raw ORT in-process, batch 1 | 1 | {raw_p50:.2f} | {np.percentile(raw, 90) * 1000:.2f}"
-        f" | {np.percentile(raw, 99) * 1000:.2f} | {len(raw) / args.seconds:.0f} | |"
+        f" | {np.percentile(raw, 99) * 1000:.2f} | {len(raw) / args.seconds:.0f} | | |"
     )
     for concurrency, run in runs.items():
         inside = splits[concurrency]
         print(
             f"| HTTP (`mts serve`) | {concurrency} | {run.percentile_ms(50):.2f} | "
             f"{run.percentile_ms(90):.2f} | {run.percentile_ms(99):.2f} | "
-            f"{run.requests_per_s:.0f} | {inside[BATCHER]:.2f} ({inside['  queue wait']:.2f}) |"
+            f"{run.requests_per_s:.0f} | {inside[BATCHER]:.2f} ({inside['  queue wait']:.2f}) | "
+            f"{server_cores[concurrency]:.2f}, {run.client_cpu_s / run.seconds:.2f} |"
         )
     gap = runs[1].percentile_ms(50) - raw_p50
     verdict = "met" if gap <= TARGET_MS else "missed"

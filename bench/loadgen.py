@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import socket
 import subprocess
 import time
@@ -73,6 +74,12 @@ def server(
             out.close()  # type: ignore[union-attr]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, all threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def memory_mb(pid: int) -> dict[str, float]:
     """VmRSS (resident now) and VmHWM (peak resident) of a process, in MiB."""
     fields = {}
@@ -91,6 +98,7 @@ class Run:
     texts: int
     latencies: list[float] = field(default_factory=list)  # seconds, 2xx answers only
     failures: Counter[int] = field(default_factory=Counter)  # non-2xx answers by status
+    client_cpu_s: float = 0.0  # CPU time this (client) process used meanwhile, all threads
 
     @property
     def texts_per_s(self) -> float:
@@ -126,10 +134,11 @@ async def _closed_loop(
                 run.latencies.append(time.perf_counter() - sent)
                 run.texts += texts
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(in_flight)))
         # Requests still in flight at the deadline finish and count: divide by the real time.
         run.seconds = time.perf_counter() - started
+        run.client_cpu_s = time.process_time() - cpu
         return run
 
 
