@@ -110,6 +110,8 @@ def main() -> None:
                 return f"/predict/{args.task}", {"inputs": TEXTS[i % len(TEXTS)]}, 1
 
             measure(running.url, load, 2.0, 8)  # warm-up
+            # The floor of any request here: client, HTTP and routing, no inference.
+            floor = measure(running.url, lambda _: ("/healthz", None, 0), args.seconds, 1)
             for concurrency in CONCURRENCY:
                 with contextlib.ExitStack() as stack:
                     if args.profile:
@@ -137,6 +139,11 @@ def main() -> None:
     print(
         f"| raw ORT in-process, batch 1 | 1 | {raw_p50:.2f} | {np.percentile(raw, 90) * 1000:.2f}"
         f" | {np.percentile(raw, 99) * 1000:.2f} | {len(raw) / args.seconds:.0f} | | |"
+    )
+    print(
+        f"| HTTP `GET /healthz` (no inference) | 1 | {floor.percentile_ms(50):.2f} | "
+        f"{floor.percentile_ms(90):.2f} | {floor.percentile_ms(99):.2f} | "
+        f"{floor.requests_per_s:.0f} | | |"
     )
     for concurrency, run in runs.items():
         inside = splits[concurrency]

@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-# A request: path and JSON body, and how many texts it carries.
-Request = tuple[str, dict[str, Any], int]
+# A request: path and JSON body (None: a GET), and how many texts it carries.
+Request = tuple[str, dict[str, Any] | None, int]
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ async def _closed_loop(
             while time.perf_counter() < deadline:
                 path, body, texts = requests(next(counter))
                 sent = time.perf_counter()
-                r = await client.post(path, json=body)
+                r = await (client.get(path) if body is None else client.post(path, json=body))
                 if r.status_code // 100 != 2:
                     if strict:
                         raise RuntimeError(f"{path}: {r.status_code} {r.text[:200]}")
