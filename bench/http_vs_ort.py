@@ -11,18 +11,16 @@ it. The client shares the machine's cores with the server, which the HTTP side p
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
+from loadgen import closed_loop, free_port, server
 from tokenizers import Tokenizer
 
 from service.sessions import HeadSession, TrunkSession
@@ -37,48 +35,48 @@ TEXTS = [
 TASK = "topic-zs"
 
 
-def raw_throughput(repo: ModelRepository, batch: int, seconds: float) -> float:
-    # The service's own session wrappers: same options, no HTTP, no batcher.
-    spec = repo.read_trunk_spec()
-    trunk = TrunkSession(repo.trunk_model_path)
-    stored = repo.read_head(TASK)
-    head = HeadSession(stored.model_path.read_bytes(), stored.spec.output_name, spec.hidden_size)
-    tokenizer = Tokenizer.from_file(str(repo.tokenizer_path))
-    tokenizer.enable_truncation(max_length=spec.max_length)
-    tokenizer.enable_padding()
-    texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
-    tap = f"tap_{stored.spec.branch_layer}"
-    done, deadline = 0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        enc = tokenizer.encode_batch(texts)
+class RawPipeline:
+    """Tokenize, trunk, one head, softmax in this process with the service's own session
+    wrappers (same options), and no HTTP, no batcher."""
+
+    def __init__(self, repo: ModelRepository, task: str = TASK) -> None:
+        spec = repo.read_trunk_spec()
+        self._trunk = TrunkSession(repo.trunk_model_path)
+        stored = repo.read_head(task)
+        self._head = HeadSession(
+            stored.model_path.read_bytes(), stored.spec.output_name, spec.hidden_size
+        )
+        self._tokenizer = Tokenizer.from_file(str(repo.tokenizer_path))
+        self._tokenizer.enable_truncation(max_length=spec.max_length)
+        self._tokenizer.enable_padding()
+        self._tap = f"tap_{stored.spec.branch_layer}"
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        enc = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in enc], dtype=np.int64)
         mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        hidden = trunk.run(feeds, [tap])[tap]
-        logits = head.run(hidden, mask)
+        hidden = self._trunk.run(feeds, [self._tap])[self._tap]
+        logits = self._head.run(hidden, mask)
         exp = np.exp(logits - logits.max(-1, keepdims=True))
-        _ = exp / exp.sum(-1, keepdims=True)
+        probs: np.ndarray = exp / exp.sum(-1, keepdims=True)
+        return probs
+
+
+def raw_throughput(repo: ModelRepository, batch: int, seconds: float) -> float:
+    pipeline = RawPipeline(repo)
+    texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
+    done, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pipeline(texts)
         done += batch
     return done / seconds
 
 
-async def http_throughput(url: str, batch: int, seconds: float, concurrency: int) -> float:
+def http_throughput(url: str, batch: int, seconds: float, concurrency: int) -> float:
     texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
     body = {"inputs": texts if batch > 1 else texts[0]}
-    done = 0
-    deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < deadline:
-                r = await client.post(f"/predict/{TASK}", json=body)
-                r.raise_for_status()
-                done += batch
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / seconds
+    return closed_loop(url, lambda _: (f"/predict/{TASK}", body, batch), seconds, concurrency)
 
 
 def main() -> None:
@@ -105,7 +103,7 @@ def main() -> None:
         # Same batch size as the raw side, then with the batcher free to merge requests.
         for limit in (batch, 32):
             with serving(args.repo, limit) as url:
-                http = asyncio.run(http_throughput(url, batch, args.seconds, concurrency))
+                http = http_throughput(url, batch, args.seconds, concurrency)
             print(
                 f"| {batch} | {limit} | {raw:.0f} | {http:.0f} ({concurrency}) | "
                 f"{http / raw:.2f}x | >= {target:.2f}x |"
@@ -114,28 +112,11 @@ def main() -> None:
 
 @contextlib.contextmanager
 def serving(repo: Path, batch_limit: int) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MTS_LOG_LEVEL": "warning", "MTS_BATCH_MAX_TEXTS": str(batch_limit)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mts", "serve", "--repo", str(repo), "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    command = [sys.executable, "-m", "mts", "serve", "--repo", str(repo), "--port", str(port)]
+    with server("mts", command, port, env) as running:
+        yield running.url
 
 
 if __name__ == "__main__":

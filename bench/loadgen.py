@@ -3,8 +3,9 @@
 ``closed_loop`` keeps ``in_flight`` requests outstanding with an asyncio httpx client: each worker
 sends its next request as soon as the previous one returned, so the figure is the server's
 throughput at that concurrency (the client shares the machine's cores with the server, which both
-sides of a comparison pay alike). ``server`` starts a process, waits for its readiness URL and
-stops it afterwards; ``memory_mb`` reads its resident memory from /proc.
+sides of a comparison pay alike); ``measure`` also keeps every request's latency. ``server``
+starts a process, waits for its readiness URL and stops it afterwards; ``memory_mb`` reads its
+resident memory from /proc.
 """
 
 from __future__ import annotations
@@ -12,18 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
-# A request: path and JSON body, and how many texts it carries.
-Request = tuple[str, dict[str, Any], int]
+# A request: path and JSON body (None: a GET), and how many texts it carries.
+Request = tuple[str, dict[str, Any] | None, int]
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,12 @@ def server(
             out.close()  # type: ignore[union-attr]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, all threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def memory_mb(pid: int) -> dict[str, float]:
     """VmRSS (resident now) and VmHWM (peak resident) of a process, in MiB."""
     fields = {}
@@ -80,32 +90,90 @@ def memory_mb(pid: int) -> dict[str, float]:
     return fields
 
 
+@dataclass
+class Run:
+    """What one closed-loop measurement saw: every answered request's latency, and the refusals."""
+
+    seconds: float
+    texts: int
+    latencies: list[float] = field(default_factory=list)  # seconds, 2xx answers only
+    failures: Counter[int] = field(default_factory=Counter)  # non-2xx answers by status
+    client_cpu_s: float = 0.0  # CPU time this (client) process used meanwhile, all threads
+
+    @property
+    def texts_per_s(self) -> float:
+        return self.texts / self.seconds
+
+    @property
+    def requests_per_s(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
 async def _closed_loop(
-    url: str, requests: Callable[[int], Request], seconds: float, in_flight: int
-) -> float:
+    url: str,
+    requests: Callable[[int], Request],
+    seconds: float,
+    in_flight: int,
+    strict: bool,
+    shared_pool: bool,
+) -> Run:
     counter = itertools.count()
-    done = 0
-    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+    run = Run(seconds=0.0, texts=0)
+    async with contextlib.AsyncExitStack() as stack:
+        # One client (one keep-alive connection) per worker by default: httpx's shared pool
+        # costs client CPU that grows with the connections it holds (measured at 64 in flight:
+        # about 11 ms of client CPU per request against under 2 ms at 8; bench/latency.py).
+        count = 1 if shared_pool else in_flight
+        per_client = in_flight if shared_pool else 1
+        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, limits=limits, timeout=120)
+            )
+            for _ in range(count)
+        ]
         deadline = time.perf_counter() + seconds
 
-        async def worker() -> None:
-            nonlocal done
+        async def worker(client: httpx.AsyncClient) -> None:
             while time.perf_counter() < deadline:
                 path, body, texts = requests(next(counter))
-                r = await client.post(path, json=body)
-                if r.status_code != 200:
-                    raise RuntimeError(f"{path}: {r.status_code} {r.text[:200]}")
-                done += texts
+                sent = time.perf_counter()
+                r = await (client.get(path) if body is None else client.post(path, json=body))
+                if r.status_code // 100 != 2:
+                    if strict:
+                        raise RuntimeError(f"{path}: {r.status_code} {r.text[:200]}")
+                    run.failures[r.status_code] += 1
+                    continue
+                run.latencies.append(time.perf_counter() - sent)
+                run.texts += texts
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        started, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker(clients[i % count]) for i in range(in_flight)))
         # Requests still in flight at the deadline finish and count: divide by the real time.
-        return done / (time.perf_counter() - started)
+        run.seconds = time.perf_counter() - started
+        run.client_cpu_s = time.process_time() - cpu
+        return run
+
+
+def measure(
+    url: str,
+    requests: Callable[[int], Request],
+    seconds: float,
+    in_flight: int,
+    strict: bool = True,
+    shared_pool: bool = False,
+) -> Run:
+    """Latencies and throughput with ``in_flight`` requests outstanding; request i is
+    ``requests(i)``. ``strict`` raises on the first non-2xx answer; otherwise they are counted.
+    ``shared_pool`` sends every request through one httpx client (the older way)."""
+    return asyncio.run(_closed_loop(url, requests, seconds, in_flight, strict, shared_pool))
 
 
 def closed_loop(
     url: str, requests: Callable[[int], Request], seconds: float, in_flight: int
 ) -> float:
     """Texts per second with ``in_flight`` requests outstanding; request i is ``requests(i)``."""
-    return asyncio.run(_closed_loop(url, requests, seconds, in_flight))
+    return measure(url, requests, seconds, in_flight).texts_per_s

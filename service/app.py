@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,9 @@ from spec.repository import ModelRepository, RepositoryError
 from spec.types import TrunkSpec, trunk_fingerprint
 
 log = logging.getLogger(__name__)
+
+# Niceness of head-load threads: above serving's 0, so loads take the CPU serving leaves.
+LOAD_NICENESS = 10
 
 
 def create_app(
@@ -82,8 +86,10 @@ def create_app(
         settings.max_queue_wait_seconds,
     )
     # Head loads (validation, session, probe inference) run here, off the request threads, at
-    # most max_concurrent_loads at a time.
-    loads = ThreadPoolExecutor(settings.max_concurrent_loads, thread_name_prefix="head-load")
+    # most max_concurrent_loads at a time, at a lower CPU priority than serving.
+    loads = ThreadPoolExecutor(
+        settings.max_concurrent_loads, thread_name_prefix="head-load", initializer=_background
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -120,6 +126,17 @@ def create_app(
     # Added last, so it runs first: an overloaded process refuses before reading the body.
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight_requests)
     return app
+
+
+def _background() -> None:
+    """Lower the calling thread's CPU priority (Linux: niceness is per thread).
+
+    A head load parses and optimizes a graph and runs a probe; on few cores that competed with
+    serving as an equal and raised other tasks' latency (bench/hot_add.py). Best effort: where
+    the platform refuses, loads run at normal priority.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOAD_NICENESS)
 
 
 def _checked_trunk(repo: ModelRepository, spec: TrunkSpec, precision: str) -> Path:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
+from service.app import LOAD_NICENESS
 from tests.factories import NER_LABELS, TINY_HIDDEN
 
 TEXTS = ["john scored a great goal in the final", "the bank rates fell", "i love paris"]
@@ -118,3 +123,13 @@ def test_head_loads_are_timed_and_refusals_counted(client, admin, archives):
     assert count == 1
     client.delete("/admin/heads/sentiment", headers=admin)
     assert 'task="sentiment"' not in client.get("/metrics").text
+
+
+def test_head_loads_run_at_a_lower_cpu_priority_than_serving(client):
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    if niceness() >= LOAD_NICENESS:
+        pytest.skip(f"this process already runs at niceness {niceness()}")
+    assert client.app.state.loads.submit(niceness).result() == LOAD_NICENESS
+    assert niceness() < LOAD_NICENESS  # the serving threads keep theirs

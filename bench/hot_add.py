@@ -1,0 +1,172 @@
+"""Other tasks' latency while heads are hot-added, replaced and removed over the admin API.
+
+Comparison 6 of the benchmark plan. A real ``mts serve`` process on a copy of a built repository
+takes a fixed closed-loop load (bench/loadgen.py, on the same cores as the server): single-text
+requests for the tasks already served, in turn. First the load alone (steady state), then the
+same load for the same time while a second client loops over the admin API: a zero-shot head
+(``POST /admin/heads/hot-zs/zero-shot``, replace), the repository's trained top-2 sentiment head
+renamed and uploaded as an archive (``POST /admin/heads/hot-top2?replace=true``), then both
+removed. Prints both phases' p50/p99, the p99 ratio against the target (<= 1.5x), the adds done,
+and every non-2xx answer. ``--profile DIR`` records py-spy on the server during the add phase.
+
+    .venv/bin/python bench/hot_add.py [--repo /work/model-repo] [--seconds 20] [--in-flight 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import spy
+from http_vs_ort import TEXTS
+from loadgen import Run, free_port, measure, server
+
+from spec.archive import pack_head
+from spec.repository import ModelRepository
+
+TOKEN = "bench-admin-token"
+LOAD_TASKS = ("topic", "sentiment", "topic-zs")
+TARGET = 1.5
+LABELS = {
+    "business": "business, companies and markets",
+    "sport": "sport, football and matches",
+    "tech": "technology, phones and software",
+}
+
+
+class Churn:
+    """Adds, replaces and removes heads in a loop on its own thread until stopped."""
+
+    def __init__(self, url: str, archive: bytes) -> None:
+        self._url, self._archive = url, archive
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="churn")
+        self.adds = 0
+        self.failures: Counter[str] = Counter()
+
+    def __enter__(self) -> Churn:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _call(self, client: httpx.Client, method: str, path: str, **kwargs: Any) -> None:
+        r = client.request(method, path, **kwargs)
+        if r.status_code // 100 != 2:
+            self.failures[f"{method} {path.split('?')[0]}: {r.status_code}"] += 1
+        elif method == "POST":
+            self.adds += 1
+
+    def _run(self) -> None:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=self._url, headers=headers, timeout=120) as client:
+            while not self._stop.is_set():
+                self._call(
+                    client,
+                    "POST",
+                    "/admin/heads/hot-zs/zero-shot",
+                    json={"labels": LABELS, "replace": True},
+                )
+                self._call(
+                    client,
+                    "POST",
+                    "/admin/heads/hot-top2?replace=true",
+                    content=self._archive,
+                    headers={"Content-Type": "application/gzip"},
+                )
+                self._call(
+                    client,
+                    "POST",
+                    "/admin/heads/hot-top2?replace=true",
+                    content=self._archive,
+                    headers={"Content-Type": "application/gzip"},
+                )
+                for task in ("hot-zs", "hot-top2"):
+                    self._call(client, "DELETE", f"/admin/heads/{task}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--repo", type=Path, default=Path("/work/model-repo"))
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--in-flight", type=int, default=8)
+    p.add_argument("--profile", type=Path, help="folder for a py-spy profile of the add phase")
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"  # the admin API writes versions: never the original
+        shutil.copytree(args.repo, repo)
+        stored = ModelRepository(repo).read_head("sentiment")
+        spec = dataclasses.replace(stored.spec, task="hot-top2")
+        archive = pack_head(spec, stored.model_path.read_bytes())
+        port = free_port()
+        env = {
+            **os.environ,
+            "MTS_LOG_LEVEL": "warning",
+            "MTS_ADMIN_TOKEN": TOKEN,
+            "MTS_REPOSITORY_POLL_SECONDS": "0",
+            **dict(kv.split("=", 1) for kv in args.env),
+        }
+        command = [sys.executable, "-m", "mts", "serve", "--repo", str(repo), "--port", str(port)]
+
+        def load(i: int) -> tuple[str, dict[str, str], int]:
+            task = LOAD_TASKS[i % len(LOAD_TASKS)]
+            return f"/predict/{task}", {"inputs": TEXTS[(i // len(LOAD_TASKS)) % len(TEXTS)]}, 1
+
+        with server("mts", command, port, env) as running:
+            measure(running.url, load, 2.0, args.in_flight)  # warm-up
+            steady = measure(running.url, load, args.seconds, args.in_flight, strict=False)
+            with contextlib.ExitStack() as stack:
+                if args.profile:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    out = args.profile / "hot-add.txt"
+                    stack.enter_context(spy.record(running.pid, out, args.seconds))
+                churn = stack.enter_context(Churn(running.url, archive))
+                adding = measure(running.url, load, args.seconds, args.in_flight, strict=False)
+
+    print(
+        f"load: single-text requests for {', '.join(LOAD_TASKS)} in turn, {args.in_flight} in "
+        f"flight, {args.seconds:.0f} s per phase\n"
+    )
+    print("| phase | requests | p50 ms | p99 ms | requests/s | non-2xx |")
+    print("|---|---|---|---|---|---|")
+    phases: dict[str, Run] = {"steady state": steady, "heads being added": adding}
+    for name, run in phases.items():
+        print(
+            f"| {name} | {len(run.latencies)} | {run.percentile_ms(50):.1f} | "
+            f"{run.percentile_ms(99):.1f} | {run.requests_per_s:.0f} | "
+            f"{sum(run.failures.values())} |"
+        )
+    ratio = adding.percentile_ms(99) / steady.percentile_ms(99)
+    verdict = "met" if ratio <= TARGET else "missed"
+    print(
+        f"\np99 while adding / steady p99 = {ratio:.2f}x (target <= {TARGET}x): {verdict}; "
+        f"p50 ratio {adding.percentile_ms(50) / steady.percentile_ms(50):.2f}x"
+    )
+    print(f"adds and replaces done: {churn.adds}; admin non-2xx: {dict(churn.failures) or 'none'}")
+    print(f"prediction non-2xx: {dict(steady.failures + adding.failures) or 'none'}")
+    if args.profile:
+        print("\nserver profile while adding (share of samples)\n")
+        print("| function | inclusive | self |")
+        print("|---|---|---|")
+        for function, inclusive, own in spy.summary(args.profile / "hot-add.txt", top=25):
+            print(f"| `{function}` | {inclusive:.0%} | {own:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
