@@ -58,6 +58,7 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
 
 
 _HTTP_CODES = {
+    400: "invalid_input",  # a body that does not parse as what the route reads
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",

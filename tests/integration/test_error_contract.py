@@ -158,3 +158,27 @@ def test_429_with_retry_after_when_the_queue_is_full(repo):
         r = c.post("/predict/embed", json={"inputs": "x"})
         error(r, 429, "overloaded")
         assert r.headers["retry-after"] == "1"
+
+
+def test_framework_errors_follow_the_contract_with_a_named_code():
+    # FastAPI raises its own HTTPExceptions (a 400 for a body it cannot parse, for one); each
+    # must come out as {"error": {"code", "message"}} with a code a client can switch on.
+    from fastapi import FastAPI, HTTPException
+
+    from service.errors import install_handlers
+
+    app = FastAPI()
+    install_handlers(app)
+
+    @app.get("/raise/{status}")
+    def _raise(status: int) -> None:
+        raise HTTPException(status, "framework said no")
+
+    with TestClient(app) as c:
+        for status, code in ((400, "invalid_input"), (405, "method_not_allowed"), (418, None)):
+            r = c.get(f"/raise/{status}")
+            assert r.status_code == status
+            assert r.json()["error"] == {
+                "code": code or "http_error",
+                "message": "framework said no",
+            }
