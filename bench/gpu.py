@@ -206,9 +206,7 @@ def section_engine(
 
 def section_http(repo_path: Path, device: str, texts: list[str], args: argparse.Namespace) -> None:
     import httpx
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from http_vs_ort import serving  # type: ignore[import-not-found]
+    from http_vs_ort import serving  # the script's own folder is on sys.path
 
     body = {"inputs": texts[:16], "tasks": list(TASKS)}
     print(f"\n## 5. mts serve on {device}, 16-text requests for {', '.join(TASKS)}\n")

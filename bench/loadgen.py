@@ -56,22 +56,29 @@ def server(
     process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[:3]} exited with {process.returncode}; see {log}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + ready).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url}{ready} not ready after 300 s")
-            time.sleep(0.2)
+        wait_ready(process, url + ready, 300, log)
         yield Server(name, url, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
         if log:
             out.close()  # type: ignore[union-attr]
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes], url: str, timeout: float, log: Path | None = None
+) -> None:
+    """Poll ``url`` until it answers 200; raise if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}; see {log}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not ready after {timeout} s; see {log}")
+        time.sleep(0.1)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+from bench.loadgen import free_port, memory_mb, wait_ready
 
 
 def start_server(
     repo: Path, log: Path, env: dict[str, str], ready_timeout: float = 120.0
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``mts serve`` on a free loopback port; return the process and its URL once ready."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     variables = {**os.environ, "MTS_SHUTDOWN_DRAIN_SECONDS": "0", **env}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -28,23 +24,15 @@ def start_server(
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError(f"{url} not ready after {ready_timeout} s; see {log}")
+    try:
+        wait_ready(proc, f"{url}/readyz", ready_timeout, log)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, url
 
 
 def rss_mib(pid: int) -> float:
-    """Resident memory of a process from /proc/<pid>/status (VmRSS), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    """Resident memory of a process now (VmRSS), in MiB."""
+    return memory_mb(pid)["VmRSS"]

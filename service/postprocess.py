@@ -18,10 +18,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return out
 
 
-def classification(probs: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]:
-    return classifications(probs[None], labels)[0]
-
-
 def classifications(probs: np.ndarray, labels: tuple[str, ...]) -> list[dict[str, Any]]:
     """One result per row; converts the batch to Python floats once, not value by value."""
     return [

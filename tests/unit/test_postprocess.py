@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.postprocess import classification, entities, softmax
+from service.postprocess import classifications, entities, softmax
 
 LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 
@@ -21,7 +21,7 @@ def test_softmax_rows_sum_to_one_and_survive_large_logits():
 
 
 def test_classification_reports_best_label_and_every_score():
-    out = classification(np.array([0.2, 0.7, 0.1]), ("a", "b", "c"))
+    (out,) = classifications(np.array([[0.2, 0.7, 0.1]]), ("a", "b", "c"))
     assert out["label"] == "b" and out["score"] == pytest.approx(0.7)
     assert list(out["scores"]) == ["a", "b", "c"]
 
