@@ -5,22 +5,29 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import tempfile
+import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from service.engine import Engine
-from service.errors import Forbidden, InvalidInput, Unauthorized
+from service.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
 from service.registry import HeadRegistry, LoadedHead
 from service.schemas import RollbackRequest, ZeroShotRequest
 from service.settings import Settings
-from spec.archive import ArchiveError, unpack_head
+from spec.archive import ArchiveError, unpack_head_file
 from spec.types import SpecError, validate_task_name
 
 T = TypeVar("T")
+
+# An upload is written to its staging file in batches of about this many bytes, each batch off the
+# event loop: the memory an upload holds, whatever its size.
+UPLOAD_WRITE_BYTES = 1 << 20
 
 
 def require_admin(request: Request, authorization: str | None = Header(None)) -> None:
@@ -76,22 +83,79 @@ def _added(head: LoadedHead) -> JSONResponse:
 )
 async def add_head(task: str, request: Request, replace: bool = False) -> JSONResponse:
     task = _task(task)
-    data = await request.body()
     registry: HeadRegistry = request.app.state.registry
-    max_bytes = request.app.state.settings.max_upload_bytes
+    settings: Settings = request.app.state.settings
+    max_bytes = settings.max_upload_bytes
+    staged = await _stage_upload(request, settings.repository, max_bytes)
+    # Whoever takes this closes (and so deletes) the staging file: the load, or this handler if
+    # the load never starts (the request was cancelled while the load waited for a thread).
+    owner = threading.Lock()
 
     def load() -> LoadedHead:
+        if not owner.acquire(blocking=False):
+            raise RuntimeError("the request was cancelled before its head load started")
         # Unpacking decompresses the whole graph (14 MB for a top-2 head: tens of ms of CPU); on
         # the event loop that stalled every other request (bench/hot_add.py), so it runs here.
         try:
-            spec, model = unpack_head(data, max_bytes)
+            with staged:
+                spec, model = unpack_head_file(staged, max_bytes)
         except ArchiveError as exc:
             raise InvalidInput(f"head archive refused: {exc}") from exc
         if spec.task != task:
             raise InvalidInput(f"the archive is a head for {spec.task!r}, not {task!r}")
         return registry.add(spec, model, replace)
 
-    return _added(await _off_path(request, load))
+    try:
+        head = await _off_path(request, load)
+    except BaseException:
+        if owner.acquire(blocking=False):
+            staged.close()
+        raise
+    return _added(head)
+
+
+async def _stage_upload(request: Request, directory: Path, limit: int) -> IO[bytes]:
+    """Stream the request body into a staging file and return it, open at its start.
+
+    At most ``limit`` bytes are accepted: the first chunk past it gets the same 413 as the
+    ``BodyLimit`` middleware and nothing more is read. Memory stays at about UPLOAD_WRITE_BYTES
+    whatever the body's size. The file is anonymous (created unlinked) and lives in the
+    repository's directory, so it takes space on the repository's file system, not in a /tmp that
+    may be backed by the pod's memory. Closing it, or the process ending in any way, deletes it,
+    so no upload is ever left behind. On any error (too large, client disconnect, cancellation)
+    it is closed before this returns.
+    """
+    staged = await run_in_threadpool(_staging_file, directory)
+    try:
+        pending: list[bytes] = []
+        pending_bytes = received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                # BodyLimit raises at the same byte; this keeps the bound where it is not mounted.
+                raise TooLarge(f"request body exceeds {limit} bytes")
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes >= UPLOAD_WRITE_BYTES:
+                await run_in_threadpool(staged.writelines, pending)
+                pending, pending_bytes = [], 0
+        await run_in_threadpool(_rewind, staged, pending)
+    except BaseException:
+        staged.close()
+        raise
+    return staged
+
+
+def _staging_file(directory: Path) -> IO[bytes]:
+    # O_TMPFILE where the file system has it; elsewhere a named file unlinked at once (the prefix
+    # makes ModelRepository.sweep remove it if the process dies in between).
+    return tempfile.TemporaryFile(dir=directory, prefix=".staging-upload-")
+
+
+def _rewind(staged: IO[bytes], pending: list[bytes]) -> None:
+    staged.writelines(pending)
+    staged.flush()
+    staged.seek(0)
 
 
 @router.post("/heads/{task}/zero-shot", summary="Hot-add a zero-shot head from label descriptions")

@@ -41,7 +41,10 @@ class Settings(BaseSettings):
     max_length: int = 0
     # Texts in one request. Bounds the memory and latency one client can claim.
     max_batch_texts: int = 64
-    # Request body limits: predictions are small JSON; head archives carry ONNX weights.
+    # Request body limits: predictions are small JSON; head archives carry ONNX weights. An upload
+    # is streamed to a file on the repository's file system, not held in memory (refused with 413
+    # as soon as it passes the limit); only its unpacked members, at most max_upload_bytes in
+    # total, are read into memory.
     max_body_bytes: int = 1 << 20
     max_upload_bytes: int = 512 << 20
     # Micro-batching: concurrent requests (any tasks) share one trunk run. A batch closes at

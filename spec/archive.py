@@ -2,7 +2,9 @@
 
 An archive holds exactly two regular files at its root, ``head.json`` and ``head.onnx``. Unpacking
 reads members into memory under a byte budget and refuses anything else (links, directories, paths,
-duplicates, oversized or bomb-like content) before a single byte touches the repository.
+duplicates, oversized or bomb-like content) before a single byte touches the repository. The
+archive itself is read as a stream: from bytes, or from a file (the admin API stages uploads on
+disk, so that the compressed archive is never held whole in memory).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+from typing import IO
 
 from spec.repository import HEAD_MODEL, HEAD_SPEC
 from spec.types import HeadSpec, SpecError
@@ -36,10 +39,19 @@ def pack_head(spec: HeadSpec, model: bytes) -> bytes:
 
 def unpack_head(data: bytes, max_bytes: int) -> tuple[HeadSpec, bytes]:
     """Return the archive's spec and ONNX bytes, or raise ArchiveError saying what is wrong."""
+    return unpack_head_file(io.BytesIO(data), max_bytes)
+
+
+def unpack_head_file(file: IO[bytes], max_bytes: int) -> tuple[HeadSpec, bytes]:
+    """``unpack_head`` reading the archive from a seekable binary file, from its current position.
+
+    The file is read in small pieces as the members are decompressed; only the members' content
+    (at most ``max_bytes`` in total) is held in memory. The file is left open.
+    """
     files: dict[str, bytes] = {}
     budget = max_bytes
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        with tarfile.open(fileobj=file, mode="r:*") as tar:
             for member in tar:
                 if member.name not in (HEAD_SPEC, HEAD_MODEL):
                     raise ArchiveError(
