@@ -1,0 +1,84 @@
+"""The engine's half of the oracle: ``predict_many(jobs)`` equals each job's text run alone.
+
+Whatever texts share a micro-batch (lengths, duplicates, tasks of every kind at different branch
+layers) and however it is cut into length groups, each text's result is the one it gets alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from service.app import create_app
+from service.engine import Engine
+from service.types import Job
+from spec.repository import ModelRepository
+from spec.types import Kind
+from tests.conftest import make_settings
+from tests.factories import NER_LABELS, WORDS, export_head
+from tests.oracle import compare
+
+# A run cost of 0 cuts wherever padding is saved, 10**6 never cuts, the others in between.
+GROUP_COSTS = (0, 4, 32, 10**6)
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory, built_repo: Path, exporter: Any) -> Any:
+    """One engine per group cost, on a repository with a head of every kind."""
+    root = tmp_path_factory.mktemp("invariance") / "repo"
+    shutil.copytree(built_repo, root)
+    repository = ModelRepository(root)
+    for spec, model in (
+        export_head(exporter, "sentiment", Kind.SEQUENCE_CLASSIFICATION, ("n", "o", "p"), 0, 1),
+        export_head(exporter, "topic", Kind.SEQUENCE_CLASSIFICATION, ("a", "b", "c"), 2, 3),
+        export_head(exporter, "ner", Kind.TOKEN_CLASSIFICATION, NER_LABELS, 1, 4),
+    ):
+        repository.add_head(spec, model)
+    made = {}
+    for cost in GROUP_COSTS:
+        app = create_app(make_settings(root, batch_group_cost_tokens=cost), CollectorRegistry())
+        made[cost] = app.state.engine
+    return made
+
+
+TASKS = ("sentiment", "topic", "ner", "topic-zs", "embed")
+texts = st.one_of(
+    # Lengths a few tokens apart: padding that costs more than a run, yet no cut that pays.
+    st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join),
+    st.lists(st.sampled_from(WORDS), max_size=80).map(" ".join),
+    st.text(max_size=30),
+)
+jobs = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(TASKS), min_size=1, max_size=len(TASKS), unique=True),
+        st.lists(texts, min_size=1, max_size=8),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(jobs=jobs, cost=st.sampled_from(GROUP_COSTS))
+def test_each_text_in_a_micro_batch_gets_the_result_it_gets_alone(engines, jobs, cost):
+    engine: Engine = engines[cost]
+    assert engine.registry is not None
+    heads = engine.registry.snapshot()
+    batch = [Job({t: heads[t] for t in tasks}, list(texts)) for tasks, texts in jobs]
+    together = engine.predict_many(batch)
+    for j, (job, done) in enumerate(zip(batch, together, strict=True)):
+        assert list(done.results) == list(job.heads)
+        for i, text in enumerate(job.texts):
+            alone = engine.predict_many([Job(job.heads, [text])])[0]
+            assert done.truncated[i] == alone.truncated[0]
+            for task, result in done.results.items():
+                kind = str(heads[task].spec.kind)
+                ref = alone.results[task].outputs[0]
+                problem, _ = compare(kind, result.outputs[i], ref)
+                assert problem is None, f"job {j} text {i} {text!r} task {task}: {problem}"
