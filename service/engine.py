@@ -38,8 +38,9 @@ def length_groups(lengths: np.ndarray, call_cost: int) -> list[list[int]]:
     """Rows cut into groups, each padded to its own longest, at the least total cost.
 
     Cost = padded tokens + ``call_cost`` per group; the best cut of the rows sorted by length is
-    found by dynamic programming over where each group starts. When all the padding of one group
-    costs less than one more run, the rows stay one group in their own order.
+    found by dynamic programming over where each group starts. The contract with the assembly in
+    ``Engine.predict_many``: every row is in exactly one group, and each group lists its rows in
+    ascending order, which is the order its sub-batch (``TokenizedBatch.group``) holds them in.
     """
     n = len(lengths)
     if n <= 1 or n * int(lengths.max()) - int(lengths.sum()) <= call_cost:
@@ -56,7 +57,7 @@ def length_groups(lengths: np.ndarray, call_cost: int) -> list[list[int]]:
                 best[j], cut[j] = cost, i
     groups, j = [], n
     while j > 0:
-        groups.append(order[cut[j] : j].tolist())
+        groups.append(sorted(order[cut[j] : j].tolist()))
         j = cut[j]
     return groups[::-1]
 
@@ -142,7 +143,7 @@ class Engine:
         decoded: dict[int, dict[int, Output]] = {key: {} for key in users}
         groups = length_groups(batch.attention_mask.sum(axis=1), self._group_cost)
         for group in groups:
-            sub = batch if len(groups) == 1 else batch.group(group)
+            sub = batch.group(group)  # holds the group's rows in the group's order
             position = {row: i for i, row in enumerate(group)}
             members = {
                 key: [row for row in rows if row in position] for key, (_, rows) in users.items()

@@ -37,7 +37,10 @@ class TokenizedBatch:
         )
 
     def group(self, index: list[int]) -> TokenizedBatch:
-        """Some rows, padded only to the longest of them (padding is on the right)."""
+        """Rows ``index``, in that order, padded only to the longest of them (padding is on the
+        right). Every row in its own order is the batch itself, not a copy."""
+        if index == list(range(self.size)):
+            return self
         picked = self.rows(index)
         width = int(picked.attention_mask.sum(axis=1).max())
         return TokenizedBatch(

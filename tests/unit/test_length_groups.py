@@ -37,7 +37,13 @@ def test_similar_lengths_stay_one_group_in_their_own_order():
 
 def test_one_long_text_runs_apart_from_short_ones():
     groups = length_groups(np.array([6, 120, 5, 7, 6]), call_cost=32)
-    assert groups == [[2, 0, 4, 3], [1]]
+    assert groups == [[0, 2, 3, 4], [1]]
+
+
+def test_one_group_worth_its_padding_keeps_the_rows_in_request_order():
+    # Padding (34 tokens) costs more than a run, yet no cut pays: one group, and it must list
+    # the rows as the batch holds them, not sorted by length.
+    assert length_groups(np.array([2, 2, 2, 3, 2, 9]), call_cost=32) == [[0, 1, 2, 3, 4, 5]]
 
 
 def test_a_huge_run_cost_never_splits():
@@ -51,4 +57,5 @@ def test_the_cut_is_the_cheapest_and_covers_every_row_once(seed):
     call_cost = int(rng.choice([0, 8, 32, 200]))
     groups = length_groups(lengths, call_cost)
     assert sorted(row for g in groups for row in g) == list(range(len(lengths)))
+    assert all(g == sorted(g) for g in groups)
     assert cost(lengths, groups, call_cost) == brute_force(lengths, call_cost)
