@@ -134,7 +134,11 @@ class HeadRegistry:
         with self._lock:
             if task not in self._heads:
                 raise NotFound(f"unknown task {task!r}")
-            self._repo.remove_task(task)
+            try:
+                self._repo.remove_task(task)
+            except RepositoryError as exc:  # another replica removed it since our last poll
+                self._heads = MappingProxyType({k: v for k, v in self._heads.items() if k != task})
+                raise NotFound(f"unknown task {task!r}: {exc}") from exc
             self._heads = MappingProxyType({k: v for k, v in self._heads.items() if k != task})
         log.info("removed %s", task)
 

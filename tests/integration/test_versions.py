@@ -60,3 +60,18 @@ def test_a_replica_converges_on_adds_rollbacks_and_removals_made_through_another
     assert sync() == ([], ["sentiment"])
     assert b.post("/predict/sentiment", json={"inputs": "x"}).status_code == 404
     assert sync() == ([], [])  # nothing left to do
+
+
+def test_removing_a_task_another_replica_removed_first_is_a_404_and_stops_serving_it(
+    repo, admin, archives
+):
+    settings = make_settings(repo, repository_poll_seconds=0)
+    a = TestClient(create_app(settings, CollectorRegistry()))
+    b = TestClient(create_app(settings, CollectorRegistry()))
+    a.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
+    b.app.state.registry.sync()
+    assert a.delete("/admin/heads/sentiment", headers=admin).status_code == 200
+    # B has not polled since: it still serves the task, but its files are gone.
+    r = b.delete("/admin/heads/sentiment", headers=admin)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert b.post("/predict/sentiment", json={"inputs": "x"}).status_code == 404
