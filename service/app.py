@@ -52,13 +52,14 @@ def create_app(
         settings.device, settings.cuda_device_id, settings.intra_op_threads, settings.io_binding
     )
     runtime.check()
-    engine = Engine(
-        trunk_spec,
-        TrunkSession(trunk_path, runtime, "fp16" if fp16 else "fp32"),
-        TextEncoder(repo.tokenizer_path, max_length, trunk_spec.input_names),
-        metrics,
-        runtime,
-        settings.batch_group_cost_tokens,
+    trunk = TrunkSession(trunk_path, runtime, "fp16" if fp16 else "fp32")
+    encoder = TextEncoder(repo.tokenizer_path, max_length, trunk_spec.input_names)
+    group_cost = settings.batch_group_cost_tokens
+    engine = Engine(trunk_spec, trunk, encoder, metrics, runtime, group_cost)
+    # /readyz's probe inference: the same sessions, run by the batch worker in its turn, but
+    # observed in metrics of its own, so that probes stay out of the serving series.
+    probe_engine = Engine(
+        trunk_spec, trunk, encoder, Metrics(CollectorRegistry()), runtime, group_cost
     )
     registry = HeadRegistry(repo, trunk_spec, engine.probe, metrics, runtime)
     engine.attach(registry)
@@ -111,6 +112,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.probe_engine = probe_engine
     app.state.registry = registry
     app.state.loads = loads
     app.state.batcher = batcher

@@ -5,22 +5,39 @@ batch holds ``max_texts`` texts or ``max_tokens`` estimated tokens, or ``max_wai
 the oldest arrived; it then runs the whole batch through the engine in a single thread (one trunk
 run on all cores, every head on the rows that asked for it) while the next batch gathers. A request
 with more texts than a batch holds is split into several entries and reassembled in order.
+
+Readiness goes through the same worker (``check``): a probe queues behind real work and runs on the
+inference thread as a batch of its own. The worker's progress is tracked, so that a worker that
+stopped (its task ended) or hangs (work waiting, no batch finishing) is told apart from one that is
+merely busy; once the worker has stopped, every waiting and new request fails at once with 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.engine import Engine
-from service.errors import Overloaded
+from service.errors import Overloaded, Unavailable
 from service.metrics import Metrics
 from service.registry import LoadedHead
 from service.types import Job, JobResult
+
+log = logging.getLogger(__name__)
+
+
+class WorkerStopped(Unavailable):
+    """The batch worker's task has ended: nothing will run queued work again."""
+
+
+class WorkerStuck(Unavailable):
+    """The batch worker holds work and has finished no batch for longer than the bound."""
 
 
 @dataclass
@@ -29,6 +46,8 @@ class Entry:
     tokens: int  # estimated: characters / 4 + 2, capped at the trunk's max length
     enqueued: float
     future: asyncio.Future[JobResult] = field(repr=False)
+    # A readiness probe (no job texts): run on the inference thread as a batch of its own.
+    probe: Callable[[], object] | None = field(default=None, repr=False)
 
 
 class Batcher:
@@ -54,21 +73,66 @@ class Batcher:
         self._worker: asyncio.Task[None] | None = None
         # One inference thread: a trunk run already uses every core (intra-op threads).
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        # Progress, touched only on the event loop. Entries submitted and not yet taken out by the
+        # worker (run or dropped), and when the worker last made progress: a batch finished, or
+        # work arrived while it had none. Work waiting and no progress for long is a hung worker.
+        self._outstanding = 0
+        self._progress = time.perf_counter()
+        self._progressed: asyncio.Event | None = None  # set, and replaced, as each batch finishes
+        self._waiting: set[asyncio.Future[JobResult]] = set()  # answers not given yet
+        self._failure: str | None = None  # why the worker stopped; every submit fails with it
+        self._stopping = False
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._progressed = asyncio.Event()
         self._worker = asyncio.create_task(self._run(), name="batcher")
+        self._worker.add_done_callback(self._ended)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
+    def _ended(self, worker: asyncio.Task[None]) -> None:
+        """The worker task ended: at shutdown, or by a crash that nothing else would notice."""
+        error = None if worker.cancelled() else worker.exception()
+        if self._stopping:
+            reason = "shutting down"
+        elif error is None:
+            reason = "cancelled"
+            log.error("batch worker stopped (cancelled); predictions answer 503 from now on")
+        else:
+            reason = f"{type(error).__name__}: {error}"
+            log.error("batch worker crashed; predictions answer 503 from now on", exc_info=error)
+        self._failure = f"batch worker stopped: {reason}"
+        # Requests already queued or in the lost batch would otherwise wait forever.
+        for future in list(self._waiting):
+            if not future.done():
+                future.set_exception(WorkerStopped(self._failure))
+
+    def stalled_for(self) -> float:
+        """Seconds the worker has held work without finishing a batch; 0 when it holds none."""
+        return time.perf_counter() - self._progress if self._outstanding else 0.0
+
+    def _enqueue(self, entries: list[Entry]) -> None:
+        assert self._queue is not None
+        if self._outstanding == 0:  # an idle worker's stall clock starts with its new work
+            self._progress = time.perf_counter()
+        self._outstanding += len(entries)
+        for entry in entries:
+            self._waiting.add(entry.future)
+            entry.future.add_done_callback(self._waiting.discard)
+            self._queue.put_nowait(entry)
+
     def _estimate(self, texts: list[str]) -> int:
         return sum(min(len(t) // 4 + 2, self._max_length) for t in texts)
 
     async def submit(self, heads: Mapping[str, LoadedHead], texts: list[str]) -> JobResult:
+        if self._failure is not None:
+            raise WorkerStopped(self._failure)
         if self._queue is None:  # no running loop owns a worker (an app used without lifespan)
             loop = asyncio.get_running_loop()
             job = Job(heads, texts)
@@ -97,8 +161,7 @@ class Batcher:
             )
             for chunk in chunks
         ]
-        for entry in entries:
-            self._queue.put_nowait(entry)
+        self._enqueue(entries)
         parts = await asyncio.gather(*(e.future for e in entries))
         if len(parts) == 1:
             return parts[0]
@@ -114,8 +177,80 @@ class Batcher:
             truncated=[t for p in parts for t in p.truncated],
         )
 
+    async def check(self, probe: Callable[[], object], timeout: float) -> bool:
+        """Readiness through the worker: ``probe`` queues like a request and runs in its turn.
+
+        Answers within ``timeout``: True once the probe ran; False when it is still queued at the
+        deadline but batches finished meanwhile (busy, not stuck; the probe is then dropped).
+        Raises WorkerStopped when the worker has stopped, WorkerStuck when it has held work for
+        ``timeout`` seconds without finishing a batch, and the probe's own exception when the
+        probe fails. Each outcome is counted in its own series, outside the serving metrics.
+        """
+        try:
+            ran = await self._check(probe, timeout)
+        except WorkerStopped:
+            self._metrics.readiness_probes.labels("stopped").inc()
+            raise
+        except WorkerStuck:
+            self._metrics.readiness_probes.labels("stuck").inc()
+            raise
+        except Exception:
+            self._metrics.readiness_probes.labels("failed").inc()
+            raise
+        self._metrics.readiness_probes.labels("ok" if ran else "busy").inc()
+        return ran
+
+    async def _check(self, probe: Callable[[], object], timeout: float) -> bool:
+        if self._failure is not None:
+            raise WorkerStopped(self._failure)
+        loop = asyncio.get_running_loop()
+        if self._queue is None:  # no worker (an app used without lifespan): the probe alone
+            try:
+                await asyncio.wait_for(loop.run_in_executor(self._executor, probe), timeout)
+            except TimeoutError:
+                raise WorkerStuck(f"probe timed out after {timeout:g} s") from None
+            return True
+        assert self._progressed is not None
+        if self.stalled_for() >= timeout:
+            raise WorkerStuck(self._stuck(timeout))
+        entry = Entry(Job({}, []), 0, time.perf_counter(), loop.create_future(), probe)
+        self._enqueue([entry])  # starts the stall clock if the worker was idle
+        deadline, progressed = time.perf_counter() + timeout, False
+        try:
+            # Wait for the probe's turn, up to the deadline or until the worker has gone
+            # ``timeout`` without finishing a batch, whichever comes first.
+            while True:
+                remaining = min(deadline - time.perf_counter(), timeout - self.stalled_for())
+                if remaining <= 0:
+                    break
+                finished = asyncio.ensure_future(self._progressed.wait())  # the next batch
+                waiters: set[asyncio.Future[Any]] = {entry.future, finished}
+                try:
+                    done, _ = await asyncio.wait(waiters, timeout=remaining)
+                finally:
+                    finished.cancel()
+                if entry.future in done:
+                    entry.future.result()  # the probe's exception, or WorkerStopped
+                    return True
+                if finished not in done:
+                    break
+                progressed = True
+        finally:
+            entry.future.cancel()  # if still queued, the worker drops it
+        if not progressed or self.stalled_for() >= timeout:
+            raise WorkerStuck(self._stuck(timeout))
+        return False  # still queued behind batches that finish: busy, not stuck
+
+    def _stuck(self, timeout: float) -> str:
+        return (
+            f"batch worker stuck: no batch finished for {self.stalled_for():.1f} s with work "
+            f"waiting (limit {timeout:g} s)"
+        )
+
     async def _gather(self, first: Entry) -> tuple[list[Entry], Entry | None]:
         assert self._queue is not None
+        if first.probe is not None:
+            return [first], None
         batch, texts, tokens = [first], len(first.job.texts), first.tokens
         deadline = first.enqueued + self._max_wait
         while texts < self._max_texts:
@@ -128,7 +263,8 @@ class Batcher:
                 continue
             entry = self._queue.get_nowait()
             if (
-                texts + len(entry.job.texts) > self._max_texts
+                entry.probe is not None  # a probe runs alone (and closes this batch early)
+                or texts + len(entry.job.texts) > self._max_texts
                 or tokens + entry.tokens > self._max_tokens
             ):
                 return batch, entry  # it starts the next batch
@@ -138,24 +274,40 @@ class Batcher:
         return batch, None
 
     async def _run(self) -> None:
-        assert self._queue is not None
+        assert self._queue is not None and self._progressed is not None
         loop = asyncio.get_running_loop()
         carry: Entry | None = None
         while True:
             first = carry if carry is not None else await self._queue.get()
-            batch, carry = await self._gather(first)
-            self._queued -= sum(len(e.job.texts) for e in batch)
-            batch = [e for e in batch if not e.future.cancelled()]  # clients that went away
-            if not batch:
-                continue
-            started = time.perf_counter()
-            for entry in batch:
-                self._metrics.queue_seconds.observe(started - entry.enqueued)
-            await self._execute(loop, batch)
-            texts = sum(len(e.job.texts) for e in batch)
-            pace = texts / max(time.perf_counter() - started, 1e-6)
-            previous = self._texts_per_s
-            self._texts_per_s = pace if previous is None else 0.8 * previous + 0.2 * pace
+            gathered, carry = await self._gather(first)
+            self._queued -= sum(len(e.job.texts) for e in gathered)
+            batch = [e for e in gathered if not e.future.cancelled()]  # clients that went away
+            if batch and batch[0].probe is not None:
+                await self._execute_probe(loop, batch[0])  # out of the serving metrics and pace
+            elif batch:
+                started = time.perf_counter()
+                for entry in batch:
+                    self._metrics.queue_seconds.observe(started - entry.enqueued)
+                await self._execute(loop, batch)
+                texts = sum(len(e.job.texts) for e in batch)
+                pace = texts / max(time.perf_counter() - started, 1e-6)
+                previous = self._texts_per_s
+                self._texts_per_s = pace if previous is None else 0.8 * previous + 0.2 * pace
+            self._outstanding -= len(gathered)
+            self._progress = time.perf_counter()
+            self._progressed.set()
+            self._progressed = asyncio.Event()
+
+    async def _execute_probe(self, loop: asyncio.AbstractEventLoop, entry: Entry) -> None:
+        assert entry.probe is not None
+        try:
+            await loop.run_in_executor(self._executor, entry.probe)
+        except Exception as exc:
+            if not entry.future.done():
+                entry.future.set_exception(exc)
+            return
+        if not entry.future.done():
+            entry.future.set_result(JobResult(results={}, truncated=[]))
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[Entry]) -> None:
         try:

@@ -101,6 +101,15 @@ class Metrics:
             "Prediction requests accepted and not yet answered (queued or running).",
             registry=registry,
         )
+        # Readiness probes run through the batcher but are counted only here: requests, queue
+        # waits, batches, trunk runs and stage times never count one.
+        self.readiness_probes = Counter(
+            "mts_readiness_probes",
+            "Readiness probes through the batch worker, per outcome: ok (the probe inference ran), "
+            "busy (queued behind batches that finished), stuck, stopped, failed.",
+            ["outcome"],
+            registry=registry,
+        )
 
     def forget_task(self, task: str) -> None:
         """A removed head's series go with it."""

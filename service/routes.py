@@ -7,11 +7,12 @@ and shape the answer; errors are raised as ServiceError and become JSON in one h
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -131,22 +132,33 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["health"], summary="A real inference through trunk and a head")
+@router.get("/readyz", tags=["health"], summary="A real inference queued through the batch worker")
 async def readyz(request: Request) -> dict[str, Any]:
+    """Ready when the batch worker runs a probe inference, or is busy finishing batches.
+
+    The probe queues like a request (service/batcher.py ``Batcher.check``), so a stopped or hung
+    worker fails this within ``readiness_timeout_seconds``; probes are counted only in
+    ``mts_readiness_probes_total``, never in the serving metrics.
+    """
     if request.app.state.draining.is_set():
         raise Unavailable("shutting down: finishing in-flight requests")
-    engine: Engine = request.app.state.engine
-    assert engine.registry is not None
-    heads = engine.registry.snapshot()
+    settings: Settings = request.app.state.settings
+    batcher: Batcher = request.app.state.batcher
+    engine: Engine = request.app.state.probe_engine
+    heads = request.app.state.registry.snapshot()
+    probe: Callable[[], object]
+    if heads:
+        task = sorted(heads)[0]
+        probe = functools.partial(engine.predict, {task: heads[task]}, [PROBE_TEXT])
+    else:
+        probe = functools.partial(engine.embed, [PROBE_TEXT])
     try:
-        if heads:
-            task = sorted(heads)[0]
-            await run_in_threadpool(engine.predict, {task: heads[task]}, [PROBE_TEXT])
-        else:
-            await run_in_threadpool(engine.embed, [PROBE_TEXT])
+        ran = await batcher.check(probe, settings.readiness_timeout_seconds)
+    except Unavailable:
+        raise
     except Exception as exc:
         raise Unavailable(f"probe inference failed: {exc}") from exc
-    return {"status": "ready", "heads": len(heads)}
+    return {"status": "ready", "heads": len(heads), "probe": "ran" if ran else "busy"}
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import PositiveFloat, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -84,6 +84,15 @@ class Settings(BaseSettings):
     # cancelled). Keep the sum under Kubernetes' terminationGracePeriodSeconds (30 by default).
     shutdown_drain_seconds: float = 5.0
     shutdown_grace_seconds: int = 20
+    # /readyz queues a probe inference through the batch worker, like a request, and fails (503)
+    # when the worker has stopped, or has held work this many seconds without finishing a batch
+    # (a hung inference); it answers within this time. A probe queued behind batches that do
+    # finish answers ready: load is not taken for a hang. It must exceed batch_max_wait_ms plus
+    # the slowest batch, or one long batch reads as a hang (measured: 32 texts of 256 tokens,
+    # what batch_max_tokens allows, took 5.0-6.8 s with MiniLM-L6 on 2 busy cores); lower notices
+    # a hang sooner. Keep it under the readinessProbe's timeoutSeconds (15 in k8s/), or the
+    # kubelet gives up first and the reason is lost.
+    readiness_timeout_seconds: PositiveFloat = 10.0
     log_level: str = "info"
 
     @field_validator("admin_token")

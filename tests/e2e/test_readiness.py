@@ -1,0 +1,94 @@
+"""Readiness of a real ``mts serve`` whose inference hangs: /readyz fails within the bound."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+from tests.conftest import ADMIN_TOKEN
+from tests.e2e.conftest import free_port, wait_ready
+
+TIMEOUT_S = 1.0  # MTS_READINESS_TIMEOUT_SECONDS
+HANG_TEXT = "hold the inference thread"
+# `mts serve`, except that a batch holding HANG_TEXT never finishes: the inference thread waits
+# on an event nobody sets, as it would on a deadlocked or wedged runtime.
+SERVE_WITH_A_HANG = f"""
+import sys
+import threading
+
+from mts.cli import main
+from service.engine import Engine
+
+never = threading.Event()
+predict_many = Engine.predict_many
+
+
+def hanging(self, jobs):
+    if any(text == {HANG_TEXT!r} for job in jobs for text in job.texts):
+        never.wait()
+    return predict_many(self, jobs)
+
+
+Engine.predict_many = hanging
+sys.exit(main())
+"""
+
+
+def test_readyz_of_a_real_server_fails_within_the_timeout_when_its_inference_hangs(repo, tmp_path):
+    port = str(free_port())
+    env = {
+        **os.environ,
+        "MTS_ADMIN_TOKEN": ADMIN_TOKEN,
+        "MTS_INTRA_OP_THREADS": "1",
+        "MTS_READINESS_TIMEOUT_SECONDS": str(TIMEOUT_S),
+    }
+    log = tmp_path / "server.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVE_WITH_A_HANG, "serve", "--repo", str(repo), "--port", port],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, log)
+        with httpx.Client(base_url=url, timeout=10) as http:
+            assert http.post("/predict/embed", json={"inputs": "a"}).status_code == 200
+            assert http.get("/readyz").json()["probe"] == "ran"
+            sent = time.monotonic()
+
+            def hang() -> None:
+                # The server is killed below with the request still held.
+                with contextlib.suppress(httpx.HTTPError):
+                    httpx.post(f"{url}/predict/embed", json={"inputs": HANG_TEXT}, timeout=30)
+
+            threading.Thread(target=hang, daemon=True).start()
+            answers = []
+            while time.monotonic() - sent < TIMEOUT_S + 5:
+                r = http.get("/readyz")
+                answers.append((round(time.monotonic() - sent, 2), r.status_code))
+                if r.status_code == 503:
+                    break
+                time.sleep(0.05)
+            to_failure = time.monotonic() - sent
+            print(f"/readyz answers (s after the hung request was sent, status): {answers}")
+            print(f"readyz 503 {to_failure:.2f} s after the hung request was sent")
+            assert r.status_code == 503, answers
+            assert r.json()["error"]["message"].startswith("batch worker stuck: no batch finished")
+            assert TIMEOUT_S - 0.1 <= to_failure <= TIMEOUT_S + 2.0
+            started = time.monotonic()
+            assert http.get("/readyz").status_code == 503
+            assert time.monotonic() - started < 1.0  # from then on at once
+            metrics = http.get("/metrics").text
+            assert 'mts_readiness_probes_total{outcome="stuck"}' in metrics
+    finally:
+        # A hung inference thread cannot be stopped: SIGTERM would wait on it forever.
+        proc.kill()
+        proc.wait()
