@@ -1,14 +1,59 @@
 """Pure ASGI middlewares that refuse work before anything is parsed or buffered: bodies over a size
-limit, and prediction requests beyond a number in flight."""
+limit, and inference requests beyond a number in flight."""
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_body
+from service import errors, oip
+
+
+@dataclass(frozen=True)
+class InferenceRoute:
+    """Requests that run inference: this ``method`` on a path that ``path`` matches in full.
+
+    ``error_body(code, message)`` is the JSON body the route's own errors take, so a request the
+    in-flight bound refuses reads like any other error of that route.
+    """
+
+    method: str
+    path: re.Pattern[str]
+    error_body: Callable[[str, str], Any]
+
+
+# Every route that runs inference, and only those: they share one in-flight bound. Health,
+# readiness, metrics, admin and metadata routes are absent, so they are never counted or refused.
+# A new inference route is one more entry here: tests/integration/test_inflight_limit.py checks
+# that of the app's operations exactly its list of inference operations is counted.
+INFERENCE_ROUTES: tuple[InferenceRoute, ...] = (
+    # The service's own routes: POST /predict and /predict/{task}.
+    InferenceRoute("POST", re.compile(r"/predict(?:/[^/]+)?"), errors.error_body),
+    # Open Inference Protocol (service/oip.py): POST /v2/models/{task}[/versions/{v}]/infer.
+    InferenceRoute(
+        "POST",
+        re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer"),
+        lambda _code, message: oip.error_body(message),
+    ),
+)
+
+
+def inference_route(method: str, path: str) -> InferenceRoute | None:
+    """The entry of ``INFERENCE_ROUTES`` a request matches, or None if it runs no inference."""
+    for route in INFERENCE_ROUTES:
+        if method == route.method and route.path.fullmatch(path):
+            return route
+    return None
+
+
+def is_inference(method: str, path: str) -> bool:
+    return inference_route(method, path) is not None
 
 
 class BodyLimit:
@@ -27,7 +72,8 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             message = f"request body exceeds {limit} bytes"
-            await _respond(send, 413, "too_large", message, [(b"connection", b"close")])
+            body = errors.error_body("too_large", message)
+            await _respond(send, 413, body, [(b"connection", b"close")])
             return
         seen = 0
 
@@ -46,12 +92,14 @@ class BodyLimit:
 
 
 class InFlightLimit:
-    """429 with Retry-After for prediction requests beyond ``limit`` in flight (0: no limit).
+    """429 with Retry-After for inference requests beyond ``limit`` in flight (0: no limit).
 
-    Under overload an accepted request's latency is about the number of requests ahead of it
-    divided by the throughput, so bounding requests in flight bounds it. Counting from the first
-    byte to the answer covers every stage (body, validation, queue, inference, response), and the
-    excess is refused before its body is read or validated.
+    One count covers every route in ``INFERENCE_ROUTES`` together: they share the same batcher
+    and cores. Under overload an accepted request's latency is about the number of requests
+    ahead of it divided by the throughput, so bounding requests in flight bounds it. Counting from
+    the first byte to the answer covers every stage (body, validation, queue, inference,
+    response), and the excess is refused, in the route's own error form, before its body is read
+    or validated.
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
@@ -60,12 +108,16 @@ class InFlightLimit:
         self.active = 0  # touched only on the event loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.limit <= 0 or not scope["path"].startswith("/predict"):
+        route = None
+        if scope["type"] == "http" and self.limit > 0:
+            route = inference_route(scope["method"], scope["path"])
+        if route is None:
             await self.app(scope, receive, send)
             return
         if self.active >= self.limit:
-            message = f"{self.active} prediction requests in flight (limit {self.limit}); retry"
-            await _respond(send, 429, "overloaded", message, [(b"retry-after", b"1")])
+            message = f"{self.active} inference requests in flight (limit {self.limit}); retry"
+            body = route.error_body("overloaded", message)
+            await _respond(send, 429, body, [(b"retry-after", b"1")])
             return
         self.active += 1
         try:
@@ -74,10 +126,8 @@ class InFlightLimit:
             self.active -= 1
 
 
-async def _respond(
-    send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]]
-) -> None:
-    body = json.dumps(error_body(code, message)).encode()
+async def _respond(send: Send, status: int, error: Any, headers: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps(error).encode()
     await send(
         {
             "type": "http.response.start",

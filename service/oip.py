@@ -37,6 +37,11 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "multitask-serve"
 
 
+def error_body(message: str) -> dict[str, str]:
+    """The protocol's error form (the service's own is ``service.errors.error_body``)."""
+    return {"error": message}
+
+
 class OipRoute(APIRoute):
     """Answers ServiceErrors as ``{"error": message}``, the protocol's form, not the service's.
 
@@ -54,7 +59,7 @@ class OipRoute(APIRoute):
             except StarletteHTTPException as exc:  # the body limit, raised while reading
                 status, message = exc.status_code, str(exc.detail)
             headers = {"Retry-After": "1"} if status in (429, 503) else None
-            return JSONResponse({"error": message}, status, headers=headers)
+            return JSONResponse(error_body(message), status, headers=headers)
 
         return handle
 
