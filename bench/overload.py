@@ -7,12 +7,20 @@
    ``--seconds``, whatever the server answers, so a slow server faces a growing backlog (its
    bounds turn the excess into 429s) instead of a slower client.
 
-Prints requests sent, accepted (2xx), 429s (and whether each carried Retry-After), other 4xx, 5xx,
-transport errors, accepted latency p50/p99/max, and the server's resident memory (VmRSS) sampled
-every 0.5 s. The load generator runs on the same machine as the server and takes CPU from it.
-Exits 1 if any 5xx or transport error occurred, or a 429 lacked Retry-After.
+The load is single-text requests to ``POST /predict/<task>`` (``--protocol predict``, the default)
+or the same texts as Open Inference Protocol requests to ``POST /v2/models/<task>/infer``
+(``--protocol v2``: one BYTES tensor ``text`` of shape [1], JSON tensor form).
+
+Prints requests sent, accepted (2xx), 429s (and whether each carried Retry-After and the route's
+own error body), other 4xx, 5xx, transport errors, accepted latency p50/p99/max, and the server's
+resident memory (VmRSS) sampled every 0.5 s; ``--out`` also writes them to a JSON file, under
+``--label``, beside the file's other runs. The load generator runs on the same machine as the
+server and takes CPU from it. Exits 1 if any 5xx or transport error occurred, or a 429 lacked
+Retry-After or the route's error form.
 
     flock /tmp/mts-cpu.lock .venv/bin/python -m bench.overload --repo model-repo [--seconds 60]
+    flock /tmp/mts-cpu.lock .venv/bin/python -m bench.overload --repo model-repo --protocol v2 \
+        --out bench/results/overload-v2.json --label v2-bound-128
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +48,33 @@ TEXTS = [
     "I am not sure this phone was worth the money, the battery dies by noon.",
     "Parliament votes on the new climate bill next week after a long debate.",
 ]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one text becomes a request, and the error form the route's 429s must take."""
+
+    path: Callable[[str], str]  # task -> path
+    body: Callable[[str], Any]  # text -> JSON body
+    error_form: Callable[[Any], bool]  # a 429's parsed body -> whether it is the route's form
+
+
+PROTOCOLS = {
+    "predict": Protocol(
+        path=lambda task: f"/predict/{task}",
+        body=lambda text: {"inputs": text},
+        error_form=lambda b: (
+            isinstance(b.get("error"), dict) and b["error"].get("code") == "overloaded"
+        ),
+    ),
+    "v2": Protocol(
+        path=lambda task: f"/v2/models/{task}/infer",
+        body=lambda text: {
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]
+        },
+        error_form=lambda b: isinstance(b.get("error"), str),
+    ),
+}
 
 
 class Connections:
@@ -53,7 +90,7 @@ class Connections:
         self.host, self.port = host, int(port)
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
-    async def post(self, path: str, body: bytes) -> tuple[int, dict[str, str]]:
+    async def post(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
         reader, writer = await self._take()
         head = (
             f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
@@ -66,12 +103,12 @@ class Connections:
         headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines if x)}
         if "content-length" not in headers:
             raise ValueError(f"response without content-length: {status_line!r}")
-        await reader.readexactly(int(headers["content-length"]))
+        content = await reader.readexactly(int(headers["content-length"]))
         if headers.get("connection") == "close":
             writer.close()
         else:
             self.idle.append((reader, writer, time.monotonic()))
-        return int(status_line.split()[1]), headers
+        return int(status_line.split()[1]), headers, content
 
     async def _take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         while self.idle:
@@ -89,17 +126,19 @@ class Connections:
 
 @dataclass
 class Outcomes:
+    protocol: Protocol
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     accepted_s: list[float] = field(default_factory=list)
     refused_s: list[float] = field(default_factory=list)
     missing_retry_after: int = 0
+    wrong_error_form: int = 0  # 429s whose body is not the route's own error form
     transport_errors: list[str] = field(default_factory=list)
 
     async def send(self, client: Connections, path: str, i: int) -> None:
-        body = json.dumps({"inputs": TEXTS[i % len(TEXTS)]}).encode()
+        body = json.dumps(self.protocol.body(TEXTS[i % len(TEXTS)])).encode()
         started = time.perf_counter()
         try:
-            status, headers = await client.post(path, body)
+            status, headers, content = await client.post(path, body)
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             self.transport_errors.append(repr(exc))
             return
@@ -110,10 +149,18 @@ class Outcomes:
         elif status in (429, 503):
             self.refused_s.append(elapsed)
             self.missing_retry_after += "retry-after" not in headers
+            if status == 429:
+                try:
+                    form = self.protocol.error_form(json.loads(content))
+                except (ValueError, AttributeError):
+                    form = False
+                self.wrong_error_form += not form
 
 
-async def closed_loop(url: str, path: str, seconds: float, concurrency: int) -> float:
-    out, http = Outcomes(), Connections(url)
+async def closed_loop(
+    url: str, protocol: Protocol, path: str, seconds: float, concurrency: int
+) -> float:
+    out, http = Outcomes(protocol), Connections(url)
     deadline = time.perf_counter() + seconds
 
     async def worker(k: int) -> None:
@@ -129,8 +176,10 @@ async def closed_loop(url: str, path: str, seconds: float, concurrency: int) -> 
     return len(out.accepted_s) / elapsed
 
 
-async def open_loop(url: str, path: str, rate: float, seconds: float) -> tuple[Outcomes, float]:
-    out, http = Outcomes(), Connections(url)
+async def open_loop(
+    url: str, protocol: Protocol, path: str, rate: float, seconds: float
+) -> tuple[Outcomes, float]:
+    out, http = Outcomes(protocol), Connections(url)
     tasks: set[asyncio.Task[None]] = set()
     started = time.perf_counter()
     total = int(rate * seconds)
@@ -157,6 +206,12 @@ def main() -> int:
     )
     p.add_argument("--repo", type=Path, default=Path("model-repo"))
     p.add_argument("--task", default="sentiment")
+    p.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default="predict",
+        help="predict: POST /predict/<task>; v2: POST /v2/models/<task>/infer (JSON tensors)",
+    )
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--probe-seconds", type=float, default=15.0)
     p.add_argument("--concurrency", type=int, default=64)
@@ -164,9 +219,12 @@ def main() -> int:
     p.add_argument(
         "--set", action="append", default=[], metavar="MTS_X=V", help="server setting, repeatable"
     )
+    p.add_argument("--out", type=Path, help="also write the figures to this JSON file")
+    p.add_argument("--label", help="the run's key in --out (default: protocol and settings)")
     args = p.parse_args()
+    protocol = PROTOCOLS[args.protocol]
     env = {"MTS_LOG_LEVEL": "warning", **dict(kv.split("=", 1) for kv in args.set)}
-    path = f"/predict/{args.task}"
+    path = protocol.path(args.task)
     log = Path(tempfile.mkdtemp(prefix="overload-")) / "server.log"
     proc, url = start_server(args.repo, log, env)
     samples: list[float] = []
@@ -178,9 +236,9 @@ def main() -> int:
             stop.wait(0.5)
 
     try:
-        print(f"server pid {proc.pid}, settings {env}, task {args.task}, log {log}")
-        asyncio.run(closed_loop(url, path, 3.0, args.concurrency))  # warm-up
-        rate = asyncio.run(closed_loop(url, path, args.probe_seconds, args.concurrency))
+        print(f"server pid {proc.pid}, settings {env}, POST {path}, log {log}")
+        asyncio.run(closed_loop(url, protocol, path, 3.0, args.concurrency))  # warm-up
+        rate = asyncio.run(closed_loop(url, protocol, path, args.probe_seconds, args.concurrency))
         print(
             f"saturation (closed loop, {args.concurrency} clients, {args.probe_seconds:.0f} s): "
             f"{rate:.1f} requests/s"
@@ -189,7 +247,7 @@ def main() -> int:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         target = args.factor * rate
-        out, lag = asyncio.run(open_loop(url, path, target, args.seconds))
+        out, lag = asyncio.run(open_loop(url, protocol, path, target, args.seconds))
         stop.set()
         sampler.join()
         rss_end = rss_mib(proc.pid)
@@ -210,7 +268,8 @@ def main() -> int:
     print(f"  sent {sent}, accepted (2xx) {ok} = {ok / args.seconds:.1f}/s")
     print(
         f"  429/503 {refused} (429: {out.statuses[429]}, 503: {out.statuses[503]}); "
-        f"without Retry-After: {out.missing_retry_after}; refusal latency p50 "
+        f"without Retry-After: {out.missing_retry_after}; not in the route's error form: "
+        f"{out.wrong_error_form}; refusal latency p50 "
         f"{percentile(out.refused_s, 50) * 1000:.1f} ms"
     )
     print(
@@ -225,7 +284,51 @@ def main() -> int:
         f"  server RSS before {rss_before:.0f} MiB, peak {max(samples):.0f} MiB, end "
         f"{rss_end:.0f} MiB ({len(samples)} samples); server alive after the run: {alive}"
     )
-    failed = other_5xx or out.transport_errors or out.missing_retry_after or not alive
+    if args.out is not None:
+        figures = {
+            "protocol": args.protocol,
+            "path": path,
+            "settings": env,
+            "concurrency": args.concurrency,
+            "probe_seconds": args.probe_seconds,
+            "seconds": args.seconds,
+            "factor": args.factor,
+            "saturation_rps": rate,
+            "offered_rps": target,
+            "schedule_lag_s": lag,
+            "sent": sent,
+            "accepted": ok,
+            "accepted_rps": ok / args.seconds,
+            "statuses": {str(s): n for s, n in sorted(out.statuses.items())},
+            "refused_429": out.statuses[429],
+            "refused_503": out.statuses[503],
+            "missing_retry_after": out.missing_retry_after,
+            "wrong_error_form": out.wrong_error_form,
+            "refusal_p50_ms": percentile(out.refused_s, 50) * 1000,
+            "other_4xx": other_4xx,
+            "other_5xx": other_5xx,
+            "transport_errors": len(out.transport_errors),
+            "accepted_ms": {
+                "p50": percentile(out.accepted_s, 50) * 1000,
+                "p99": percentile(out.accepted_s, 99) * 1000,
+                "max": max(out.accepted_s) * 1000,
+            },
+            "rss_mib": {"before": rss_before, "peak": max(samples), "end": rss_end},
+            "server_alive": alive,
+        }
+        label = args.label or f"{args.protocol} {' '.join(args.set) or 'defaults'}"
+        runs = json.loads(args.out.read_text()) if args.out.exists() else {}
+        runs[label] = figures
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(runs, indent=2) + "\n")
+        print(f"  written to {args.out} as {label!r}")
+    failed = (
+        other_5xx
+        or out.transport_errors
+        or out.missing_retry_after
+        or out.wrong_error_form
+        or not alive
+    )
     return 1 if failed else 0
 
 
