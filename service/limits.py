@@ -72,7 +72,8 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             message = f"request body exceeds {limit} bytes"
-            body = errors.error_body("too_large", message)
+            route = inference_route(scope["method"], scope["path"])
+            body = (route.error_body if route else errors.error_body)("too_large", message)
             await _respond(send, 413, body, [(b"connection", b"close")])
             return
         seen = 0

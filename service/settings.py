@@ -63,10 +63,11 @@ class Settings(BaseSettings):
     # Texts waiting for a batch before new requests get 429 with Retry-After. Bounds memory and
     # the queueing delay an accepted request can see (about this many texts' worth of trunk time).
     max_queued_texts: int = 1024
-    # Prediction requests in flight (from their first byte to their answer) before new ones get
-    # 429 with Retry-After. Under overload accepted requests' latency is about this divided by
-    # the throughput (measured: p99 0.87 s at ~185 requests/s on 2 cores, docs/reliability.md);
-    # higher admits more concurrent clients, lower bounds latency tighter. 0 disables.
+    # Inference requests (/predict and the v2 infer routes, one count) in flight, from their first
+    # byte to their answer, before new ones get 429 with Retry-After. Under overload accepted
+    # requests' latency is about this divided by the throughput (measured: p99 0.87 s at ~185
+    # requests/s on 2 cores, docs/reliability.md); higher admits more concurrent clients, lower
+    # bounds latency tighter. 0 disables.
     max_in_flight_requests: int = 128
     # Seconds a new request may expect to wait in the queue, at the recent inference pace, before
     # it gets 429 instead. Bounds the latency of accepted requests under overload whatever the

@@ -209,10 +209,13 @@ def test_a_full_queue_answers_429_with_retry_after(repo):
         assert response.headers["retry-after"] == "1"
 
 
-def test_an_oversized_body_is_a_protocol_413(repo):
+def test_an_oversized_body_is_a_protocol_413_with_or_without_a_declared_length(repo):
     with TestClient(create_app(make_settings(repo, max_body_bytes=200), CollectorRegistry())) as c:
-        chunks = iter([json.dumps(infer_body(["a" * 500])).encode()])  # streamed: no length
-        oip_error(c.post("/v2/models/embed/infer", content=chunks), 413)
+        body = json.dumps(infer_body(["a" * 500])).encode()
+        streamed = c.post("/v2/models/embed/infer", content=iter([body]))  # no length
+        assert "exceeds 200 bytes" in oip_error(streamed, 413)
+        declared = c.post("/v2/models/embed/infer", content=body)  # refused before it is read
+        assert "exceeds 200 bytes" in oip_error(declared, 413)
 
 
 def test_requests_are_counted_in_flight_while_they_run_and_metrics_per_task(repo):
