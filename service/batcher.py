@@ -113,6 +113,11 @@ class Batcher:
             if not future.done():
                 future.set_exception(WorkerStopped(self._failure))
 
+    @property
+    def failure(self) -> str | None:
+        """Why the worker stopped (it never restarts), or None while it runs."""
+        return self._failure
+
     def stalled_for(self) -> float:
         """Seconds the worker has held work without finishing a batch; 0 when it holds none."""
         return time.perf_counter() - self._progress if self._outstanding else 0.0

@@ -127,8 +127,16 @@ async def tasks(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/healthz", tags=["health"], summary="The process lives")
-async def healthz() -> dict[str, str]:
+@router.get("/healthz", tags=["health"], summary="The process lives and can still serve")
+async def healthz(request: Request) -> dict[str, str]:
+    """Liveness: 503 once the batch worker has stopped, which nothing but a restart repairs.
+
+    A hung worker is readiness' concern (``/readyz``), not this: a long batch must not restart
+    the pod.
+    """
+    failure = request.app.state.batcher.failure
+    if failure is not None:
+        raise Unavailable(failure)
     return {"status": "ok"}
 
 

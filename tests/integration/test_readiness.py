@@ -135,6 +135,8 @@ def test_readyz_fails_within_the_timeout_when_the_batch_worker_hangs(gated):
         print(f"hung worker: the next /readyz answered 503 in {elapsed:.3f} s")
         assert status == 503 and "batch worker stuck" in body["error"]["message"]
         assert elapsed < SLACK_S
+        # A hang may end (a long batch does): liveness leaves that to readiness.
+        assert client.get("/healthz").status_code == 200
         # The hang ends: the held request is answered, and the pod is ready again.
         gate.opened.set()
         assert hung.result(timeout=30).status_code == 200
@@ -206,6 +208,10 @@ def test_readyz_and_predictions_fail_at_once_when_the_batch_worker_has_stopped(c
     assert r.headers["Retry-After"] == "1"
     assert sample(client, "mts_readiness_probes_total", outcome="stopped") == 1
     assert sample(client, "mts_requests_total", task="embed", outcome="error") == 1
+    # Nothing but a restart brings the worker back: liveness fails too.
+    live = client.get("/healthz")
+    assert live.status_code == 503
+    assert live.json()["error"]["message"] == "batch worker stopped: cancelled"
 
 
 def test_a_crash_in_the_batch_worker_is_logged_and_fails_its_requests_and_later_ones_with_503(
