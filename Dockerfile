@@ -16,11 +16,11 @@ ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY spec ./spec
+COPY modelrepo ./modelrepo
 COPY service ./service
 COPY export ./export
 COPY training ./training
-COPY mts ./mts
+COPY multitask_serve ./multitask_serve
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS serve-venv

@@ -36,4 +36,4 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 test: lint typecheck
-	$(VENV)/bin/pytest --cov=spec --cov=export --cov=service --cov=training --cov-report=term:skip-covered
+	$(VENV)/bin/pytest --cov=multitask_serve --cov=service --cov=export --cov=training --cov=modelrepo --cov-report=term:skip-covered

@@ -34,8 +34,8 @@ import httpx
 import onnx
 
 from bench.process import start_server
-from spec.archive import pack_head
-from spec.repository import HEADS_DIR, ModelRepository
+from multitask_serve.modelrepo.archive import pack_head
+from multitask_serve.modelrepo.repository import HEADS_DIR, ModelRepository
 
 TOKEN = "crash-loop-token"
 PROBES = ["the striker scored twice in the final", "rates fell at the bank", "ok"]

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from service.sessions import HeadSession, Runtime, TrunkSession
-from service.types import Job
-from spec.repository import ModelRepository
-from spec.types import tap_name
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.modelrepo.types import tap_name
+from multitask_serve.service.sessions import HeadSession, Runtime, TrunkSession
+from multitask_serve.service.types import Job
 
 TASKS = ("sentiment", "topic", "ner")
 SHAPES = ((16, 1), (16, 32), (16, 1024), (128, 32), (128, 256))  # (tokens, texts) as in GPU.md
@@ -135,7 +135,7 @@ def section_heads(repo: ModelRepository, runtime: Runtime, args: argparse.Namesp
 def section_parity(
     repo: ModelRepository, device: str, texts: list[str], args: argparse.Namespace
 ) -> None:
-    from service.tokenize import TextEncoder
+    from multitask_serve.service.tokenize import TextEncoder
 
     spec = repo.read_trunk_spec()
     encoder = TextEncoder(repo.tokenizer_path, spec.max_length, spec.input_names)
@@ -176,8 +176,8 @@ def section_engine(
 ) -> None:
     from prometheus_client import CollectorRegistry
 
-    from service.app import create_app
-    from service.settings import Settings
+    from multitask_serve.service.app import create_app
+    from multitask_serve.service.settings import Settings
 
     precisions = ["fp32", "fp16"] if device == "cuda" else ["fp32"]
     engines = {

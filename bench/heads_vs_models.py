@@ -21,13 +21,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.encoder import load_encoder
-from export.heads import HeadExporter
-from export.modules import Head, Trunk, top_layers
-from export.onnx_export import OPSET, ExportDecl, export
-from export.samples import SAMPLE_TEXTS, encode, tokenizer_from_json
-from export.trunk import export_trunk
-from spec.types import Kind
+from multitask_serve.export.encoder import load_encoder
+from multitask_serve.export.heads import HeadExporter
+from multitask_serve.export.modules import Head, Trunk, top_layers
+from multitask_serve.export.onnx_export import OPSET, ExportDecl, export
+from multitask_serve.export.samples import SAMPLE_TEXTS, encode, tokenizer_from_json
+from multitask_serve.export.trunk import export_trunk
+from multitask_serve.modelrepo.types import Kind
 
 
 class FullModel(nn.Module):

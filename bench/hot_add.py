@@ -31,8 +31,8 @@ import spy
 from http_vs_ort import TEXTS
 from loadgen import Run, free_port, measure, server
 
-from spec.archive import pack_head
-from spec.repository import ModelRepository
+from multitask_serve.modelrepo.archive import pack_head
+from multitask_serve.modelrepo.repository import ModelRepository
 
 TOKEN = "bench-admin-token"
 LOAD_TASKS = ("topic", "sentiment", "topic-zs")
@@ -122,7 +122,16 @@ def main() -> None:
             "MTS_REPOSITORY_POLL_SECONDS": "0",
             **dict(kv.split("=", 1) for kv in args.env),
         }
-        command = [sys.executable, "-m", "mts", "serve", "--repo", str(repo), "--port", str(port)]
+        command = [
+            sys.executable,
+            "-m",
+            "multitask_serve",
+            "serve",
+            "--repo",
+            str(repo),
+            "--port",
+            str(port),
+        ]
 
         def load(i: int) -> tuple[str, dict[str, str], int]:
             task = LOAD_TASKS[i % len(LOAD_TASKS)]

@@ -23,8 +23,8 @@ import numpy as np
 from loadgen import closed_loop, free_port, server
 from tokenizers import Tokenizer
 
-from service.sessions import HeadSession, TrunkSession
-from spec.repository import ModelRepository
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.service.sessions import HeadSession, TrunkSession
 
 TEXTS = [
     "The central bank raised interest rates by half a point on Thursday.",
@@ -88,7 +88,15 @@ def main() -> None:
     args = p.parse_args()
     if not args.repo.exists():
         subprocess.run(
-            [sys.executable, "-m", "mts", "build", "--no-train", "--repo", str(args.repo)],
+            [
+                sys.executable,
+                "-m",
+                "multitask_serve",
+                "build",
+                "--no-train",
+                "--repo",
+                str(args.repo),
+            ],
             check=True,
         )
     repo = ModelRepository(args.repo)
@@ -114,7 +122,16 @@ def main() -> None:
 def serving(repo: Path, batch_limit: int) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "MTS_LOG_LEVEL": "warning", "MTS_BATCH_MAX_TEXTS": str(batch_limit)}
-    command = [sys.executable, "-m", "mts", "serve", "--repo", str(repo), "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "multitask_serve",
+        "serve",
+        "--repo",
+        str(repo),
+        "--port",
+        str(port),
+    ]
     with server("mts", command, port, env) as running:
         yield running.url
 

@@ -30,13 +30,13 @@ import numpy as np
 from heads_vs_models import median_time
 from pipelines_vs_ours import real_texts
 
-from export.quantize import INT8, quantize_trunk
-from service.sessions import HeadSession, TrunkSession
-from spec.repository import ModelRepository, StoredHead
-from spec.types import Kind, TrunkSpec, tap_name
-from training.data import is_token_split, load_dataset, read_topic
-from training.features import encode_texts, encode_tokens, rust_tokenizer
-from training.train import TrainConfig, cap_eval, score
+from multitask_serve.export.quantize import INT8, quantize_trunk
+from multitask_serve.modelrepo.repository import ModelRepository, StoredHead
+from multitask_serve.modelrepo.types import Kind, TrunkSpec, tap_name
+from multitask_serve.service.sessions import HeadSession, TrunkSession
+from multitask_serve.training.data import is_token_split, load_dataset, read_topic
+from multitask_serve.training.features import encode_texts, encode_tokens, rust_tokenizer
+from multitask_serve.training.train import TrainConfig, cap_eval, score
 
 HEADLINE = {"sentiment": "macro_f1", "topic": "macro_f1", "ner": "entity_f1"}
 

@@ -31,7 +31,7 @@ from http_vs_ort import TEXTS, RawPipeline
 from loadgen import Run, cpu_seconds, free_port, measure, server
 from prometheus_client.parser import text_string_to_metric_families
 
-from spec.repository import ModelRepository
+from multitask_serve.modelrepo.repository import ModelRepository
 
 CONCURRENCY = (1, 8, 64)
 TARGET_MS = 1.0

@@ -19,9 +19,9 @@ from pathlib import Path
 from pipelines_vs_ours import TASKS, real_texts
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app
-from service.settings import Settings
-from service.types import Job
+from multitask_serve.service.app import create_app
+from multitask_serve.service.settings import Settings
+from multitask_serve.service.types import Job
 
 NEVER = 1 << 20
 

@@ -20,10 +20,10 @@ import numpy as np
 from int8_trunk import feeds
 from pipelines_vs_ours import real_texts
 
-from service.sessions import TrunkSession
-from spec.repository import ModelRepository
-from spec.types import tap_name
-from training.features import rust_tokenizer
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.modelrepo.types import tap_name
+from multitask_serve.service.sessions import TrunkSession
+from multitask_serve.training.features import rust_tokenizer
 
 
 def main() -> None:

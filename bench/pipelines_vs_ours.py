@@ -32,10 +32,10 @@ import spy
 from baseline_app import TASKS, prepare_models
 from loadgen import Request, Server, closed_loop, free_port, memory_mb, server
 
-from export.encoder import default_encoder_path
-from export.quantize import INT8, quantize_trunk
-from spec.repository import ModelRepository
-from training.data import read_ner, read_sentiment, read_topic
+from multitask_serve.export.encoder import default_encoder_path
+from multitask_serve.export.quantize import INT8, quantize_trunk
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.training.data import read_ner, read_sentiment, read_topic
 
 TARGETS = {"all tasks": 5.0, "mixed": 3.0}
 MEMORY_TARGET = 1 / 3
@@ -138,9 +138,9 @@ def main() -> None:
         prepare_models(models, {t: h.labels for t, h in heads.items()}, default_encoder_path())
         sides = {
             "pipelines": ([sys.executable, "bench/baseline_app.py", "--models", str(models)], {}),
-            "ours": ([sys.executable, "-m", "mts", "serve", "--repo", str(repo)], {}),
+            "ours": ([sys.executable, "-m", "multitask_serve", "serve", "--repo", str(repo)], {}),
             "ours int8": (
-                [sys.executable, "-m", "mts", "serve", "--repo", str(repo)],
+                [sys.executable, "-m", "multitask_serve", "serve", "--repo", str(repo)],
                 {"MTS_TRUNK_PRECISION": INT8},
             ),
         }

@@ -18,7 +18,16 @@ def start_server(
     variables = {**os.environ, "MTS_SHUTDOWN_DRAIN_SECONDS": "0", **env}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mts", "serve", "--repo", str(repo), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "multitask_serve",
+                "serve",
+                "--repo",
+                str(repo),
+                "--port",
+                str(port),
+            ],
             env=variables,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -43,8 +43,8 @@ from typing import Any
 import httpx
 
 from bench.loadgen import free_port, memory_mb, wait_ready
-from spec.archive import pack_head
-from spec.repository import ModelRepository
+from multitask_serve.modelrepo.archive import pack_head
+from multitask_serve.modelrepo.repository import ModelRepository
 
 TOKEN = "upload-rss-token"
 MIB = 1 << 20
@@ -145,8 +145,8 @@ def describe(code: Path) -> str:
 
 def tiny_repository(root: Path) -> Path:
     """The tests' repository: a tiny random-weight trunk and one zero-shot head."""
-    from export.build import build_repository
-    from export.encoder import load_encoder
+    from multitask_serve.export.build import build_repository
+    from multitask_serve.export.encoder import load_encoder
     from tests.conftest import TOPIC_LABELS
     from tests.factories import write_tiny_encoder
 
@@ -181,7 +181,16 @@ def measure(args: argparse.Namespace, source: Path, workdir: Path) -> dict[str, 
     log = workdir / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mts", "serve", "--repo", str(root), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "multitask_serve",
+                "serve",
+                "--repo",
+                str(root),
+                "--port",
+                str(port),
+            ],
             cwd=code,
             env=env,
             stdout=out,

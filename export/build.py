@@ -13,11 +13,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from export.encoder import Encoder, load_encoder
-from export.heads import HeadExporter
-from export.trunk import install_trunk
-from spec.atomic import fsync_dir
-from spec.repository import ModelRepository
+from multitask_serve.export.encoder import Encoder, load_encoder
+from multitask_serve.export.heads import HeadExporter
+from multitask_serve.export.trunk import install_trunk
+from multitask_serve.modelrepo.atomic import fsync_dir
+from multitask_serve.modelrepo.repository import ModelRepository
 
 # Label descriptions for the zero-shot heads of the default repository. Each label is scored by
 # the cosine between the text and its description, both embedded by the frozen trunk.

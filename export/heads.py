@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.encoder import Encoder, EncoderError
-from export.modules import Head, Trunk, mean_pool
-from export.onnx_export import (
+from multitask_serve.export.encoder import Encoder, EncoderError
+from multitask_serve.export.modules import Head, Trunk, mean_pool
+from multitask_serve.export.onnx_export import (
     HEAD_TOLERANCE,
     TRUNK_TOLERANCE,
     ExportDecl,
@@ -26,11 +26,17 @@ from export.onnx_export import (
     export,
     max_abs_diff,
 )
-from export.onnx_export import session as onnx_session
-from export.samples import encode, sample_batches, tokenizer_from_json
-from spec import graphs
-from spec.repository import ModelRepository
-from spec.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT, HeadSpec, Kind, TrunkSpec
+from multitask_serve.export.onnx_export import session as onnx_session
+from multitask_serve.export.samples import encode, sample_batches, tokenizer_from_json
+from multitask_serve.modelrepo import graphs
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.modelrepo.types import (
+    HEAD_HIDDEN_INPUT,
+    HEAD_MASK_INPUT,
+    HeadSpec,
+    Kind,
+    TrunkSpec,
+)
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import copy
 import torch
 from torch import nn
 
-from export.encoder import Encoder
-from spec.types import Kind
+from multitask_serve.export.encoder import Encoder
+from multitask_serve.modelrepo.types import Kind
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

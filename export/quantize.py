@@ -16,10 +16,10 @@ import numpy as np
 import onnxruntime
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from export.onnx_export import session
-from export.samples import SAMPLE_TEXTS, tokenizer_from_json
-from spec.repository import ModelRepository
-from spec.types import TrunkSpec, TrunkVariant, trunk_fingerprint
+from multitask_serve.export.onnx_export import session
+from multitask_serve.export.samples import SAMPLE_TEXTS, tokenizer_from_json
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.modelrepo.types import TrunkSpec, TrunkVariant, trunk_fingerprint
 
 INT8 = "int8"
 METHOD = "onnxruntime quantize_dynamic, per-channel int8 weights, uint8 activations"

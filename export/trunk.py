@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.encoder import Encoder, freeze
-from export.modules import Trunk
-from export.onnx_export import TRUNK_TOLERANCE, ExportDecl, export
-from export.samples import sample_batches, tokenizer_from_json
-from spec.repository import ModelRepository
-from spec.types import TrunkSpec, tap_name, trunk_fingerprint
+from multitask_serve.export.encoder import Encoder, freeze
+from multitask_serve.export.modules import Trunk
+from multitask_serve.export.onnx_export import TRUNK_TOLERANCE, ExportDecl, export
+from multitask_serve.export.samples import sample_batches, tokenizer_from_json
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.modelrepo.types import TrunkSpec, tap_name, trunk_fingerprint
 
 
 class LibraryTaps(nn.Module):

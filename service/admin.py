@@ -15,13 +15,13 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from service.engine import Engine
-from service.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
-from service.registry import HeadRegistry, LoadedHead
-from service.schemas import RollbackRequest, ZeroShotRequest
-from service.settings import Settings
-from spec.archive import ArchiveError, unpack_head_file
-from spec.types import SpecError, validate_task_name
+from multitask_serve.modelrepo.archive import ArchiveError, unpack_head_file
+from multitask_serve.modelrepo.types import SpecError, validate_task_name
+from multitask_serve.service.engine import Engine
+from multitask_serve.service.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
+from multitask_serve.service.registry import HeadRegistry, LoadedHead
+from multitask_serve.service.schemas import RollbackRequest, ZeroShotRequest
+from multitask_serve.service.settings import Settings
 
 T = TypeVar("T")
 

@@ -16,18 +16,18 @@ from pathlib import Path
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from service import admin, oip, routes
-from service.batcher import Batcher
-from service.engine import Engine
-from service.errors import install_handlers
-from service.limits import BodyLimit, InFlightLimit
-from service.metrics import Metrics
-from service.registry import HeadRegistry
-from service.sessions import Runtime, TrunkSession
-from service.settings import Settings
-from service.tokenize import TextEncoder
-from spec.repository import ModelRepository, RepositoryError
-from spec.types import TrunkSpec, trunk_fingerprint
+from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
+from multitask_serve.modelrepo.types import TrunkSpec, trunk_fingerprint
+from multitask_serve.service import admin, oip, routes
+from multitask_serve.service.batcher import Batcher
+from multitask_serve.service.engine import Engine
+from multitask_serve.service.errors import install_handlers
+from multitask_serve.service.limits import BodyLimit, InFlightLimit
+from multitask_serve.service.metrics import Metrics
+from multitask_serve.service.registry import HeadRegistry
+from multitask_serve.service.sessions import Runtime, TrunkSession
+from multitask_serve.service.settings import Settings
+from multitask_serve.service.tokenize import TextEncoder
 
 log = logging.getLogger(__name__)
 

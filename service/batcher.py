@@ -23,11 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.engine import Engine
-from service.errors import Overloaded, Unavailable
-from service.metrics import Metrics
-from service.registry import LoadedHead
-from service.types import Job, JobResult
+from multitask_serve.service.engine import Engine
+from multitask_serve.service.errors import Overloaded, Unavailable
+from multitask_serve.service.metrics import Metrics
+from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.types import Job, JobResult
 
 log = logging.getLogger(__name__)
 

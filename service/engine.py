@@ -13,15 +13,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from service.errors import InvalidInput, NotFound
-from service.metrics import Metrics
-from service.postprocess import decode
-from service.registry import HeadRegistry, LoadedHead
-from service.sessions import CPU, HeadSession, RowPicker, Runtime, Tap, TrunkSession
-from service.tokenize import TextEncoder
-from service.types import Job, JobResult, Output, TaskResult, TokenizedBatch
-from spec import graphs
-from spec.types import HeadSpec, Kind, TrunkSpec, tap_name
+from multitask_serve.modelrepo import graphs
+from multitask_serve.modelrepo.types import HeadSpec, Kind, TrunkSpec, tap_name
+from multitask_serve.service.errors import InvalidInput, NotFound
+from multitask_serve.service.metrics import Metrics
+from multitask_serve.service.postprocess import decode
+from multitask_serve.service.registry import HeadRegistry, LoadedHead
+from multitask_serve.service.sessions import CPU, HeadSession, RowPicker, Runtime, Tap, TrunkSession
+from multitask_serve.service.tokenize import TextEncoder
+from multitask_serve.service.types import Job, JobResult, Output, TaskResult, TokenizedBatch
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
 # The fixed cost of one trunk run with its heads, in tokens' worth of work, per device: what

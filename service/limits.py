@@ -12,7 +12,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import errors, oip
+from multitask_serve.service import errors, oip
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,12 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import routes
-from service.engine import Engine
-from service.errors import InvalidInput, NotFound, ServiceError
-from service.registry import LoadedHead
-from service.types import TaskResult
-from spec.types import HeadSpec, Kind
+from multitask_serve.modelrepo.types import HeadSpec, Kind
+from multitask_serve.service import routes
+from multitask_serve.service.engine import Engine
+from multitask_serve.service.errors import InvalidInput, NotFound, ServiceError
+from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.types import TaskResult
 
 INPUT_NAME = "text"
 # Triton's name for the header that says where the JSON ends and binary tensor data begins.

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from service.types import Output, TokenizedBatch
-from spec.types import HeadSpec, Kind
+from multitask_serve.modelrepo.types import HeadSpec, Kind
+from multitask_serve.service.types import Output, TokenizedBatch
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -15,12 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from service.errors import Conflict, InvalidInput, NotFound, ServiceError
-from service.metrics import Metrics
-from service.sessions import CPU, GraphError, HeadSession, Runtime
-from spec.graphs import external_data_locations
-from spec.repository import ModelRepository, RepositoryError, StoredHead
-from spec.types import HeadSpec, TrunkSpec
+from multitask_serve.modelrepo.graphs import external_data_locations
+from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError, StoredHead
+from multitask_serve.modelrepo.types import HeadSpec, TrunkSpec
+from multitask_serve.service.errors import Conflict, InvalidInput, NotFound, ServiceError
+from multitask_serve.service.metrics import Metrics
+from multitask_serve.service.sessions import CPU, GraphError, HeadSession, Runtime
 
 log = logging.getLogger(__name__)
 

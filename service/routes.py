@@ -16,14 +16,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.batcher import Batcher
-from service.engine import PROBE_TEXT, Engine
-from service.errors import InvalidInput, TooLarge, Unavailable
-from service.metrics import Metrics
-from service.registry import LoadedHead
-from service.schemas import MultiPredictRequest, PredictRequest
-from service.settings import Settings
-from service.types import TaskResult
+from multitask_serve.service.batcher import Batcher
+from multitask_serve.service.engine import PROBE_TEXT, Engine
+from multitask_serve.service.errors import InvalidInput, TooLarge, Unavailable
+from multitask_serve.service.metrics import Metrics
+from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.schemas import MultiPredictRequest, PredictRequest
+from multitask_serve.service.settings import Settings
+from multitask_serve.service.types import TaskResult
 
 router = APIRouter()
 

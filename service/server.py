@@ -20,7 +20,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from service.settings import Settings
+from multitask_serve.service.settings import Settings
 
 log = logging.getLogger(__name__)
 

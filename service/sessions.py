@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from spec import graphs
-from spec.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT
+from multitask_serve.modelrepo import graphs
+from multitask_serve.modelrepo.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT
 
 Device = Literal["cpu", "cuda"]
 Precision = Literal["fp32", "fp16"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.types import TokenizedBatch
+from multitask_serve.service.types import TokenizedBatch
 
 
 class TextEncoder:

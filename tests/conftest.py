@@ -10,14 +10,14 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from export.build import build_repository
-from export.encoder import Encoder, load_encoder
-from export.heads import HeadExporter
-from export.trunk import export_trunk
-from service.app import create_app
-from service.settings import Settings
-from spec.repository import ModelRepository
-from spec.types import Kind
+from multitask_serve.export.build import build_repository
+from multitask_serve.export.encoder import Encoder, load_encoder
+from multitask_serve.export.heads import HeadExporter
+from multitask_serve.export.trunk import export_trunk
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.modelrepo.types import Kind
+from multitask_serve.service.app import create_app
+from multitask_serve.service.settings import Settings
 from tests.factories import NER_LABELS, archive, export_head, write_tiny_encoder
 
 ADMIN_TOKEN = "test-admin-token"

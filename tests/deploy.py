@@ -16,7 +16,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from service.metrics import Metrics
+from multitask_serve.service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"

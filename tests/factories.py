@@ -9,11 +9,11 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-from export.encoder import Encoder
-from export.heads import HeadExporter
-from export.modules import Head, top_layers
-from spec.archive import pack_head
-from spec.types import HeadSpec, Kind
+from multitask_serve.export.encoder import Encoder
+from multitask_serve.export.heads import HeadExporter
+from multitask_serve.export.modules import Head, top_layers
+from multitask_serve.modelrepo.archive import pack_head
+from multitask_serve.modelrepo.types import HeadSpec, Kind
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = (  # noqa: SIM905

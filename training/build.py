@@ -13,11 +13,11 @@ import time
 import uuid
 from pathlib import Path
 
-from export.build import Report, build_repository
-from export.encoder import Encoder, load_encoder
-from export.heads import HeadExporter
-from spec.atomic import fsync_dir
-from training.train import TrainConfig, export_run, train
+from multitask_serve.export.build import Report, build_repository
+from multitask_serve.export.encoder import Encoder, load_encoder
+from multitask_serve.export.heads import HeadExporter
+from multitask_serve.modelrepo.atomic import fsync_dir
+from multitask_serve.training.train import TrainConfig, export_run, train
 
 DEFAULT_HEADS = (
     TrainConfig(

@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Generic, TypeGuard, TypeVar
 
-from training.data_files import (
+from multitask_serve.training.data_files import (
     TEXT_SUFFIXES,
     TOKEN_SUFFIXES,
     DataError,

@@ -20,9 +20,9 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from export.modules import Trunk, run_layers
-from export.samples import tokenizer_from_json
-from training.data import TextExample, TokenExample
+from multitask_serve.export.modules import Trunk, run_layers
+from multitask_serve.export.samples import tokenizer_from_json
+from multitask_serve.training.data import TextExample, TokenExample
 
 IGNORE = -100
 

@@ -24,19 +24,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from export.encoder import Encoder
-from export.heads import HeadExporter
-from export.modules import Trunk, mean_pool
-from export.samples import encode, tokenizer_from_json
-from export.trunk import export_trunk
-from spec.graphs import zero_shot_graph
-from training import memory
-from training.data import Split, is_token_split, load_dataset
-from training.features import TapSource, encode_texts, rust_tokenizer
-from training.metrics import accuracy, macro_f1
-from training.serving_cost import CostMeter
-from training.strategies import strategy
-from training.train import (
+from multitask_serve.export.encoder import Encoder
+from multitask_serve.export.heads import HeadExporter
+from multitask_serve.export.modules import Trunk, mean_pool
+from multitask_serve.export.samples import encode, tokenizer_from_json
+from multitask_serve.export.trunk import export_trunk
+from multitask_serve.modelrepo.graphs import zero_shot_graph
+from multitask_serve.training import memory
+from multitask_serve.training.data import Split, is_token_split, load_dataset
+from multitask_serve.training.features import TapSource, encode_texts, rust_tokenizer
+from multitask_serve.training.metrics import accuracy, macro_f1
+from multitask_serve.training.serving_cost import CostMeter
+from multitask_serve.training.strategies import strategy
+from multitask_serve.training.train import (
     RunResult,
     TrainConfig,
     cap_eval,

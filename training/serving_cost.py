@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
-from spec.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT, tap_name
+from multitask_serve.modelrepo.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT, tap_name
 
 
 def _session(model: bytes) -> ort.InferenceSession:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from export.modules import Head
+from multitask_serve.export.modules import Head
 
 PROGRESSIVE_LIMIT = 3
 

@@ -22,13 +22,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from export.encoder import Encoder
-from export.heads import HeadExporter
-from export.modules import Head, Trunk, top_layers
-from spec.types import HeadSpec, Kind
-from training import memory
-from training.data import Split, is_token_split, load_dataset
-from training.features import (
+from multitask_serve.export.encoder import Encoder
+from multitask_serve.export.heads import HeadExporter
+from multitask_serve.export.modules import Head, Trunk, top_layers
+from multitask_serve.modelrepo.types import HeadSpec, Kind
+from multitask_serve.training import memory
+from multitask_serve.training.data import Split, is_token_split, load_dataset
+from multitask_serve.training.features import (
     IGNORE,
     Encoded,
     TapSource,
@@ -36,8 +36,8 @@ from training.features import (
     encode_tokens,
     rust_tokenizer,
 )
-from training.metrics import accuracy, entity_scores, macro_f1
-from training.strategies import Strategy, strategy, train_top, unfreeze_next
+from multitask_serve.training.metrics import accuracy, entity_scores, macro_f1
+from multitask_serve.training.strategies import Strategy, strategy, train_top, unfreeze_next
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,16 @@ def launch(repo: Path, log: Path, **env: str) -> tuple[subprocess.Popen[bytes], 
     }
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mts", "serve", "--repo", str(repo), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "multitask_serve",
+                "serve",
+                "--repo",
+                str(repo),
+                "--port",
+                str(port),
+            ],
             env=variables,
             stdout=out,
             stderr=subprocess.STDOUT,

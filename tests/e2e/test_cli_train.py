@@ -24,7 +24,7 @@ def test_cli_trained_head_is_hot_added_and_served(server, repo, tiny_encoder_dir
         [
             sys.executable,
             "-m",
-            "mts",
+            "multitask_serve",
             "train",
             "--task",
             "reviews",
@@ -67,7 +67,7 @@ def test_cli_refuses_an_encoder_that_is_not_the_trunks(repo, other_encoder_dir, 
         [
             sys.executable,
             "-m",
-            "mts",
+            "multitask_serve",
             "train",
             "--task",
             "x",

@@ -32,9 +32,9 @@ from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from spec.archive import pack_head
-from spec.repository import ModelRepository
-from spec.types import Kind
+from multitask_serve.modelrepo.archive import pack_head
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.modelrepo.types import Kind
 from tests.conftest import ADMIN_TOKEN
 from tests.e2e.conftest import launch
 from tests.factories import NER_LABELS, WORDS, export_head

@@ -22,8 +22,8 @@ SERVE_WITH_A_HANG = f"""
 import sys
 import threading
 
-from mts.cli import main
-from service.engine import Engine
+from multitask_serve.cli import main
+from multitask_serve.service.engine import Engine
 
 never = threading.Event()
 predict_many = Engine.predict_many

@@ -15,7 +15,13 @@ import httpx
 
 from tests.e2e.conftest import free_port, wait_ready
 
-BLOCKED = ("torch", "transformers", "onnxscript", "export", "training")
+BLOCKED = (
+    "torch",
+    "transformers",
+    "onnxscript",
+    "multitask_serve.export",
+    "multitask_serve.training",
+)
 
 
 def test_mts_serve_needs_nothing_from_the_train_extra(repo: Path, tmp_path: Path):
@@ -24,7 +30,7 @@ def test_mts_serve_needs_nothing_from_the_train_extra(repo: Path, tmp_path: Path
         "import sys\n"
         f"for name in {BLOCKED!r}:\n"
         "    sys.modules[name] = None\n"
-        "from mts.cli import main\n"
+        "from multitask_serve.cli import main\n"
         f"sys.exit(main(['serve', '--repo', {str(repo)!r}, '--port', '{port}']))\n"
     )
     log = tmp_path / "server.log"

@@ -10,8 +10,8 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from service import admin
-from service.app import create_app
+from multitask_serve.service import admin
+from multitask_serve.service.app import create_app
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.integration.test_isolation import outputs, tree
 

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app
-from service.engine import Engine
-from service.types import Job
-from spec.repository import ModelRepository
-from spec.types import Kind
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.modelrepo.types import Kind
+from multitask_serve.service.app import create_app
+from multitask_serve.service.engine import Engine
+from multitask_serve.service.types import Job
 from tests.conftest import make_settings
 from tests.factories import NER_LABELS, WORDS, export_head
 from tests.oracle import compare

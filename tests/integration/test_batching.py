@@ -8,12 +8,12 @@ import asyncio
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app
-from service.batcher import Batcher
-from service.errors import Overloaded
-from service.types import Job
-from spec.archive import unpack_head
-from spec.repository import ModelRepository
+from multitask_serve.modelrepo.archive import unpack_head
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.service.app import create_app
+from multitask_serve.service.batcher import Batcher
+from multitask_serve.service.errors import Overloaded
+from multitask_serve.service.types import Job
 from tests.conftest import make_settings
 
 TEXTS = ["john scored a great goal in the final match at paris", "ok", "the bank rates fell"]

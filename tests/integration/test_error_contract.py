@@ -9,9 +9,9 @@ import tarfile
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app
-from service.settings import Settings
-from spec.archive import pack_head, unpack_head
+from multitask_serve.modelrepo.archive import pack_head, unpack_head
+from multitask_serve.service.app import create_app
+from multitask_serve.service.settings import Settings
 from tests.conftest import make_settings
 from tests.integration.test_isolation import tree
 
@@ -165,7 +165,7 @@ def test_framework_errors_follow_the_contract_with_a_named_code():
     # must come out as {"error": {"code", "message"}} with a code a client can switch on.
     from fastapi import FastAPI, HTTPException
 
-    from service.errors import install_handlers
+    from multitask_serve.service.errors import install_handlers
 
     app = FastAPI()
     install_handlers(app)

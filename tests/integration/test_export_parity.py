@@ -9,13 +9,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.encoder import Encoder
-from export.heads import HeadExporter
-from export.modules import Head, mean_pool
-from export.onnx_export import HEAD_TOLERANCE, TRUNK_TOLERANCE
-from export.samples import encode
-from spec.repository import ModelRepository
-from spec.types import Kind, trunk_fingerprint
+from multitask_serve.export.encoder import Encoder
+from multitask_serve.export.heads import HeadExporter
+from multitask_serve.export.modules import Head, mean_pool
+from multitask_serve.export.onnx_export import HEAD_TOLERANCE, TRUNK_TOLERANCE
+from multitask_serve.export.samples import encode
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.modelrepo.types import Kind, trunk_fingerprint
 from tests.factories import NER_LABELS, TINY_LAYERS, random_head
 
 
@@ -116,7 +116,7 @@ def test_head_owning_top_two_layers_fed_tap_four_reproduces_the_full_model(
 
 
 def test_trunk_export_is_deterministic_and_free_of_local_paths(tiny_encoder, built_repo):
-    from export.trunk import export_trunk
+    from multitask_serve.export.trunk import export_trunk
 
     spec, model = export_trunk(tiny_encoder)
     assert spec.fingerprint == ModelRepository(built_repo).read_trunk_spec().fingerprint

@@ -23,7 +23,7 @@ from hypothesis.errors import Unsatisfiable
 from prometheus_client import CollectorRegistry
 from schemathesis import GenerationMode
 
-from service.app import create_app
+from multitask_serve.service.app import create_app
 from tests.conftest import ADMIN_TOKEN, make_settings
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))

@@ -20,9 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app
-from spec.archive import pack_head, unpack_head
-from spec.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT, HeadSpec
+from multitask_serve.modelrepo.archive import pack_head, unpack_head
+from multitask_serve.modelrepo.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT, HeadSpec
+from multitask_serve.service.app import create_app
 from tests.conftest import make_settings
 from tests.integration.test_isolation import outputs, tree
 

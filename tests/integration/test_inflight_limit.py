@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app
-from service.limits import is_inference
+from multitask_serve.service.app import create_app
+from multitask_serve.service.limits import is_inference
 from tests.conftest import make_settings
 
 INFER_BODY = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]}

@@ -8,7 +8,7 @@ import os
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app
+from multitask_serve.service.app import create_app
 from tests.conftest import make_settings
 
 PROBES = ["john scored a great goal in the final", "the bank rates fell", "i love paris", "ok"]

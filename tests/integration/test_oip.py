@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from tritonclient.http import InferResult
 
-from service.app import create_app
+from multitask_serve.service.app import create_app
 from tests.conftest import TOPIC_LABELS, make_settings
 from tests.factories import TINY_HIDDEN
 

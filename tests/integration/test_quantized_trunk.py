@@ -17,10 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from export.quantize import INT8, MIN_COSINE
-from mts.cli import main as mts
-from service.app import create_app
-from spec.repository import ModelRepository, RepositoryError
+from multitask_serve.cli import main as mts
+from multitask_serve.export.quantize import INT8, MIN_COSINE
+from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
+from multitask_serve.service.app import create_app
 from tests.conftest import make_settings
 from tests.factories import TINY_LAYERS
 

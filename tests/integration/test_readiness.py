@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app
-from service.engine import Engine
-from service.types import Job, JobResult
+from multitask_serve.service.app import create_app
+from multitask_serve.service.engine import Engine
+from multitask_serve.service.types import Job, JobResult
 from tests.conftest import make_settings
 
 TIMEOUT_S = 1.0  # readiness_timeout_seconds in these tests
@@ -189,7 +189,7 @@ def test_readyz_and_predictions_fail_at_once_when_the_batch_worker_has_stopped(c
         await asyncio.gather(worker, return_exceptions=True)
         await asyncio.sleep(0)  # the worker's done callbacks have run
 
-    with caplog.at_level(logging.ERROR, logger="service.batcher"):
+    with caplog.at_level(logging.ERROR, logger="multitask_serve.service.batcher"):
         client.portal.call(cancel)
     assert "batch worker stopped" in caplog.text
     status, body, elapsed = timed_readyz(client)
@@ -221,7 +221,10 @@ def test_a_crash_in_the_batch_worker_is_logged_and_fails_its_requests_and_later_
     # An engine that answers fewer results than it was given jobs: the worker's own code raises
     # while handing results out, outside any request's error handling.
     monkeypatch.setattr(app.state.engine, "predict_many", lambda jobs: [])
-    with TestClient(app) as client, caplog.at_level(logging.ERROR, logger="service.batcher"):
+    with (
+        TestClient(app) as client,
+        caplog.at_level(logging.ERROR, logger="multitask_serve.service.batcher"),
+    ):
         started = time.perf_counter()
         r = client.post("/predict/embed", json={"inputs": "a"})
         print(
@@ -231,7 +234,7 @@ def test_a_crash_in_the_batch_worker_is_logged_and_fails_its_requests_and_later_
         assert r.status_code == 503
         message = r.json()["error"]["message"]
         assert message.startswith("batch worker stopped: ValueError: zip()")
-        crash = next(rec for rec in caplog.records if rec.name == "service.batcher")
+        crash = next(rec for rec in caplog.records if rec.name == "multitask_serve.service.batcher")
         assert "crashed" in crash.getMessage() and crash.exc_info is not None
         assert "Traceback" in caplog.text
         r = client.post("/predict/embed", json={"inputs": "b"})

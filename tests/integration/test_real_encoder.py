@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from export.onnx_export import HEAD_TOLERANCE, TRUNK_TOLERANCE
-from service.app import create_app
-from spec.repository import ModelRepository
+from multitask_serve.export.onnx_export import HEAD_TOLERANCE, TRUNK_TOLERANCE
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.service.app import create_app
 from tests.conftest import make_settings
 
 pytestmark = [
@@ -25,7 +25,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def default_repo(tmp_path_factory):
-    from export.build import build_repository
+    from multitask_serve.export.build import build_repository
 
     root = tmp_path_factory.mktemp("default") / "repo"
     build_repository(root, report=print)

@@ -13,13 +13,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from mts.cli import main
-from service.app import create_app
-from service.sessions import CPU, Runtime, RuntimeUnavailable, TrunkSession
-from service.types import Job
-from spec.archive import unpack_head
-from spec.repository import ModelRepository
-from spec.types import tap_name
+from multitask_serve.cli import main
+from multitask_serve.modelrepo.archive import unpack_head
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.modelrepo.types import tap_name
+from multitask_serve.service.app import create_app
+from multitask_serve.service.sessions import CPU, Runtime, RuntimeUnavailable, TrunkSession
+from multitask_serve.service.types import Job
 from tests.conftest import make_settings
 
 TEXTS = ["Shares rallied after the bank's results.", "The striker scored twice.", "ok", "Hi!"]

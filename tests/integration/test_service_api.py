@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import LOAD_NICENESS
+from multitask_serve.service.app import LOAD_NICENESS
 from tests.factories import NER_LABELS, TINY_HIDDEN
 
 TEXTS = ["john scored a great goal in the final", "the bank rates fell", "i love paris"]

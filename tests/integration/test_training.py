@@ -8,14 +8,14 @@ import random
 import pytest
 import torch
 
-from export.encoder import Encoder
-from export.heads import HeadExporter
-from export.modules import Head, top_layers
-from spec.types import Kind
-from training.data import TokenExample
-from training.features import IGNORE, encode_tokens, rust_tokenizer
-from training.strategies import strategy, unfreeze_next
-from training.train import TrainConfig, export_run, train
+from multitask_serve.export.encoder import Encoder
+from multitask_serve.export.heads import HeadExporter
+from multitask_serve.export.modules import Head, top_layers
+from multitask_serve.modelrepo.types import Kind
+from multitask_serve.training.data import TokenExample
+from multitask_serve.training.features import IGNORE, encode_tokens, rust_tokenizer
+from multitask_serve.training.strategies import strategy, unfreeze_next
+from multitask_serve.training.train import TrainConfig, export_run, train
 
 
 @pytest.fixture(scope="module")

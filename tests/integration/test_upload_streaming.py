@@ -23,8 +23,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from starlette.requests import ClientDisconnect
 
-from service import admin as admin_routes
-from service.app import create_app
+from multitask_serve.service import admin as admin_routes
+from multitask_serve.service.app import create_app
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.integration.test_isolation import tree
 

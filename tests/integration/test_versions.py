@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app
+from multitask_serve.service.app import create_app
 from tests.conftest import make_settings
 from tests.integration.test_isolation import PROBES, outputs
 

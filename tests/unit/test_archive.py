@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from spec.archive import ArchiveError, pack_head, unpack_head
+from multitask_serve.modelrepo.archive import ArchiveError, pack_head, unpack_head
 from tests.unit.test_spec import HEAD
 
 MODEL = b"\x08\x07fake-onnx-bytes"

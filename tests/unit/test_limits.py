@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from service.limits import InFlightLimit, is_inference
+from multitask_serve.service.limits import InFlightLimit, is_inference
 
 INFERENCE = [
     ("POST", "/predict"),

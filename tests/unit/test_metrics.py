@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.metrics import accuracy, chunks, entity_scores, macro_f1
+from multitask_serve.training.metrics import accuracy, chunks, entity_scores, macro_f1
 
 
 def test_chunks_follow_conlleval():

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.postprocess import classifications, entities, softmax
+from multitask_serve.service.postprocess import classifications, entities, softmax
 
 LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 

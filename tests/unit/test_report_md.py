@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.report_md import cheapest_at_target, render
+from multitask_serve.training.report_md import cheapest_at_target, render
 
 
 def row(f1: float, ratio: float | None, params: int = 1000) -> dict:

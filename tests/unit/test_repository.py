@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from spec.repository import ModelRepository, RepositoryError
-from spec.types import TrunkSpec
+from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
+from multitask_serve.modelrepo.types import TrunkSpec
 from tests.unit.test_spec import HEAD
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from spec.types import HeadSpec, Kind, SpecError, TrunkSpec, TrunkVariant
+from multitask_serve.modelrepo.types import HeadSpec, Kind, SpecError, TrunkSpec, TrunkVariant
 
 HEAD = HeadSpec(
     task="sentiment",

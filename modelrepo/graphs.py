@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from spec.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT
+from multitask_serve.modelrepo.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT
 
 OPSET = 18
 # Stated rather than the onnx package's default, which newer onnx releases raise beyond what the

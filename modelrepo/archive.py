@@ -14,8 +14,8 @@ import io
 import tarfile
 from typing import IO
 
-from spec.repository import HEAD_MODEL, HEAD_SPEC
-from spec.types import HeadSpec, SpecError
+from multitask_serve.modelrepo.repository import HEAD_MODEL, HEAD_SPEC
+from multitask_serve.modelrepo.types import HeadSpec, SpecError
 
 
 class ArchiveError(ValueError):

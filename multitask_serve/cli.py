@@ -27,9 +27,9 @@ def _needs_train_extra(exc: ImportError) -> None:
 
 def _build(repo: Path, encoder: str | None, train_heads: bool) -> None:
     try:
-        from export.build import build_repository
-        from export.encoder import load_encoder
-        from training.build import build_with_heads
+        from multitask_serve.export.build import build_repository
+        from multitask_serve.export.encoder import load_encoder
+        from multitask_serve.training.build import build_with_heads
     except ImportError as exc:
         _needs_train_extra(exc)
     loaded = load_encoder(encoder) if encoder else None
@@ -50,11 +50,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.app import create_app
-    from service.server import serve
-    from service.sessions import RuntimeUnavailable
-    from service.settings import Settings
-    from spec.repository import RepositoryError
+    from multitask_serve.modelrepo.repository import RepositoryError
+    from multitask_serve.service.app import create_app
+    from multitask_serve.service.server import serve
+    from multitask_serve.service.sessions import RuntimeUnavailable
+    from multitask_serve.service.settings import Settings
 
     overrides = {"repository": args.repo, "host": args.host, "port": args.port}
     try:
@@ -72,12 +72,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     try:
-        from export.encoder import load_encoder
-        from export.heads import HeadExporter
-        from spec.archive import pack_head
-        from spec.atomic import atomic_write
-        from spec.repository import ModelRepository
-        from training.train import TrainConfig, export_run, train
+        from multitask_serve.export.encoder import load_encoder
+        from multitask_serve.export.heads import HeadExporter
+        from multitask_serve.modelrepo.archive import pack_head
+        from multitask_serve.modelrepo.atomic import atomic_write
+        from multitask_serve.modelrepo.repository import ModelRepository
+        from multitask_serve.training.train import TrainConfig, export_run, train
     except ImportError as exc:
         _needs_train_extra(exc)
     repo = ModelRepository(args.repo)
@@ -114,8 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     try:
-        from export.quantize import INT8, quantize_trunk
-        from spec.repository import ModelRepository
+        from multitask_serve.export.quantize import INT8, quantize_trunk
+        from multitask_serve.modelrepo.repository import ModelRepository
     except ImportError as exc:
         _needs_train_extra(exc)
     spec = quantize_trunk(ModelRepository(args.repo))
@@ -130,9 +130,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     try:
-        from export.encoder import load_encoder
-        from training.report import DEFAULT_TASKS, run_report, write_results
-        from training.report_md import render
+        from multitask_serve.export.encoder import load_encoder
+        from multitask_serve.training.report import DEFAULT_TASKS, run_report, write_results
+        from multitask_serve.training.report_md import render
     except ImportError as exc:
         _needs_train_extra(exc)
     if args.render_only:

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from spec.atomic import atomic_write, discard_dir, fsync_dir, staged_dir
-from spec.types import (
+from multitask_serve.modelrepo.atomic import atomic_write, discard_dir, fsync_dir, staged_dir
+from multitask_serve.modelrepo.types import (
     PRECISION_RE,
     REFERENCE_PRECISION,
     HeadSpec,

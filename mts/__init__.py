@@ -1,1 +1,0 @@
-"""The ``mts`` command line: build a model repository, serve it."""

@@ -1,3 +1,0 @@
-from mts.cli import main
-
-raise SystemExit(main())

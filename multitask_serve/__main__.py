@@ -1,0 +1,3 @@
+from multitask_serve.cli import main
+
+raise SystemExit(main())
