@@ -39,11 +39,21 @@ def _build(repo: Path, encoder: str | None, train_heads: bool) -> None:
         build_repository(repo, loaded)
 
 
+def _is_built(repo: Path) -> bool:
+    # The trunk is published last (export/build.py), so its spec marks a complete repository.
+    from multitask_serve.modelrepo.repository import ModelRepository
+
+    return ModelRepository(repo).has_trunk()
+
+
 def cmd_build(args: argparse.Namespace) -> int:
-    if args.if_missing and args.repo.exists():
-        print(f"{args.repo} exists; not rebuilding")
+    if args.if_missing and _is_built(args.repo):
+        print(f"{args.repo} holds a complete repository; not rebuilding")
         return 0
-    _build(args.repo, args.encoder, not args.no_train)
+    try:
+        _build(args.repo, args.encoder, not args.no_train)
+    except FileExistsError as exc:
+        sys.exit(f"mts build: {exc}")
     return 0
 
 
@@ -59,10 +69,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {"repository": args.repo, "host": args.host, "port": args.port}
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-        if args.build_if_missing and not settings.repository.exists():
+        if args.build_if_missing and not _is_built(settings.repository):
             _build(settings.repository, args.encoder, not args.no_train)
         app = create_app(settings)
-    except (ValidationError, RepositoryError, RuntimeUnavailable, FileNotFoundError) as exc:
+    except (
+        ValidationError,
+        RepositoryError,
+        RuntimeUnavailable,
+        FileNotFoundError,
+        FileExistsError,
+    ) as exc:
         # A configuration mistake, not a crash: one clear message, no traceback.
         print(f"mts serve: {exc}", file=sys.stderr)
         return 2
@@ -162,7 +178,11 @@ def parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="export the trunk and build the default heads")
     build.add_argument("--repo", type=Path, default=Path("model-repo"))
     build.add_argument("--encoder", help=encoder_help)
-    build.add_argument("--if-missing", action="store_true", help="do nothing if --repo exists")
+    build.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing if --repo holds a complete repository (it may be an empty directory)",
+    )
     build.add_argument(
         "--no-train",
         action="store_true",

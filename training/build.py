@@ -2,21 +2,17 @@
 
 ``mts build`` runs this: the trunk and training-free heads first (export/build.py), then one
 trained head per task, each sized to keep the whole build within about ten minutes on two cores.
-The repository is renamed into place only when everything succeeded.
+The repository is published only when everything succeeded (``export.build.building``).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 
-from multitask_serve.export.build import Report, build_repository
-from multitask_serve.export.encoder import Encoder, load_encoder
+from multitask_serve.export.build import Report, building, install_training_free
+from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
-from multitask_serve.modelrepo.atomic import fsync_dir
 from multitask_serve.training.train import TrainConfig, export_run, train
 
 DEFAULT_HEADS = (
@@ -48,16 +44,12 @@ def build_with_heads(
     heads: tuple[TrainConfig, ...] = DEFAULT_HEADS,
     report: Report = print,
 ) -> None:
-    root = Path(root)
-    if root.exists():
-        raise FileExistsError(f"{root} exists; remove it or build elsewhere")
-    encoder = encoder or load_encoder()
-    staging = root.with_name(f".{root.name}.training-{uuid.uuid4().hex[:8]}")
-    try:
-        repo = build_repository(staging, encoder, report=report)
+    started = time.perf_counter()
+    with building(root) as repo:
+        encoder = install_training_free(repo, encoder, report=report)
         exporter = HeadExporter(encoder, repo.read_trunk_spec())
         for i, config in enumerate(heads, start=1):
-            started = time.perf_counter()
+            t = time.perf_counter()
             result = train(config, encoder)
             spec, model = export_run(result, exporter)
             repo.add_head(spec, model)
@@ -65,13 +57,9 @@ def build_with_heads(
                 f"[train {i}/{len(heads)}] {config.task}: {config.strategy} on "
                 f"{result.data['name']} ({result.data['train']} train), test {_fmt(result.test)}, "
                 f"tap {spec.branch_layer}, parity {spec.parity_max_abs_diff:.2e} "
-                f"({time.perf_counter() - started:.0f} s)"
+                f"({time.perf_counter() - t:.0f} s)"
             )
-        os.rename(staging, root)
-        fsync_dir(root.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    report(f"built {root} in {time.perf_counter() - started:.1f} s")
 
 
 def _fmt(metrics: dict[str, float]) -> str:
