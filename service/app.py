@@ -21,7 +21,7 @@ from multitask_serve.modelrepo.types import TrunkSpec, trunk_fingerprint
 from multitask_serve.service import admin, oip, routes
 from multitask_serve.service.batcher import Batcher
 from multitask_serve.service.engine import Engine
-from multitask_serve.service.errors import install_handlers
+from multitask_serve.service.http_errors import install_handlers
 from multitask_serve.service.limits import BodyLimit, InFlightLimit
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.registry import HeadRegistry
@@ -62,7 +62,6 @@ def create_app(
         trunk_spec, trunk, encoder, Metrics(CollectorRegistry()), runtime, group_cost
     )
     registry = HeadRegistry(repo, trunk_spec, engine.probe, metrics, runtime)
-    engine.attach(registry)
     failed = registry.load_repository()
     metrics.heads_loaded.set_function(lambda: len(registry.snapshot()))
     log.info(

@@ -9,7 +9,7 @@ with more texts than a batch holds is split into several entries and reassembled
 Readiness goes through the same worker (``check``): a probe queues behind real work and runs on the
 inference thread as a batch of its own. The worker's progress is tracked, so that a worker that
 stopped (its task ended) or hangs (work waiting, no batch finishing) is told apart from one that is
-merely busy; once the worker has stopped, every waiting and new request fails at once with 503.
+merely busy; once the worker has stopped, every waiting and new request fails at once (Unavailable).
 """
 
 from __future__ import annotations
@@ -103,10 +103,10 @@ class Batcher:
             reason = "shutting down"
         elif error is None:
             reason = "cancelled"
-            log.error("batch worker stopped (cancelled); predictions answer 503 from now on")
+            log.error("batch worker stopped (cancelled); every prediction fails from now on")
         else:
             reason = f"{type(error).__name__}: {error}"
-            log.error("batch worker crashed; predictions answer 503 from now on", exc_info=error)
+            log.error("batch worker crashed; every prediction fails from now on", exc_info=error)
         self._failure = f"batch worker stopped: {reason}"
         # Requests already queued or in the lost batch would otherwise wait forever.
         for future in list(self._waiting):

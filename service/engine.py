@@ -15,10 +15,10 @@ import numpy as np
 
 from multitask_serve.modelrepo import graphs
 from multitask_serve.modelrepo.types import HeadSpec, Kind, TrunkSpec, tap_name
-from multitask_serve.service.errors import InvalidInput, NotFound
+from multitask_serve.service.errors import InvalidInput
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.postprocess import decode
-from multitask_serve.service.registry import HeadRegistry, LoadedHead
+from multitask_serve.service.registry import LoadedHead
 from multitask_serve.service.sessions import CPU, HeadSession, RowPicker, Runtime, Tap, TrunkSession
 from multitask_serve.service.tokenize import TextEncoder
 from multitask_serve.service.types import Job, JobResult, Output, TaskResult, TokenizedBatch
@@ -84,10 +84,6 @@ class Engine:
         )
         self._rows = RowPicker(trunk_spec.hidden_size, runtime)
         self._group_cost = default_group_cost(runtime) if group_cost is None else group_cost
-        self.registry: HeadRegistry | None = None
-
-    def attach(self, registry: HeadRegistry) -> None:
-        self.registry = registry
 
     def _encode(self, texts: list[str]) -> TokenizedBatch:
         t0 = time.perf_counter()
@@ -106,14 +102,6 @@ class Engine:
     def _run_trunk(self, texts: list[str], taps: set[int]) -> tuple[TokenizedBatch, dict[int, Tap]]:
         batch = self._encode(texts)
         return batch, self._trunk_taps(batch, taps)
-
-    def resolve(self, tasks: list[str]) -> dict[str, LoadedHead]:
-        assert self.registry is not None
-        heads = self.registry.snapshot()
-        missing = [t for t in tasks if t not in heads]
-        if missing:
-            raise NotFound(f"unknown task {missing[0]!r}; GET /tasks lists the served ones")
-        return {t: heads[t] for t in tasks}
 
     def predict(
         self, heads: Mapping[str, LoadedHead], texts: list[str]

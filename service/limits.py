@@ -5,27 +5,26 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from multitask_serve.service import errors, oip
+from multitask_serve.service.errors import Overloaded, ServiceError, TooLarge
+from multitask_serve.service.http_errors import OIP, SERVICE, WireFormat, as_http_exception
 
 
 @dataclass(frozen=True)
 class InferenceRoute:
     """Requests that run inference: this ``method`` on a path that ``path`` matches in full.
 
-    ``error_body(code, message)`` is the JSON body the route's own errors take, so a request the
-    in-flight bound refuses reads like any other error of that route.
+    ``errors`` is the wire format the route's own errors take, so a request the in-flight bound
+    refuses reads like any other error of that route.
     """
 
     method: str
     path: re.Pattern[str]
-    error_body: Callable[[str, str], Any]
+    errors: WireFormat
 
 
 # Every route that runs inference, and only those: they share one in-flight bound. Health,
@@ -34,13 +33,9 @@ class InferenceRoute:
 # that of the app's operations exactly its list of inference operations is counted.
 INFERENCE_ROUTES: tuple[InferenceRoute, ...] = (
     # The service's own routes: POST /predict and /predict/{task}.
-    InferenceRoute("POST", re.compile(r"/predict(?:/[^/]+)?"), errors.error_body),
+    InferenceRoute("POST", re.compile(r"/predict(?:/[^/]+)?"), SERVICE),
     # Open Inference Protocol (service/oip.py): POST /v2/models/{task}[/versions/{v}]/infer.
-    InferenceRoute(
-        "POST",
-        re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer"),
-        lambda _code, message: oip.error_body(message),
-    ),
+    InferenceRoute("POST", re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer"), OIP),
 )
 
 
@@ -71,10 +66,9 @@ class BodyLimit:
         limit = self.upload if scope["path"].startswith("/admin/") else self.default
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            message = f"request body exceeds {limit} bytes"
             route = inference_route(scope["method"], scope["path"])
-            body = (route.error_body if route else errors.error_body)("too_large", message)
-            await _respond(send, 413, body, [(b"connection", b"close")])
+            error = TooLarge(f"request body exceeds {limit} bytes")
+            await _refuse(send, route.errors if route else SERVICE, error, close=True)
             return
         seen = 0
 
@@ -86,7 +80,7 @@ class BodyLimit:
                 if seen > limit:
                     # Raised inside the app's body read. FastAPI turns most errors there into a
                     # 400 but passes HTTPException through, so the handler answers 413.
-                    raise HTTPException(413, f"request body exceeds {limit} bytes")
+                    raise as_http_exception(TooLarge(f"request body exceeds {limit} bytes"))
             return message
 
         await self.app(scope, limited, send)
@@ -117,14 +111,24 @@ class InFlightLimit:
             return
         if self.active >= self.limit:
             message = f"{self.active} inference requests in flight (limit {self.limit}); retry"
-            body = route.error_body("overloaded", message)
-            await _respond(send, 429, body, [(b"retry-after", b"1")])
+            await _refuse(send, route.errors, Overloaded(message))  # 429 with Retry-After
             return
         self.active += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.active -= 1
+
+
+async def _refuse(send: Send, errors: WireFormat, error: ServiceError, close: bool = False) -> None:
+    """Answer ``error`` in the route's wire format before the app sees the request."""
+    status, body, headers = errors.of(error)
+    extra = [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+    ]
+    if close:
+        extra.append((b"connection", b"close"))
+    await _respond(send, status, body, extra)
 
 
 async def _respond(send: Send, status: int, error: Any, headers: list[tuple[bytes, bytes]]) -> None:

@@ -6,7 +6,7 @@ version it serves is the model version. A model takes one BYTES tensor ``text`` 
 the tensors its kind produces (``outputs_meta``). Both the JSON tensor form and the binary tensor
 extension (which ``tritonclient`` uses by default) are read and written. Predictions go through
 the same micro-batcher, limits and metrics as ``/predict`` (``routes.run_batched``); errors take
-the protocol's ``{"error": "message"}`` form.
+the protocol's ``{"error": "message"}`` form (service/http_errors.py ``OIP``).
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.exceptions import HTTPException
 
 from multitask_serve.modelrepo.types import HeadSpec, Kind
 from multitask_serve.service import routes
-from multitask_serve.service.engine import Engine
 from multitask_serve.service.errors import InvalidInput, NotFound, ServiceError
-from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.http_errors import OIP
+from multitask_serve.service.registry import HeadRegistry, LoadedHead
 from multitask_serve.service.types import TaskResult
 
 INPUT_NAME = "text"
@@ -37,15 +36,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "multitask-serve"
 
 
-def error_body(message: str) -> dict[str, str]:
-    """The protocol's error form (the service's own is ``service.errors.error_body``)."""
-    return {"error": message}
-
-
 class OipRoute(APIRoute):
     """Answers ServiceErrors as ``{"error": message}``, the protocol's form, not the service's.
 
-    422 becomes 400: v2 clients treat any malformed request as a 400 Bad Request.
+    422 becomes 400: v2 clients treat any malformed request as a 400 Bad Request (``OIP``).
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -54,12 +48,8 @@ class OipRoute(APIRoute):
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
-            except ServiceError as exc:
-                status, message = (400 if exc.status == 422 else exc.status), exc.message
-            except StarletteHTTPException as exc:  # the body limit, raised while reading
-                status, message = exc.status_code, str(exc.detail)
-            headers = {"Retry-After": "1"} if status in (429, 503) else None
-            return JSONResponse(error_body(message), status, headers=headers)
+            except (ServiceError, HTTPException) as exc:  # HTTPException: the body limit
+                return OIP.response(exc)
 
         return handle
 
@@ -223,8 +213,8 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
 
 
 def _head(request: Request, task: str, version: str | None = None) -> LoadedHead:
-    engine: Engine = request.app.state.engine
-    head = engine.resolve([task])[task]
+    registry: HeadRegistry = request.app.state.registry
+    head = registry.resolve([task])[task]
     if version is not None and version != str(head.version):
         raise NotFound(
             f"model {task!r} serves version {head.version}, not {version!r}; a stored version "

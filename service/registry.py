@@ -18,7 +18,13 @@ from types import MappingProxyType
 from multitask_serve.modelrepo.graphs import external_data_locations
 from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError, StoredHead
 from multitask_serve.modelrepo.types import HeadSpec, TrunkSpec
-from multitask_serve.service.errors import Conflict, InvalidInput, NotFound, ServiceError
+from multitask_serve.service.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ServiceError,
+    UnknownTask,
+)
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.sessions import CPU, GraphError, HeadSession, Runtime
 
@@ -55,6 +61,14 @@ class HeadRegistry:
 
     def snapshot(self) -> Mapping[str, LoadedHead]:
         return self._heads
+
+    def resolve(self, tasks: list[str]) -> dict[str, LoadedHead]:
+        """The heads of ``tasks``, from one snapshot; UnknownTask names the first one not served."""
+        heads = self._heads
+        for task in tasks:
+            if task not in heads:
+                raise UnknownTask(task)
+        return {task: heads[task] for task in tasks}
 
     def load(self, spec: HeadSpec, model: bytes, version: int = 0) -> LoadedHead:
         """Check a head against the trunk and build its session; touches no shared state."""

@@ -2,7 +2,7 @@
 
 Routes parse, resolve tasks against one registry snapshot, submit the work to the micro-batcher,
 and shape the answer; errors are raised as ServiceError and become JSON in one handler
-(service/errors.py).
+(service/http_errors.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from multitask_serve.service.batcher import Batcher
 from multitask_serve.service.engine import PROBE_TEXT, Engine
 from multitask_serve.service.errors import InvalidInput, TooLarge, Unavailable
 from multitask_serve.service.metrics import Metrics
-from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.registry import HeadRegistry, LoadedHead
 from multitask_serve.service.schemas import MultiPredictRequest, PredictRequest
 from multitask_serve.service.settings import Settings
 from multitask_serve.service.types import TaskResult
@@ -82,7 +82,7 @@ async def run_batched(
 @router.post("/predict/{task}", tags=["predict"], summary="Run one task")
 async def predict_task(task: str, body: PredictRequest, request: Request) -> JSONResponse:
     texts = request_texts(body.inputs, request.app.state.settings)
-    heads = request.app.state.engine.resolve([task])
+    heads = request.app.state.registry.resolve([task])
     results, truncated = await run_batched(request, heads, texts)
     result = results[task]
     return JSONResponse(
@@ -95,7 +95,7 @@ async def predict_task(task: str, body: PredictRequest, request: Request) -> JSO
 async def predict_tasks(body: MultiPredictRequest, request: Request) -> dict[str, Any]:
     texts = request_texts(body.inputs, request.app.state.settings)
     tasks = list(dict.fromkeys(body.tasks))
-    heads = request.app.state.engine.resolve(tasks)
+    heads = request.app.state.registry.resolve(tasks)
     results, truncated = await run_batched(request, heads, texts)
     single = isinstance(body.inputs, str)
     return {task: _body(results[task], truncated, single) for task in tasks}
@@ -104,7 +104,7 @@ async def predict_tasks(body: MultiPredictRequest, request: Request) -> dict[str
 @router.get("/tasks", tags=["tasks"], summary="What is served")
 async def tasks(request: Request) -> dict[str, Any]:
     engine: Engine = request.app.state.engine
-    assert engine.registry is not None
+    registry: HeadRegistry = request.app.state.registry
     trunk = engine.trunk_spec
     return {
         "trunk": {
@@ -122,7 +122,7 @@ async def tasks(request: Request) -> dict[str, Any]:
                 "branch_layer": head.spec.branch_layer,
                 "labels": list(head.spec.labels),
             }
-            for task, head in sorted(engine.registry.snapshot().items())
+            for task, head in sorted(registry.snapshot().items())
         ],
     }
 

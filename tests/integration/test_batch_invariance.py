@@ -30,7 +30,7 @@ GROUP_COSTS = (0, 4, 32, 10**6)
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory, built_repo: Path, exporter: Any) -> Any:
-    """One engine per group cost, on a repository with a head of every kind."""
+    """One engine (and its registry) per group cost, on a repository with a head of every kind."""
     root = tmp_path_factory.mktemp("invariance") / "repo"
     shutil.copytree(built_repo, root)
     repository = ModelRepository(root)
@@ -43,7 +43,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory, built_repo: Path, exporter
     made = {}
     for cost in GROUP_COSTS:
         app = create_app(make_settings(root, batch_group_cost_tokens=cost), CollectorRegistry())
-        made[cost] = app.state.engine
+        made[cost] = app.state.engine, app.state.registry
     return made
 
 
@@ -67,9 +67,8 @@ jobs = st.lists(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(jobs=jobs, cost=st.sampled_from(GROUP_COSTS))
 def test_each_text_in_a_micro_batch_gets_the_result_it_gets_alone(engines, jobs, cost):
-    engine: Engine = engines[cost]
-    assert engine.registry is not None
-    heads = engine.registry.snapshot()
+    engine: Engine = engines[cost][0]
+    heads = engines[cost][1].snapshot()
     batch = [Job({t: heads[t] for t in tasks}, list(texts)) for tasks, texts in jobs]
     together = engine.predict_many(batch)
     for j, (job, done) in enumerate(zip(batch, together, strict=True)):

@@ -29,7 +29,7 @@ def flat(outputs) -> np.ndarray:
 def test_concurrent_requests_for_different_tasks_share_one_trunk_run(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
     engine, metrics = app.state.engine, app.state.metrics
-    heads = engine.resolve(["embed", "topic-zs"])
+    heads = app.state.registry.resolve(["embed", "topic-zs"])
     alone = {
         (task, text): engine.predict({task: heads[task]}, [text])[0][task].outputs
         for task in heads
@@ -64,7 +64,7 @@ def test_concurrent_requests_for_different_tasks_share_one_trunk_run(repo):
 def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
     engine, metrics = app.state.engine, app.state.metrics
-    heads = engine.resolve(["embed"])
+    heads = app.state.registry.resolve(["embed"])
     texts = [f"text number {i}" for i in range(7)]
     whole = engine.predict(heads, texts)[0]["embed"].outputs
 
@@ -86,7 +86,7 @@ def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order(repo):
 def test_beyond_the_queue_bound_requests_are_refused_at_once(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
     engine, metrics = app.state.engine, app.state.metrics
-    heads = engine.resolve(["embed"])
+    heads = app.state.registry.resolve(["embed"])
 
     async def main():
         batcher = Batcher(
@@ -132,7 +132,7 @@ def test_length_groups_give_the_outputs_of_one_padded_batch(repo, archives):
     def serve(cost):
         app = create_app(make_settings(repo, batch_group_cost_tokens=cost), CollectorRegistry())
         engine, runs = app.state.engine, app.state.metrics.registry.get_sample_value
-        heads = engine.resolve(tasks)
+        heads = app.state.registry.resolve(tasks)
         jobs = [Job({t: heads[t] for t in tasks[:3]}, texts[:3]), Job(heads, texts[2:])]
         before = runs("mts_trunk_runs_total")
         done = engine.predict_many(jobs)
@@ -157,7 +157,7 @@ def test_length_groups_give_the_outputs_of_one_padded_batch(repo, archives):
 def test_a_request_that_would_wait_past_the_deadline_is_refused_at_the_recent_pace(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
     engine, metrics = app.state.engine, app.state.metrics
-    heads = engine.resolve(["embed"])
+    heads = app.state.registry.resolve(["embed"])
 
     async def main(deadline_in_texts: float):
         batcher = Batcher(

@@ -165,7 +165,7 @@ def test_framework_errors_follow_the_contract_with_a_named_code():
     # must come out as {"error": {"code", "message"}} with a code a client can switch on.
     from fastapi import FastAPI, HTTPException
 
-    from multitask_serve.service.errors import install_handlers
+    from multitask_serve.service.http_errors import install_handlers
 
     app = FastAPI()
     install_handlers(app)

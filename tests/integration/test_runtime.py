@@ -33,8 +33,9 @@ def add_archives(repo, archives, names):
 
 def serve_mixed(repo, **overrides):
     """One micro-batch where every head reads a different subset of the rows."""
-    engine = create_app(make_settings(repo, **overrides), CollectorRegistry()).state.engine
-    heads = engine.resolve(["embed", "topic-zs", "sentiment", "topic", "ner"])
+    state = create_app(make_settings(repo, **overrides), CollectorRegistry()).state
+    engine = state.engine
+    heads = state.registry.resolve(["embed", "topic-zs", "sentiment", "topic", "ner"])
     jobs = [
         Job({t: heads[t] for t in ("sentiment", "ner")}, TEXTS[:2]),
         Job({t: heads[t] for t in ("topic", "embed")}, TEXTS[2:]),

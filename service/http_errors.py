@@ -1,0 +1,136 @@
+"""The one place errors become HTTP: statuses, headers and each wire format's error body.
+
+The core raises ``ServiceError``s that carry a code and a message (service/errors.py). This module
+maps a code to its status, adds ``Retry-After`` (429, 503) and ``WWW-Authenticate`` (401), adds
+route hints a client can act on, and writes the body in the form of the route's protocol: the
+service's own ``{"error": {"code", "message"}}`` (``SERVICE``) or the Open Inference Protocol's
+``{"error": message}`` (``OIP``). Our routes' exception handlers (``install_handlers``), the OIP
+route class (service/oip.py) and the limits middleware (service/limits.py) all answer through it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from multitask_serve.service.errors import ServiceError, UnknownTask
+
+log = logging.getLogger(__name__)
+
+# A core error's code -> its HTTP status; a code not listed is a 500.
+STATUS: Mapping[str, int] = {
+    "invalid_input": 422,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "overloaded": 429,
+    "unavailable": 503,
+    "internal": 500,
+}
+
+# The framework's own HTTPExceptions (a 405, a body FastAPI cannot parse) -> the code they get.
+FRAMEWORK_CODES: Mapping[int, str] = {
+    400: "invalid_input",  # a body that does not parse as what the route reads
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def status_of(error: ServiceError) -> int:
+    return STATUS.get(error.code, 500)
+
+
+def headers_for(status: int) -> dict[str, str]:
+    """What an error answer with this status carries besides its body."""
+    if status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    if status in (429, 503):  # overloaded, unavailable: worth a retry
+        return {"Retry-After": "1"}
+    return {}
+
+
+def message_of(error: ServiceError) -> str:
+    """The core's message, with a hint at the route that helps (the core names no route)."""
+    if isinstance(error, UnknownTask):
+        return f"{error.message}; GET /tasks lists the served ones"
+    return error.message
+
+
+def as_http_exception(error: ServiceError) -> HTTPException:
+    """For code that must raise the framework's own exception (the body limit, mid-read)."""
+    return HTTPException(status_of(error), error.message)
+
+
+@dataclass(frozen=True)
+class WireFormat:
+    """One protocol's error answers: ``body(code, message)``, and statuses it answers otherwise."""
+
+    body: Callable[[str, str], Any]
+    statuses: Mapping[int, int] = field(default_factory=dict)
+
+    def answer(self, status: int, code: str, message: str) -> tuple[int, Any, dict[str, str]]:
+        """(status, JSON body, headers) of an error with this status, code and message."""
+        status = self.statuses.get(status, status)
+        return status, self.body(code, message), headers_for(status)
+
+    def of(self, error: ServiceError) -> tuple[int, Any, dict[str, str]]:
+        return self.answer(status_of(error), error.code, message_of(error))
+
+    def response(self, exc: ServiceError | HTTPException) -> JSONResponse:
+        if isinstance(exc, ServiceError):
+            status, body, headers = self.of(exc)
+        else:
+            code = FRAMEWORK_CODES.get(exc.status_code, "http_error")
+            status, body, headers = self.answer(exc.status_code, code, str(exc.detail))
+        return JSONResponse(body, status, headers=headers or None)
+
+
+def service_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
+def oip_body(_code: str, message: str) -> dict[str, str]:
+    return {"error": message}
+
+
+# The service's own routes.
+SERVICE = WireFormat(service_body)
+# Open Inference Protocol v2: v2 clients treat any malformed request as a 400 Bad Request.
+OIP = WireFormat(oip_body, {422: 400})
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Every error of the app's own routes in the service's form; OIP routes answer their own."""
+
+    @app.exception_handler(ServiceError)
+    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+        return SERVICE.response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        return JSONResponse(service_body("invalid_input", problems), 422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        return SERVICE.response(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(service_body("internal", "internal server error"), 500)
