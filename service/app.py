@@ -24,6 +24,7 @@ from multitask_serve.service.engine import Engine
 from multitask_serve.service.http_errors import install_handlers
 from multitask_serve.service.limits import BodyLimit, InFlightLimit
 from multitask_serve.service.metrics import Metrics
+from multitask_serve.service.predict import Predictor
 from multitask_serve.service.registry import HeadRegistry
 from multitask_serve.service.sessions import Runtime, TrunkSession
 from multitask_serve.service.settings import Settings
@@ -119,6 +120,10 @@ def create_app(
     app.state.max_length = max_length
     # Set when shutdown begins: /readyz fails from then on while requests are still served.
     app.state.draining = threading.Event()
+    # Every route's way in: ours, the Open Inference Protocol's (and any other wire format's).
+    app.state.predictor = Predictor(
+        registry, batcher, metrics, settings, probe_engine, app.state.draining
+    )
     install_handlers(app)
     app.include_router(routes.router)
     app.include_router(admin.router)

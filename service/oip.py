@@ -5,8 +5,9 @@ speak this protocol, so they can point at the service unchanged. Each task is a 
 version it serves is the model version. A model takes one BYTES tensor ``text`` and answers with
 the tensors its kind produces (``outputs_meta``). Both the JSON tensor form and the binary tensor
 extension (which ``tritonclient`` uses by default) are read and written. Predictions go through
-the same micro-batcher, limits and metrics as ``/predict`` (``routes.run_batched``); errors take
-the protocol's ``{"error": "message"}`` form (service/http_errors.py ``OIP``).
+the same prediction entry point as ``/predict`` (service/predict.py ``Predictor``: micro-batcher,
+limits, metrics); errors take the protocol's ``{"error": "message"}`` form (service/http_errors.py
+``OIP``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from multitask_serve.modelrepo.types import HeadSpec, Kind
-from multitask_serve.service import routes
 from multitask_serve.service.errors import InvalidInput, NotFound, ServiceError
 from multitask_serve.service.http_errors import OIP
-from multitask_serve.service.registry import HeadRegistry, LoadedHead
+from multitask_serve.service.predict import Predictor
+from multitask_serve.service.registry import LoadedHead
 from multitask_serve.service.types import TaskResult
 
 INPUT_NAME = "text"
@@ -212,9 +213,13 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     return InferRequest(texts, request_id, wanted, binary_default)
 
 
+def _predictor(request: Request) -> Predictor:
+    predictor: Predictor = request.app.state.predictor
+    return predictor
+
+
 def _head(request: Request, task: str, version: str | None = None) -> LoadedHead:
-    registry: HeadRegistry = request.app.state.registry
-    head = registry.resolve([task])[task]
+    head = _predictor(request).resolve([task])[task]
     if version is not None and version != str(head.version):
         raise NotFound(
             f"model {task!r} serves version {head.version}, not {version!r}; a stored version "
@@ -239,7 +244,7 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready", summary="A real inference through trunk and a head")
 async def ready(request: Request) -> dict[str, bool]:
-    await routes.readyz(request)  # raises Unavailable (503) if the probe inference fails
+    await _predictor(request).ready()  # raises Unavailable (503) if the probe inference fails
     return {"ready": True}
 
 
@@ -266,11 +271,13 @@ async def _infer(request: Request, head: LoadedHead) -> Response:
     unknown = sorted(set(parsed.wanted or ()) - set(names))
     if unknown:
         raise InvalidInput(f"model {head.spec.task!r} has no output {unknown[0]!r}; it has {names}")
-    texts = routes.request_texts(parsed.texts, request.app.state.settings)
+    predictor = _predictor(request)
+    texts = predictor.texts(parsed.texts)
     task = head.spec.task
-    results, truncated = await routes.run_batched(request, {task: head}, texts)
+    done = await predictor.run({task: head}, texts)
+    results = done.results
     entries, chunks = [], []
-    for tensor in _tensors(head.spec, results[task], truncated):
+    for tensor in _tensors(head.spec, results[task], done.truncated):
         if parsed.wanted is not None and tensor.name not in parsed.wanted:
             continue
         binary = parsed.binary_default if parsed.wanted is None else parsed.wanted[tensor.name]

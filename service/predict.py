@@ -1,0 +1,122 @@
+"""The one prediction entry point, which knows no HTTP: every wire format's routes call it.
+
+``Predictor`` checks the texts, resolves tasks against one registry snapshot, submits the work to
+the micro-batcher and counts it in the serving metrics; it also answers liveness and readiness
+(a real probe inference queued through the batch worker). The service's own routes
+(service/routes.py) and the Open Inference Protocol's (service/oip.py) shape its answers into
+their own formats; neither imports the other.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from multitask_serve.service.batcher import Batcher
+from multitask_serve.service.engine import PROBE_TEXT, Engine
+from multitask_serve.service.errors import InvalidInput, TooLarge, Unavailable
+from multitask_serve.service.metrics import Metrics
+from multitask_serve.service.registry import HeadRegistry, LoadedHead
+from multitask_serve.service.settings import Settings
+from multitask_serve.service.types import JobResult
+
+
+@dataclass(frozen=True)
+class Readiness:
+    heads: int  # how many heads are served
+    ran: bool  # the probe ran; False: the worker is busy finishing batches (not stuck)
+
+
+class Predictor:
+    def __init__(
+        self,
+        registry: HeadRegistry,
+        batcher: Batcher,
+        metrics: Metrics,
+        settings: Settings,
+        probe_engine: Engine,
+        draining: threading.Event,
+    ) -> None:
+        """``probe_engine`` runs readiness probes: the serving sessions, metrics of its own.
+
+        ``draining`` is set when shutdown begins: readiness fails from then on while requests are
+        still served.
+        """
+        self.registry, self.batcher, self.metrics = registry, batcher, metrics
+        self.settings, self.probe_engine, self.draining = settings, probe_engine, draining
+
+    def texts(self, inputs: str | list[str]) -> list[str]:
+        """A request's texts, checked: at least one, at most ``max_batch_texts``, valid Unicode."""
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if not texts:
+            raise InvalidInput("inputs is an empty list; send a text or a list of texts")
+        limit = self.settings.max_batch_texts
+        if len(texts) > limit:
+            raise TooLarge(f"{len(texts)} texts in one request; the limit is {limit}")
+        for i, text in enumerate(texts):
+            # JSON may escape lone UTF-16 surrogates ("\ud800"); they are not text, and the
+            # tokenizer would fail on them inside a micro-batch that other requests share.
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidInput(
+                    f"inputs[{i}] is not valid Unicode ({exc.reason} at character {exc.start})"
+                ) from None
+        return texts
+
+    def resolve(self, tasks: list[str]) -> dict[str, LoadedHead]:
+        """The served heads of ``tasks`` from one snapshot (raises UnknownTask)."""
+        return self.registry.resolve(tasks)
+
+    async def run(self, heads: Mapping[str, LoadedHead], texts: list[str]) -> JobResult:
+        """Every prediction's path: the micro-batcher, then per-task metrics."""
+        metrics = self.metrics
+        started = time.perf_counter()
+        try:
+            with metrics.in_flight.track_inprogress():
+                done = await self.batcher.submit(heads, texts)
+        except Exception:
+            for task in heads:
+                metrics.requests.labels(task, "error").inc()
+            raise
+        elapsed = time.perf_counter() - started
+        for task in heads:
+            metrics.request_seconds.labels(task).observe(elapsed)
+            metrics.requests.labels(task, "ok").inc()
+        return done
+
+    def live(self) -> None:
+        """Raises Unavailable once the batch worker has stopped: only a restart repairs that.
+
+        A hung worker is readiness' concern, not this: a long batch must not restart the process.
+        """
+        failure = self.batcher.failure
+        if failure is not None:
+            raise Unavailable(failure)
+
+    async def ready(self) -> Readiness:
+        """Ready when the batch worker runs a probe inference, or is busy finishing batches.
+
+        The probe queues like a request (``Batcher.check``), so a stopped or hung worker fails this
+        within ``readiness_timeout_seconds``; probes are counted only in
+        ``mts_readiness_probes_total``, never in the serving metrics. Raises Unavailable.
+        """
+        if self.draining.is_set():
+            raise Unavailable("shutting down: finishing in-flight requests")
+        heads = self.registry.snapshot()
+        probe: Callable[[], object]
+        if heads:
+            task = sorted(heads)[0]
+            probe = functools.partial(self.probe_engine.predict, {task: heads[task]}, [PROBE_TEXT])
+        else:
+            probe = functools.partial(self.probe_engine.embed, [PROBE_TEXT])
+        try:
+            ran = await self.batcher.check(probe, self.settings.readiness_timeout_seconds)
+        except Unavailable:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"probe inference failed: {exc}") from exc
+        return Readiness(len(heads), ran)
