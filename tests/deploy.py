@@ -1,8 +1,10 @@
 """Helpers for the static checks of k8s/ and the Dockerfile: render the kustomization, metric names.
 
-There is no kustomize binary here, so ``render`` applies the few transformations k8s/'s
-kustomization.yaml uses (namespace, labels, images, a configMapGenerator) and fails on any other
-field, so that a kustomization growing a feature this renderer ignores cannot pass unchecked.
+Kustomize is not always installed where the tests run, so ``render`` applies the few
+transformations k8s/'s kustomizations use (namespace, labels, images, replacements, a
+configMapGenerator) and fails on any other field, so that a kustomization growing a feature this
+renderer ignores cannot pass unchecked. Where ``kubectl kustomize`` exists, a test compares the
+two renderings (tests/unit/test_deploy_k8s.py).
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ RENDERED_FIELDS = {
     "labels",
     "resources",
     "images",
+    "replacements",
     "configMapGenerator",
 }
 
 
-def kustomization() -> dict[str, Any]:
-    data = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+def kustomization(root: Path = K8S) -> dict[str, Any]:
+    data = yaml.safe_load((root / "kustomization.yaml").read_text())
     unknown = set(data) - RENDERED_FIELDS
     assert not unknown, f"kustomization.yaml uses {unknown}, which tests/deploy.py does not render"
     return data
@@ -48,44 +51,176 @@ def _image(image: str, images: list[dict[str, str]]) -> str:
     return image
 
 
-def _pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
-    spec = doc.get("spec", {})
-    if doc["kind"] in ("Deployment", "Job"):
-        return spec["template"]["spec"]  # type: ignore[no-any-return]
-    return None
+def _containers(node: Any) -> list[dict[str, Any]]:
+    """Every container in a resource, wherever it sits: kustomize's images transformer sets the
+    image of any `containers` or `initContainers` entry (a ServingRuntime's spec.containers too)."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                found.extend(c for c in value if isinstance(c, dict) and "image" in c)
+            else:
+                found.extend(_containers(value))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(_containers(value))
+    return found
 
 
-def render() -> list[dict[str, Any]]:
-    """Every resource `kubectl apply -k k8s/` would create, as dicts, in order."""
-    config = kustomization()
+def _path(field_path: str) -> list[str]:
+    """`spec.template.spec.containers.[name=build].image` -> its segments."""
+    return re.findall(r"\[[^\]]*\]|[^.\[]+", field_path)
+
+
+def _walk(node: Any, segments: list[str]) -> tuple[Any, str | int]:
+    """The container of a field path's last segment, and that segment (dict key or list index)."""
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment.startswith("["):
+            key, _, value = segment[1:-1].partition("=")
+            index = next(j for j, item in enumerate(node) if item.get(key) == value)
+            if last:
+                return node, index
+            node = node[index]
+        else:
+            if last:
+                return node, segment
+            node = node[segment]
+    raise AssertionError("empty field path")
+
+
+def _selects(doc: dict[str, Any], selector: dict[str, str]) -> bool:
+    unknown = set(selector) - {"kind", "name"}
+    assert not unknown, f"replacement selector fields {unknown} are not rendered"
+    return all(
+        (doc["kind"] if field == "kind" else doc["metadata"]["name"]) == value
+        for field, value in selector.items()
+    )
+
+
+def _replace(docs: list[dict[str, Any]], replacements: list[dict[str, Any]]) -> None:
+    """kustomize's `replacements`: the forms k8s/ uses (a source field, optionally one part of it
+    split by a delimiter, into target fields or one delimited part of them)."""
+    for replacement in replacements:
+        source_spec = replacement["source"]
+        selector = {k: v for k, v in source_spec.items() if k in ("kind", "name")}
+        sources = [d for d in docs if _selects(d, selector)]
+        assert len(sources) == 1, f"replacement source {selector} matches {len(sources)} resources"
+        parent, key = _walk(sources[0], _path(source_spec["fieldPath"]))
+        value = parent[key]
+        options = source_spec.get("options", {})
+        if "delimiter" in options:
+            value = value.split(options["delimiter"])[options.get("index", 0)]
+        for target in replacement["targets"]:
+            for doc in (d for d in docs if _selects(d, target["select"])):
+                for field_path in target["fieldPaths"]:
+                    parent, key = _walk(doc, _path(field_path))
+                    options = target.get("options", {})
+                    if "delimiter" in options:
+                        parts = parent[key].split(options["delimiter"])
+                        index = options.get("index", 0)
+                        if index < len(parts):
+                            parts[index] = value
+                        else:  # past the end: kustomize appends
+                            parts.append(value)
+                        parent[key] = options["delimiter"].join(parts)
+                    else:
+                        parent[key] = value
+
+
+def render(root: Path = K8S) -> list[dict[str, Any]]:
+    """Every resource `kubectl apply -k <root>` would create, as dicts, in order (k8s/ by
+    default)."""
+    config = kustomization(root)
     docs: list[dict[str, Any]] = []
     for name in config["resources"]:
-        docs.extend(d for d in yaml.safe_load_all((K8S / name).read_text()) if d)
+        docs.extend(d for d in yaml.safe_load_all((root / name).read_text()) if d)
     for generator in config.get("configMapGenerator", []):
         options = generator.get("options", {})
         assert options.get("disableNameSuffixHash"), "the renderer does not compute name hashes"
-        data = {Path(f).name: (K8S / f).read_text() for f in generator["files"]}
+        data = {Path(f).name: (root / f).read_text() for f in generator["files"]}
         metadata = {"name": generator["name"], "labels": dict(options.get("labels", {}))}
         docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
     rendered = []
     for original in docs:
         doc = copy.deepcopy(original)
         metadata = doc.setdefault("metadata", {})
-        if doc["kind"] not in CLUSTER_SCOPED:
+        if doc["kind"] not in CLUSTER_SCOPED and "namespace" in config:
             metadata["namespace"] = config["namespace"]
         for rule in config.get("labels", []):
             assert not rule.get("includeSelectors"), "selector labels are not rendered"
             metadata.setdefault("labels", {}).update(rule["pairs"])
-        pod = _pod_spec(doc)
-        if pod is not None:
-            for container in pod.get("initContainers", []) + pod["containers"]:
-                container["image"] = _image(container["image"], config.get("images", []))
+        for container in _containers(doc):
+            container["image"] = _image(container["image"], config.get("images", []))
         rendered.append(doc)
+    # Within one kustomization, kustomize runs `images` before `replacements`.
+    _replace(rendered, config.get("replacements", []))
     return rendered
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
+
+
+# Pod Security Standards, "restricted" profile (Kubernetes 1.31): the volume types it allows.
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What in a pod spec the pod-security "restricted" profile refuses (its baseline and
+    restricted rules that a manifest can break; AppArmor annotations and sysctls are not used)."""
+    problems = []
+    context = pod.get("securityContext", {})
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field):
+            problems.append(f"{field} is set")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            problems.append(f"volume {volume['name']} is of type {sorted(kinds)}")
+    if context.get("sysctls"):
+        problems.append("sysctls are set")
+    containers = (
+        pod.get("initContainers", [])
+        + pod.get("containers", [])
+        + pod.get("ephemeralContainers", [])
+    )
+    for container in containers:
+        name = container["name"]
+        own = container.get("securityContext", {})
+        if own.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if own.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        capabilities = own.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            problems.append(f"{name}: capabilities do not drop ALL")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: adds capabilities {capabilities['add']}")
+        if own.get("procMount", "Default") != "Default":
+            problems.append(f"{name}: procMount {own['procMount']}")
+        if {"user", "role"} & set(own.get("seLinuxOptions", {})):
+            problems.append(f"{name}: sets an SELinux user or role")
+        if any(port.get("hostPort") for port in container.get("ports", [])):
+            problems.append(f"{name}: uses a host port")
+        non_root = own.get("runAsNonRoot", context.get("runAsNonRoot"))
+        if non_root is not True:
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if own.get("runAsUser", context.get("runAsUser")) == 0:
+            problems.append(f"{name}: runs as uid 0")
+        seccomp = own.get("seccompProfile", context.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccomp profile {seccomp!r}")
+    return problems
 
 
 def exposed_series() -> dict[str, tuple[str, ...]]:

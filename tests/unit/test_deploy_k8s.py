@@ -3,23 +3,53 @@
 Built-in kinds are checked by kubernetes-validate (strict: unknown fields fail) against the
 Kubernetes version in tests/deploy.py; ServiceMonitor and PrometheusRule against the
 prometheus-operator models of cloudcoil-models-prometheus-operator (pinned in the dev extra),
-where a round trip catches fields the schema does not know.
+where a round trip catches fields the schema does not know; the KServe examples (k8s/kserve/)
+against JSON schemas derived from KServe's API models (tests/data/kserve/), whose Kubernetes
+types resolve to kubernetes-validate's strict schemas. Where `kubectl kustomize` exists, it
+renders k8s/, k8s/kserve/ and the example overlay too.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
+from referencing import Registry, Resource
 
-from multitask_serve.service import routes
+from multitask_serve.service import oip, routes
 from multitask_serve.service.settings import Settings
-from tests.deploy import K8S, KUBERNETES_VERSION, by_kind, kustomization, render
+from tests.deploy import (
+    K8S,
+    KUBERNETES_VERSION,
+    by_kind,
+    kustomization,
+    render,
+    restricted_violations,
+)
 
 CRDS = {"ServiceMonitor": monitoring.ServiceMonitor, "PrometheusRule": monitoring.PrometheusRule}
 DOCS = render()
+KSERVE = render(K8S / "kserve")
+KSERVE_SCHEMAS = json.loads(
+    (Path(__file__).resolve().parent.parent / "data" / "kserve" / "schemas.json").read_text()
+)
+KUBECTL = shutil.which("kubectl")
+needs_kustomize = pytest.mark.skipif(
+    KUBECTL is None, reason="kubectl (with its built-in kustomize) is not installed"
+)
+# kube-controller-manager's --horizontal-pod-autoscaler-tolerance, default 0.1: the HPA scales
+# out once the metric passes the target by more than this.
+HPA_TOLERANCE = 0.1
 
 
 def _id(doc: dict[str, Any]) -> str:
@@ -97,7 +127,11 @@ def test_selectors_and_references_meet_their_targets():
     container = _serving_pod()["spec"]["containers"][0]
     for source in container["envFrom"]:
         kind, ref = next(iter(source.items()))
-        assert ({"configMapRef": "ConfigMap", "secretRef": "Secret"}[kind], ref["name"]) in names
+        if not ref.get("optional"):
+            assert (
+                {"configMapRef": "ConfigMap", "secretRef": "Secret"}[kind],
+                ref["name"],
+            ) in names
     for pod in (_serving_pod(), by_kind(DOCS, "Job")[0]["spec"]["template"]):
         for volume in pod["spec"]["volumes"]:
             if "persistentVolumeClaim" in volume:
@@ -114,12 +148,134 @@ def test_probes_call_routes_the_service_has():
     assert probes["readinessProbe"] == "/readyz" and set(probes.values()) <= paths
 
 
+def _settings(variables: dict[str, str]) -> Settings:
+    return Settings(**{k[4:].lower(): v for k, v in variables.items()})
+
+
 def test_every_configured_variable_is_a_setting():
     fields = {f"MTS_{name.upper()}" for name in Settings.model_fields}
     config = by_kind(DOCS, "ConfigMap")[0]["data"]
-    secret = by_kind(DOCS, "Secret")[0]["stringData"]
-    assert set(config) | set(secret) <= fields
-    assert Settings(**{k[4:].lower(): v for k, v in config.items()})  # every value parses
+    runtime = by_kind(KSERVE, "ServingRuntime")[0]["spec"]["containers"][0]
+    kserve = {e["name"]: e["value"] for e in runtime["env"]}
+    overlay = (K8S / "examples" / "overlay" / "kustomization.yaml").read_text()
+    generated = set(re.findall(r"\b(MTS_[A-Z_]+)=", overlay))  # admin-token.env's line
+    assert generated == {"MTS_ADMIN_TOKEN"}
+    assert set(config) | set(kserve) | generated <= fields
+    assert _settings(config) and _settings(kserve)  # every value parses
+
+
+def test_the_admin_token_is_not_in_the_base_and_pods_start_without_it():
+    # Re-applying the base must never blank a real token: no Secret in it at all; the
+    # Deployment's reference is optional (the admin API stays off, 403, until one exists).
+    assert by_kind(DOCS, "Secret") == []
+    sources = _serving_pod()["spec"]["containers"][0]["envFrom"]
+    refs = [s["secretRef"] for s in sources if "secretRef" in s]
+    assert refs == [{"name": "mts-admin", "optional": True}]
+    overlay = yaml.safe_load((K8S / "examples" / "overlay" / "kustomization.yaml").read_text())
+    assert overlay["secretGenerator"] == [{"name": "mts-admin", "envs": ["admin-token.env"]}]
+    ignored = (K8S / "examples" / "overlay" / ".gitignore").read_text().split()
+    assert "admin-token.env" in ignored
+
+
+def test_voluntary_disruptions_evict_one_pod_at_a_time():
+    spec = by_kind(DOCS, "PodDisruptionBudget")[0]["spec"]
+    assert spec["maxUnavailable"] == 1 and "minAvailable" not in spec
+
+
+def _job_name_for_tag(tmp_path: Path, tag: str) -> str:
+    root = tmp_path / tag
+    shutil.copytree(K8S, root)
+    config = kustomization(root)
+    for image in config["images"]:
+        if image["name"] == "multitask-serve-build":
+            image["newTag"] = tag
+    (root / "kustomization.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(by_kind(render(root), "Job")[0]["metadata"]["name"])
+
+
+def test_the_build_job_is_named_after_its_image_tag_so_a_new_tag_applies(tmp_path):
+    # A Job's pod template is immutable: a new image under the same name would fail to apply.
+    job = by_kind(DOCS, "Job")[0]
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert job["metadata"]["name"] == "mts-build-" + image.rpartition(":")[2]
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0  # finished Jobs do not pile up
+    assert _job_name_for_tag(tmp_path, "0.2.0") == "mts-build-0.2.0"
+    assert _job_name_for_tag(tmp_path, "0.2.0-rc.1") == "mts-build-0.2.0-rc.1"
+    # The name is also the pods' job-name label: a DNS label of at most 63 characters.
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", job["metadata"]["name"])
+    assert len(job["metadata"]["name"]) <= 63
+
+
+def _kserve_pod() -> dict[str, Any]:
+    runtime = by_kind(KSERVE, "ServingRuntime")[0]["spec"]
+    predictor = by_kind(KSERVE, "InferenceService")[0]["spec"]["predictor"]
+    return {
+        "securityContext": predictor["securityContext"],
+        "containers": runtime["containers"],
+        "volumes": runtime.get("volumes", []),
+    }
+
+
+def test_the_namespace_enforces_the_restricted_pod_security_profile_every_pod_meets():
+    labels = by_kind(DOCS, "Namespace")[0]["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert labels["pod-security.kubernetes.io/enforce-version"] == f"v{KUBERNETES_VERSION}"
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+    assert labels["pod-security.kubernetes.io/audit"] == "restricted"
+    pods = [_serving_pod()["spec"], by_kind(DOCS, "Job")[0]["spec"]["template"]["spec"]]
+    for pod in [*pods, _kserve_pod()]:
+        assert restricted_violations(pod) == []
+    # The check itself: each of these breaks the profile.
+    broken = json.loads(json.dumps(_serving_pod()["spec"]))
+    del broken["securityContext"]["seccompProfile"]
+    broken["initContainers"][0]["securityContext"]["capabilities"] = {"add": ["SYS_ADMIN"]}
+    broken["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    problems = " ".join(restricted_violations(broken))
+    for expected in ("seccomp profile None", "do not drop ALL", "SYS_ADMIN", "hostPath"):
+        assert expected in problems
+
+
+def test_serving_pods_spread_over_zones_then_nodes():
+    constraints = _serving_pod()["spec"]["topologySpreadConstraints"]
+    keys = [c["topologyKey"] for c in constraints]
+    assert keys == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+    pod_labels = _serving_pod()["metadata"]["labels"]
+    for constraint in constraints:
+        assert constraint["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+def test_the_storage_class_is_a_parameter_an_overlay_sets():
+    claim = by_kind(DOCS, "PersistentVolumeClaim")[0]
+    assert "storageClassName" not in claim["spec"]  # the cluster default, unless patched
+    overlay = yaml.safe_load((K8S / "examples" / "overlay" / "kustomization.yaml").read_text())
+    [patch] = [p for p in overlay["patches"] if p["target"]["kind"] == "PersistentVolumeClaim"]
+    assert patch["target"]["name"] == claim["metadata"]["name"]
+    [operation] = yaml.safe_load(patch["patch"])
+    assert operation["op"] == "add" and operation["path"] == "/spec/storageClassName"
+
+
+def _in_flight_problems(target: float, settings: Settings) -> list[str]:
+    """Where a pod refuses work before an HPA with this in-flight target asks for more pods."""
+    acting = math.ceil(target * (1 + HPA_TOLERANCE))  # requests in flight when the HPA scales
+    problems = []
+    texts = acting * settings.max_batch_texts  # each request may carry this many texts
+    if texts > settings.max_queued_texts:
+        problems.append(f"{acting} requests x {settings.max_batch_texts} texts = {texts} texts")
+    if settings.max_in_flight_requests and acting > settings.max_in_flight_requests:
+        problems.append(f"{acting} requests > {settings.max_in_flight_requests}")
+    return problems
+
+
+def test_the_hpa_scales_out_before_a_pod_refuses_work():
+    hpa = by_kind(DOCS, "HorizontalPodAutoscaler")[0]
+    [pods] = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert pods["metric"]["name"] == "mts_requests_in_flight"
+    target = float(pods["target"]["averageValue"])
+    settings = _settings(by_kind(DOCS, "ConfigMap")[0]["data"])
+    assert _in_flight_problems(target, settings) == []
+    # The target before: 32 requests of up to 64 texts each overflow the 1,024-text queue.
+    assert _in_flight_problems(32, settings) == ["36 requests x 64 texts = 2304 texts"]
 
 
 def test_pods_run_one_worker_as_non_root_on_a_read_only_root_filesystem():
@@ -156,3 +312,137 @@ def test_images_point_at_the_registry_named_in_the_kustomization():
     for pod in (_serving_pod(), by_kind(DOCS, "Job")[0]["spec"]["template"]):
         for container in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
             assert any(container["image"].startswith(i["newName"] + ":") for i in images.values())
+
+
+def _kserve_validator(kind: str) -> jsonschema.Draft202012Validator:
+    """KServe's schema for a kind, its Kubernetes types resolved to kubernetes-validate's."""
+    schemas = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    definitions = json.loads(
+        (schemas / f"v{KUBERNETES_VERSION}.0-local-strict" / "_definitions.json").read_text()
+    )
+    registry = Resource.from_contents(definitions) @ Registry()
+    return jsonschema.Draft202012Validator(KSERVE_SCHEMAS[kind], registry=registry)
+
+
+def test_the_kserve_schemas_are_for_the_pinned_kubernetes_version():
+    assert KSERVE_SCHEMAS["_kubernetes_version"] == KUBERNETES_VERSION
+    assert {d["kind"] for d in KSERVE} == {"ServingRuntime", "InferenceService"}
+
+
+@pytest.mark.parametrize("doc", KSERVE, ids=_id)
+def test_the_kserve_examples_are_valid_kserve_resources(doc):
+    _kserve_validator(doc["kind"]).validate(doc)
+
+
+def test_the_kserve_schemas_refuse_what_kserve_would():
+    runtime = by_kind(KSERVE, "ServingRuntime")[0]
+    service = by_kind(KSERVE, "InferenceService")[0]
+
+    def errors(doc: dict[str, Any]) -> list[str]:
+        found = _kserve_validator(doc["kind"]).iter_errors(doc)
+        return [e.message for e in found]
+
+    typo = json.loads(json.dumps(runtime))
+    typo["spec"]["supportedModelFormat"] = typo["spec"].pop("supportedModelFormats")
+    assert any("supportedModelFormat" in e for e in errors(typo))
+    container = json.loads(json.dumps(runtime))  # a Container field, checked by Kubernetes' schema
+    container["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/v2/health/ready"
+    assert any("paht" in e for e in errors(container))
+    unnamed = json.loads(json.dumps(service))
+    del unnamed["spec"]["predictor"]["model"]["modelFormat"]["name"]
+    assert any("'name' is a required property" in e for e in errors(unnamed))
+    no_predictor = json.loads(json.dumps(service))
+    del no_predictor["spec"]["predictor"]
+    assert any("'predictor' is a required property" in e for e in errors(no_predictor))
+
+
+def test_the_kserve_runtime_serves_v2_on_its_port_with_readiness_on_v2_health_ready():
+    runtime = by_kind(KSERVE, "ServingRuntime")[0]["spec"]
+    service = by_kind(KSERVE, "InferenceService")[0]
+    model = service["spec"]["predictor"]["model"]
+    [container] = runtime["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    [port] = container["ports"]
+    assert port["containerPort"] == int(env["MTS_PORT"])
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/v2/health/ready",
+        "port": port["containerPort"],
+    }
+    paths = {route.path for route in oip.router.routes}  # type: ignore[attr-defined]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] in paths
+        assert container[probe]["httpGet"]["port"] == port["containerPort"]
+    readiness_timeout = _settings(env).readiness_timeout_seconds
+    assert container["readinessProbe"]["timeoutSeconds"] > readiness_timeout
+    assert runtime["protocolVersions"] == ["v2"] and model["protocolVersion"] == "v2"
+    formats = {(f["name"], f.get("version")) for f in runtime["supportedModelFormats"]}
+    assert (model["modelFormat"]["name"], model["modelFormat"].get("version")) in formats
+    assert model["runtime"] == by_kind(KSERVE, "ServingRuntime")[0]["metadata"]["name"]
+    # KServe mounts the storageUri at /mnt/models; the claim is the base's repository.
+    assert env["MTS_REPOSITORY"] == "/mnt/models"
+    claim = by_kind(DOCS, "PersistentVolumeClaim")[0]["metadata"]["name"]
+    assert model["storageUri"].rstrip("/") == f"pvc://{claim}"
+    assert service["metadata"]["namespace"] == by_kind(DOCS, "Namespace")[0]["metadata"]["name"]
+    assert env["MTS_INTRA_OP_THREADS"] == container["resources"]["limits"]["cpu"]
+
+
+def _kustomize(root: Path) -> list[dict[str, Any]]:
+    assert KUBECTL is not None
+    done = subprocess.run(
+        [KUBECTL, "kustomize", str(root)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def _by_id(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {_id(d): d for d in docs}
+
+
+@needs_kustomize
+@pytest.mark.parametrize("root", [K8S, K8S / "kserve"], ids=["k8s", "k8s/kserve"])
+def test_kustomize_renders_what_the_test_renderer_renders(root):
+    assert _by_id(_kustomize(root)) == _by_id(render(root))
+
+
+def _overlay(tmp_path: Path, tag: str | None = None, token: bool = True) -> Path:
+    """The example overlay copied beside a copy of k8s/, as docs/deploy.md says to use it."""
+    shutil.copytree(K8S, tmp_path / "k8s")
+    overlay = tmp_path / "production"
+    shutil.copytree(K8S / "examples" / "overlay", overlay)
+    if token:
+        (overlay / "admin-token.env").write_text("MTS_ADMIN_TOKEN=0123456789abcdef\n")
+    if tag is not None:
+        config = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+        for image in config["images"]:
+            image["newTag"] = tag
+        (overlay / "kustomization.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return overlay
+
+
+@needs_kustomize
+def test_the_example_overlay_adds_the_token_and_storage_class_and_follows_the_build_tag(tmp_path):
+    docs = _kustomize(_overlay(tmp_path / "a"))
+    for doc in docs:
+        if doc["kind"] not in CRDS:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    [secret] = by_kind(docs, "Secret")
+    assert re.fullmatch(r"mts-admin-[a-z0-9]{10}", secret["metadata"]["name"])  # content hash
+    assert secret["metadata"]["namespace"] == "mts"
+    [deployment] = by_kind(docs, "Deployment")
+    sources = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    refs = [s["secretRef"] for s in sources if "secretRef" in s]
+    assert refs == [{"name": secret["metadata"]["name"], "optional": True}]
+    [claim] = by_kind(docs, "PersistentVolumeClaim")
+    assert claim["spec"]["storageClassName"]
+    assert by_kind(docs, "Job")[0]["metadata"]["name"] == "mts-build-0.1.0"
+    bumped = _kustomize(_overlay(tmp_path / "b", tag="0.2.0"))
+    assert by_kind(bumped, "Job")[0]["metadata"]["name"] == "mts-build-0.2.0"
+    # Without the token file kustomize stops: an apply cannot blank the token.
+    missing = subprocess.run(
+        [str(KUBECTL), "kustomize", str(_overlay(tmp_path / "c", token=False))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode != 0 and "admin-token.env" in missing.stderr
