@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
@@ -212,8 +211,8 @@ def section_http(repo_path: Path, device: str, texts: list[str], args: argparse.
     print(f"\n## 5. mts serve on {device}, 16-text requests for {', '.join(TASKS)}\n")
     print("| trunk | in flight | texts/s | p50 ms | p99 ms |\n|---|---|---|---|---|")
     for precision in ["fp32", "fp16"] if device == "cuda" else ["fp32"]:
-        os.environ.update(MTS_DEVICE=device, MTS_TRUNK_PRECISION=precision)
-        with serving(repo_path, 128) as url:
+        settings = {"MTS_DEVICE": device, "MTS_TRUNK_PRECISION": precision}
+        with serving(repo_path, 128, **settings) as url:
             for concurrency in (1, 16):
                 lat: list[float] = []
 

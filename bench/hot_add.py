@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
 import shutil
-import sys
 import tempfile
 import threading
 from collections import Counter
@@ -29,7 +27,8 @@ from typing import Any
 import httpx
 import spy
 from http_vs_ort import TEXTS
-from loadgen import Run, free_port, measure, server
+from loadgen import Run, measure
+from process import free_port, mts_serve, server
 
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.repository import ModelRepository
@@ -116,28 +115,17 @@ def main() -> None:
         archive = pack_head(spec, stored.model_path.read_bytes())
         port = free_port()
         env = {
-            **os.environ,
             "MTS_LOG_LEVEL": "warning",
             "MTS_ADMIN_TOKEN": TOKEN,
             "MTS_REPOSITORY_POLL_SECONDS": "0",
             **dict(kv.split("=", 1) for kv in args.env),
         }
-        command = [
-            sys.executable,
-            "-m",
-            "multitask_serve",
-            "serve",
-            "--repo",
-            str(repo),
-            "--port",
-            str(port),
-        ]
 
         def load(i: int) -> tuple[str, dict[str, str], int]:
             task = LOAD_TASKS[i % len(LOAD_TASKS)]
             return f"/predict/{task}", {"inputs": TEXTS[(i // len(LOAD_TASKS)) % len(TEXTS)]}, 1
 
-        with server("mts", command, port, env) as running:
+        with server("mts", mts_serve(repo, port), port, env) as running:
             measure(running.url, load, 2.0, args.in_flight)  # warm-up
             steady = measure(running.url, load, args.seconds, args.in_flight, strict=False)
             with contextlib.ExitStack() as stack:

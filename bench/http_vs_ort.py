@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import subprocess
 import sys
 import time
@@ -20,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from loadgen import closed_loop, free_port, server
+from loadgen import closed_loop
+from process import serving as mts_serving
 from tokenizers import Tokenizer
 
 from multitask_serve.modelrepo.repository import ModelRepository
@@ -119,21 +119,11 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def serving(repo: Path, batch_limit: int) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "MTS_LOG_LEVEL": "warning", "MTS_BATCH_MAX_TEXTS": str(batch_limit)}
-    command = [
-        sys.executable,
-        "-m",
-        "multitask_serve",
-        "serve",
-        "--repo",
-        str(repo),
-        "--port",
-        str(port),
-    ]
-    with server("mts", command, port, env) as running:
-        yield running.url
+def serving(repo: Path, batch_limit: int, **settings: str) -> Iterator[str]:
+    """``mts serve`` with a batch limit and further ``MTS_*`` ``settings``; yields its URL."""
+    env = {"MTS_LOG_LEVEL": "warning", "MTS_BATCH_MAX_TEXTS": str(batch_limit), **settings}
+    with mts_serving(repo, env=env, timeout=300) as url:
+        yield url
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +26,8 @@ import httpx
 import numpy as np
 import spy
 from http_vs_ort import TEXTS, RawPipeline
-from loadgen import Run, cpu_seconds, free_port, measure, server
+from loadgen import Run, measure
+from process import cpu_seconds, free_port, mts_serve, server
 from prometheus_client.parser import text_string_to_metric_families
 
 from multitask_serve.modelrepo.repository import ModelRepository
@@ -86,25 +85,11 @@ def main() -> None:
         shutil.copytree(args.repo, repo)
         raw = raw_latencies(ModelRepository(repo), args.task, args.seconds)
         port = free_port()
-        env = {
-            **os.environ,
-            "MTS_LOG_LEVEL": "warning",
-            "MTS_REPOSITORY_POLL_SECONDS": "0",
-        }
-        command = [
-            sys.executable,
-            "-m",
-            "mts",
-            "serve",
-            "--repo",
-            str(repo),
-            "--port",
-            str(port),
-        ]
+        env = {"MTS_LOG_LEVEL": "warning", "MTS_REPOSITORY_POLL_SECONDS": "0"}
         runs: dict[int, Run] = {}
         splits: dict[int, dict[str, float]] = {}  # ms per request, by part
         server_cores: dict[int, float] = {}  # CPU seconds per second
-        with server("mts", command, port, env) as running:
+        with server("mts", mts_serve(repo, port), port, env) as running:
 
             def load(i: int) -> tuple[str, dict[str, str], int]:
                 return f"/predict/{args.task}", {"inputs": TEXTS[i % len(TEXTS)]}, 1

@@ -1,11 +1,10 @@
-"""A small closed-loop HTTP load generator and a server-process helper for the benchmarks.
+"""A small closed-loop HTTP load generator for the benchmarks.
 
 ``closed_loop`` keeps ``in_flight`` requests outstanding with an asyncio httpx client: each worker
 sends its next request as soon as the previous one returned, so the figure is the server's
 throughput at that concurrency (the client shares the machine's cores with the server, which both
-sides of a comparison pay alike); ``measure`` also keeps every request's latency. ``server``
-starts a process, waits for its readiness URL and stops it afterwards; ``memory_mb`` reads its
-resident memory from /proc.
+sides of a comparison pay alike); ``measure`` also keeps every request's latency. The servers
+themselves start and stop in process.py.
 """
 
 from __future__ import annotations
@@ -13,14 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
-import socket
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,73 +23,6 @@ import numpy as np
 
 # A request: path and JSON body (None: a GET), and how many texts it carries.
 Request = tuple[str, dict[str, Any] | None, int]
-
-
-@dataclass(frozen=True)
-class Server:
-    name: str
-    url: str
-    pid: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def server(
-    name: str,
-    command: list[str],
-    port: int,
-    env: dict[str, str],
-    ready: str = "/readyz",
-    log: Path | None = None,
-) -> Iterator[Server]:
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(process, url + ready, 300, log)
-        yield Server(name, url, process.pid)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        if log:
-            out.close()  # type: ignore[union-attr]
-
-
-def wait_ready(
-    process: subprocess.Popen[bytes], url: str, timeout: float, log: Path | None = None
-) -> None:
-    """Poll ``url`` until it answers 200; raise if the process exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}; see {log}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} not ready after {timeout} s; see {log}")
-        time.sleep(0.1)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far, all threads (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS (resident now) and VmHWM (peak resident) of a process, in MiB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields
 
 
 @dataclass

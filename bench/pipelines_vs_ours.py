@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
 import shutil
 import sys
@@ -30,7 +29,8 @@ from typing import Any
 
 import spy
 from baseline_app import TASKS, prepare_models
-from loadgen import Request, Server, closed_loop, free_port, memory_mb, server
+from loadgen import Request, closed_loop
+from process import Server, free_port, memory_mb, server
 
 from multitask_serve.export.encoder import default_encoder_path
 from multitask_serve.export.quantize import INT8, quantize_trunk
@@ -121,7 +121,7 @@ def main() -> None:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     texts = real_texts(args.texts)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MTS_LOG_LEVEL": "warning"}
+    env = {"HF_HUB_OFFLINE": "1", "MTS_LOG_LEVEL": "warning"}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -1,45 +1,185 @@
-"""A ``mts serve`` child process for the reliability scripts: start it, wait, sample its RSS."""
+"""Server processes for the benchmarks and the tests: the one place that starts a server on a free
+loopback port, waits until it is ready and stops it; also its CPU time and memory, from /proc.
+
+A server gets this process's environment without any ``MTS_*`` variable, plus what the caller
+passes: its settings are what the script or test says, never what the shell happened to export.
+
+Imported as ``bench.process`` (tests, ``python -m bench.x``) and as ``process`` (the scripts run as
+``python bench/x.py``), so it imports nothing else from bench/.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
-from bench.loadgen import free_port, memory_mb, wait_ready
+import httpx
+
+# How ``mts serve`` runs: this interpreter, the installed package.
+MTS = ("-m", "multitask_serve")
 
 
-def start_server(
-    repo: Path, log: Path, env: dict[str, str], ready_timeout: float = 120.0
-) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``mts serve`` on a free loopback port; return the process and its URL once ready."""
-    port = free_port()
-    variables = {**os.environ, "MTS_SHUTDOWN_DRAIN_SECONDS": "0", **env}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "multitask_serve",
-                "serve",
-                "--repo",
-                str(repo),
-                "--port",
-                str(port),
-            ],
-            env=variables,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+@dataclass(frozen=True)
+class Server:
+    name: str
+    url: str
+    pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment less every ``MTS_*`` variable (any case, as the settings read
+    them), plus ``env``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.upper().startswith("MTS_")}
+    return {**inherited, **(env or {})}
+
+
+def mts_serve(repo: Path, port: int, python: Sequence[str] = MTS) -> list[str]:
+    """The command line of ``mts serve`` for ``repo`` on ``port``. ``python`` are the
+    interpreter's arguments before ``serve``: ``("-c", code)`` runs ``code`` instead, which
+    receives ``serve --repo ...`` as its ``sys.argv[1:]``."""
+    return [sys.executable, *python, "serve", "--repo", str(repo), "--port", str(port)]
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], url: str, timeout: float = 120.0, log: Path | None = None
+) -> None:
+    """Poll ``url`` until it answers 200; raise if the process exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log else ""
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}: {tail}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not ready after {timeout} s; see {log}")
+        time.sleep(0.1)
+
+
+def start(
+    command: Sequence[str],
+    url: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120.0,
+    ready: str = "/readyz",
+) -> subprocess.Popen[bytes]:
+    """Start ``command``, a server that listens at ``url``, with ``server_env(env)``; return once
+    ``url + ready`` answers 200. Its output is appended to ``log``. On failure it is killed."""
+    out: IO[bytes] | int = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     try:
-        wait_ready(proc, f"{url}/readyz", ready_timeout, log)
+        proc = subprocess.Popen(
+            list(command), cwd=cwd, env=server_env(env), stdout=out, stderr=subprocess.STDOUT
+        )
+    finally:
+        if not isinstance(out, int):
+            out.close()  # the child has its own descriptor
+    try:
+        wait_ready(proc, url + ready, timeout, log)
     except BaseException:
         proc.kill()
         proc.wait()
         raise
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM, then wait; a process still there after ``timeout`` is killed and it raises."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def start_server(
+    repo: Path,
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    python: Sequence[str] = MTS,
+    cwd: Path | None = None,
+    timeout: float = 120.0,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``mts serve`` of ``repo`` on a free loopback port, ready; returns the process and its URL.
+    The shutdown drain is 0 unless ``env`` says otherwise: these servers are stopped often."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = {"MTS_SHUTDOWN_DRAIN_SECONDS": "0", **(env or {})}
+    proc = start(
+        mts_serve(repo, port, python), url, env=settings, log=log, cwd=cwd, timeout=timeout
+    )
     return proc, url
+
+
+@contextlib.contextmanager
+def serving(
+    repo: Path,
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    python: Sequence[str] = MTS,
+    timeout: float = 120.0,
+) -> Iterator[str]:
+    """``start_server``'s server for the ``with`` block; yields its URL, stops it after."""
+    proc, url = start_server(repo, log, env, python=python, timeout=timeout)
+    try:
+        yield url
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def server(
+    name: str,
+    command: Sequence[str],
+    port: int,
+    env: Mapping[str, str] | None = None,
+    ready: str = "/readyz",
+    log: Path | None = None,
+) -> Iterator[Server]:
+    """Any server command (ours or a baseline) that listens on ``port``, for the ``with`` block."""
+    url = f"http://127.0.0.1:{port}"
+    proc = start(command, url, env=env, log=log, timeout=300, ready=ready)
+    try:
+        yield Server(name, url, proc.pid)
+    finally:
+        stop(proc)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, all threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS (resident now) and VmHWM (peak resident) of a process, in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields
 
 
 def rss_mib(pid: int) -> float:

@@ -42,7 +42,7 @@ from typing import Any
 
 import httpx
 
-from bench.loadgen import free_port, memory_mb, wait_ready
+from bench.process import memory_mb, server_env, start_server, stop
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.repository import ModelRepository
 
@@ -122,9 +122,9 @@ def phase(
 
 
 def imported_from(code: Path, env: dict[str, str]) -> str:
-    """Where the server's ``service.admin`` comes from, with the server's cwd and environment."""
+    """Where the server's admin module comes from, with the server's cwd and environment."""
     out = subprocess.run(
-        [sys.executable, "-c", "import service.admin as m; print(m.__file__)"],
+        [sys.executable, "-c", "import multitask_serve.service.admin as m; print(m.__file__)"],
         cwd=code,
         env=env,
         check=True,
@@ -167,38 +167,16 @@ def measure(args: argparse.Namespace, source: Path, workdir: Path) -> dict[str, 
     )
     limit = args.limit_mib * MIB
     env = {
-        **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")])),
         "MTS_ADMIN_TOKEN": TOKEN,
         "MTS_MAX_UPLOAD_BYTES": str(limit),
         "MTS_INTRA_OP_THREADS": "1",
-        "MTS_SHUTDOWN_DRAIN_SECONDS": "0",
         "MTS_LOG_LEVEL": "warning",
     }
-    origin = imported_from(code, env)
+    origin = imported_from(code, server_env(env))
     assert Path(origin).resolve().is_relative_to(code), f"{code} is not what runs: {origin}"
-    port = free_port()
-    log = workdir / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "multitask_serve",
-                "serve",
-                "--repo",
-                str(root),
-                "--port",
-                str(port),
-            ],
-            cwd=code,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(root, workdir / "server.log", env, cwd=code)
     try:
-        wait_ready(proc, f"{url}/readyz", 120, log)
         sampler = Sampler(proc.pid, args.interval)
         sampler.start()
         chunk = args.chunk_kib << 10
@@ -233,8 +211,7 @@ def measure(args: argparse.Namespace, source: Path, workdir: Path) -> dict[str, 
         result["staging_entries_left"] = leftovers
         return result
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 def main() -> None:

@@ -26,6 +26,9 @@ TOPIC_LABELS = {
     "business": "business market bank shares profit company",
     "politics": "politics election minister vote parliament",
 }
+# What every ``mts serve`` a test starts gets, besides the test's own settings (bench/process.py
+# gives a server none of the host's MTS_* variables).
+SERVER_ENV = {"MTS_ADMIN_TOKEN": ADMIN_TOKEN, "MTS_INTRA_OP_THREADS": "1"}
 
 
 @pytest.fixture(scope="session")

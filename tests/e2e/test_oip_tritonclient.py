@@ -11,8 +11,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import ADMIN_TOKEN, TOPIC_LABELS
-from tests.e2e.conftest import serving
+from bench.process import serving
+from tests.conftest import ADMIN_TOKEN, SERVER_ENV, TOPIC_LABELS
 
 TEXTS = ["john scored a great goal in the final", "the bank rates fell"]
 
@@ -23,7 +23,7 @@ def text_input(texts: list[str], binary: bool = True) -> triton.InferInput:
 
 
 def test_tritonclient_reads_metadata_and_infers_every_kind(repo: Path, tmp_path: Path, archives):
-    with serving(repo, tmp_path / "server.log") as url:
+    with serving(repo, tmp_path / "server.log", SERVER_ENV) as url:
         with httpx.Client(base_url=url, timeout=30) as http:
             admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
             assert http.post("/admin/heads/ner", content=archives["ner"], headers=admin).is_success

@@ -32,11 +32,11 @@ from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
+from bench.process import start_server
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import Kind
-from tests.conftest import ADMIN_TOKEN
-from tests.e2e.conftest import launch
+from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 from tests.factories import NER_LABELS, WORDS, export_head
 from tests.oracle import compare
 
@@ -376,7 +376,7 @@ def processes(repo: Path, logs: Path) -> Iterator[tuple[str, list[str]]]:
     started = []
     try:
         for i, env in enumerate(({}, *CONFIGS)):
-            started.append(launch(repo, logs / f"server-{i}.log", **poll, **env))
+            started.append(start_server(repo, logs / f"server-{i}.log", SERVER_ENV | poll | env))
         urls = [url for _, url in started]
         yield urls[0], urls[1:]
     finally:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 
-from tests.conftest import ADMIN_TOKEN
-from tests.e2e.conftest import free_port, wait_ready
+from bench.process import start_server
+from tests.conftest import SERVER_ENV
 
 TIMEOUT_S = 1.0  # MTS_READINESS_TIMEOUT_SECONDS
 HANG_TEXT = "hold the inference thread"
@@ -41,24 +38,9 @@ sys.exit(main())
 
 
 def test_readyz_of_a_real_server_fails_within_the_timeout_when_its_inference_hangs(repo, tmp_path):
-    port = str(free_port())
-    env = {
-        **os.environ,
-        "MTS_ADMIN_TOKEN": ADMIN_TOKEN,
-        "MTS_INTRA_OP_THREADS": "1",
-        "MTS_READINESS_TIMEOUT_SECONDS": str(TIMEOUT_S),
-    }
-    log = tmp_path / "server.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SERVE_WITH_A_HANG, "serve", "--repo", str(repo), "--port", port],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    env = {**SERVER_ENV, "MTS_READINESS_TIMEOUT_SECONDS": str(TIMEOUT_S)}
+    proc, url = start_server(repo, tmp_path / "server.log", env, python=("-c", SERVE_WITH_A_HANG))
     try:
-        wait_ready(url, proc, log)
         with httpx.Client(base_url=url, timeout=10) as http:
             assert http.post("/predict/embed", json={"inputs": "a"}).status_code == 200
             assert http.get("/readyz").json()["probe"] == "ran"

@@ -7,8 +7,8 @@ import time
 
 import httpx
 
-from tests.conftest import ADMIN_TOKEN
-from tests.e2e.conftest import serving
+from bench.process import serving
+from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 PROBES = ["john scored a great goal in the final", "the bank rates fell", "ok"]
@@ -22,10 +22,10 @@ def eventually(check, timeout: float = 15.0) -> None:
 
 
 def test_two_processes_on_one_repository_converge_and_survive_a_restart(repo, archives, tmp_path):
-    poll = {"MTS_REPOSITORY_POLL_SECONDS": "0.2"}
+    poll = {**SERVER_ENV, "MTS_REPOSITORY_POLL_SECONDS": "0.2"}
     with (
-        serving(repo, tmp_path / "a.log", **poll) as a,
-        serving(repo, tmp_path / "b.log", **poll) as b,
+        serving(repo, tmp_path / "a.log", poll) as a,
+        serving(repo, tmp_path / "b.log", poll) as b,
     ):
         assert (
             httpx.post(f"{a}/admin/heads/ner", content=archives["ner"], headers=ADMIN).status_code
@@ -47,7 +47,10 @@ def test_two_processes_on_one_repository_converge_and_survive_a_restart(repo, ar
         )
         before = httpx.post(f"{b}/predict/ner", json={"inputs": PROBES}).json()
     # Restart both: nothing acknowledged is lost.
-    with serving(repo, tmp_path / "a2.log") as a, serving(repo, tmp_path / "b2.log") as b:
+    with (
+        serving(repo, tmp_path / "a2.log", SERVER_ENV) as a,
+        serving(repo, tmp_path / "b2.log", SERVER_ENV) as b,
+    ):
         for url in (a, b):
             tasks = {t["task"] for t in httpx.get(f"{url}/tasks").json()["tasks"]}
             assert tasks == {"embed", "ner"}

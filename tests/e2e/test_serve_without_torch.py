@@ -7,13 +7,11 @@ The measured check in a clean venv holding only ``.[serve]`` is in docs/deploy.m
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import free_port, wait_ready
+from bench.process import start_server, stop
 
 BLOCKED = (
     "torch",
@@ -25,27 +23,20 @@ BLOCKED = (
 
 
 def test_mts_serve_needs_nothing_from_the_train_extra(repo: Path, tmp_path: Path):
-    port = free_port()
     script = (
         "import sys\n"
         f"for name in {BLOCKED!r}:\n"
         "    sys.modules[name] = None\n"
         "from multitask_serve.cli import main\n"
-        f"sys.exit(main(['serve', '--repo', {str(repo)!r}, '--port', '{port}']))\n"
+        "sys.exit(main())\n"  # serve --repo ... --port ..., from sys.argv
     )
     log = tmp_path / "server.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(repo, log, python=("-c", script))
     try:
-        wait_ready(url, proc, log)
         with httpx.Client(base_url=url, timeout=30) as http:
             assert http.post("/predict/topic-zs", json={"inputs": "a goal"}).status_code == 200
             v2 = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}
             assert http.post("/v2/models/embed/infer", json=v2).status_code == 200
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop(proc)
     assert "ImportError" not in log.read_text()

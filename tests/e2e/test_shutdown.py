@@ -8,7 +8,8 @@ import time
 
 import httpx
 
-from tests.e2e.conftest import launch
+from bench.process import start_server
+from tests.conftest import SERVER_ENV
 
 DRAIN_S = 2.0
 GRACE_S = 10
@@ -19,12 +20,15 @@ LAST_SENT_S = DRAIN_S - 0.5
 
 
 def test_sigterm_fails_readiness_first_then_finishes_in_flight_requests_and_exits_0(repo, tmp_path):
-    proc, url = launch(
+    proc, url = start_server(
         repo,
         tmp_path / "server.log",
-        MTS_SHUTDOWN_DRAIN_SECONDS=str(DRAIN_S),
-        MTS_SHUTDOWN_GRACE_SECONDS=str(GRACE_S),
-        MTS_BATCH_MAX_WAIT_MS=str(BATCH_WAIT_S * 1000),
+        {
+            **SERVER_ENV,
+            "MTS_SHUTDOWN_DRAIN_SECONDS": str(DRAIN_S),
+            "MTS_SHUTDOWN_GRACE_SECONDS": str(GRACE_S),
+            "MTS_BATCH_MAX_WAIT_MS": str(BATCH_WAIT_S * 1000),
+        },
     )
     done: list[tuple[float, float, int | str]] = []  # (sent, finished, status or error)
     ready: list[tuple[float, int]] = []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import ADMIN_TOKEN
-from tests.e2e.conftest import serving
+from bench.process import serving
+from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 
 
 def test_served_process_answers_predictions_and_hot_adds_over_http(server, archives):
@@ -34,7 +34,7 @@ def test_served_process_answers_predictions_and_hot_adds_over_http(server, archi
 def test_admin_tokens_never_reach_the_server_log_even_at_debug_level(repo, tmp_path):
     log = tmp_path / "debug.log"
     wrong = "wrong-token-that-must-not-be-logged"
-    with serving(repo, log, MTS_LOG_LEVEL="debug") as url:
+    with serving(repo, log, {**SERVER_ENV, "MTS_LOG_LEVEL": "debug"}) as url:
         for token in (ADMIN_TOKEN, wrong):
             httpx.post(
                 f"{url}/admin/heads/mood/zero-shot?replace=true",
