@@ -1,11 +1,15 @@
-"""Tiny real things for tests: a random-weight BERT with its own WordPiece tokenizer, heads."""
+"""Tiny real things for tests: a random-weight BERT with its own WordPiece tokenizer, heads and
+their archives; and what tests of a running service compare (probe outputs, a repository's files).
+"""
 
 from __future__ import annotations
 
+import os
 import string
 from pathlib import Path
 
 import torch
+from fastapi.testclient import TestClient
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -25,6 +29,7 @@ WORDS = (  # noqa: SIM905
 TINY_LAYERS = 6
 TINY_HIDDEN = 32
 NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+PROBES = ["john scored a great goal in the final", "the bank rates fell", "i love paris", "ok"]
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -88,3 +93,23 @@ def export_head(
 
 def archive(spec_and_model: tuple[HeadSpec, bytes]) -> bytes:
     return pack_head(*spec_and_model)
+
+
+def outputs(client: TestClient) -> dict[str, object]:
+    """Every served task's raw outputs for the probe batch (one shape, one composition)."""
+    served = [t["task"] for t in client.get("/tasks").json()["tasks"]]
+    return {
+        task: client.post(f"/predict/{task}", json={"inputs": PROBES}).json()["outputs"]
+        for task in served
+    }
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root``, by relative path: the repository byte for byte."""
+    files = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, root)] = f.read()
+    return files

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from multitask_serve.service import admin
 from multitask_serve.service.app import create_app
 from tests.conftest import ADMIN_TOKEN, make_settings
-from tests.integration.test_isolation import outputs, tree
+from tests.factories import outputs, tree
 
 
 def admin_calls() -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from multitask_serve.modelrepo.archive import pack_head, unpack_head
 from multitask_serve.service.app import create_app
 from multitask_serve.service.settings import Settings
 from tests.conftest import make_settings
-from tests.integration.test_isolation import tree
+from tests.factories import tree
 
 
 def error(response, status: int, code: str) -> str:

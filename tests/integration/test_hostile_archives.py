@@ -24,7 +24,7 @@ from multitask_serve.modelrepo.archive import pack_head, unpack_head
 from multitask_serve.modelrepo.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT, HeadSpec
 from multitask_serve.service.app import create_app
 from tests.conftest import make_settings
-from tests.integration.test_isolation import outputs, tree
+from tests.factories import outputs, tree
 
 UPLOAD_LIMIT = 256 << 10
 

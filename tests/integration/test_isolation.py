@@ -3,34 +3,12 @@ trace; what admin acknowledged survives a restart."""
 
 from __future__ import annotations
 
-import os
-
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from multitask_serve.service.app import create_app
 from tests.conftest import make_settings
-
-PROBES = ["john scored a great goal in the final", "the bank rates fell", "i love paris", "ok"]
-
-
-def outputs(client: TestClient) -> dict[str, object]:
-    """Every served task's raw outputs for the probe batch (one shape, one composition)."""
-    served = [t["task"] for t in client.get("/tasks").json()["tasks"]]
-    return {
-        task: client.post(f"/predict/{task}", json={"inputs": PROBES}).json()["outputs"]
-        for task in served
-    }
-
-
-def tree(root) -> dict[str, bytes]:
-    files = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, root)] = f.read()
-    return files
+from tests.factories import PROBES, outputs, tree
 
 
 def test_adding_replacing_and_removing_a_head_leaves_other_outputs_bit_identical(

@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 from multitask_serve.service import admin as admin_routes
 from multitask_serve.service.app import create_app
 from tests.conftest import ADMIN_TOKEN, make_settings
-from tests.integration.test_isolation import tree
+from tests.factories import tree
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads open files from /proc/self/fd"

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from multitask_serve.service.app import create_app
 from tests.conftest import make_settings
-from tests.integration.test_isolation import PROBES, outputs
+from tests.factories import PROBES, outputs
 
 
 def test_rollback_serves_the_old_version_bit_identically(client, admin, archives):
