@@ -2,7 +2,8 @@
 
 A client fires admin calls back to back (hot-add from an archive, hot-add zero-shot, replace,
 rollback) and the server is killed with SIGKILL after a random (seeded) delay, so that most kills
-land inside a call. After each restart the checks are:
+land inside a call. Each restart's observations are kept (``Restart``), and these checks run on
+them (``Restart.problems``; tests/e2e/test_crash_consistency.py asserts them one by one):
 
 - the repository is consistent: every ``current`` pointer names a complete version that
   ``ModelRepository`` reads and ONNX parses, and every task with a pointer is served;
@@ -23,6 +24,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -124,68 +126,125 @@ def fire(client: Client, ledger: Ledger, counter: list[int], stop: threading.Eve
         ledger.acknowledge(op.task, version, op.kind)
 
 
-def check_repository(root: Path) -> tuple[dict[str, int], int]:
-    """Every pointer names a complete, readable version. Returns pointers and leftover count."""
+@dataclass
+class Restart:
+    """What one start of the server showed, against what was acknowledged before it."""
+
+    # How the previous process ended (Popen.returncode: -9 is death by SIGKILL); None at the first.
+    previous_exit: int | None
+    # Task -> version: the repository's ``current`` pointers, and what GET /tasks serves.
+    pointers: dict[str, int]
+    served: dict[str, int]
+    # Each task's last acknowledged version, less the task of the call the kill interrupted.
+    acknowledged: dict[str, int]
+    # Where the kill landed: "<kind>: old" or "<kind>: new" (the interrupted call's task serves
+    # the version before it or the call's result), "<kind>: neither", "between calls", or "" at
+    # the first start.
+    interrupted: str = ""
+    broken: list[str] = field(default_factory=list)  # pointers to unreadable versions
+    admin_errors: list[str] = field(default_factory=list)  # calls answered with an error status
+    versions_lost: dict[str, list[int]] = field(default_factory=dict)  # acked, no longer listed
+    failed_predictions: list[str] = field(default_factory=list)
+    # (task, version) that answered the probes differently than after an earlier restart.
+    outputs_changed: list[tuple[str, int]] = field(default_factory=list)
+    leftovers: int = 0  # staging entries of interrupted writes (never read; swept when old)
+
+    def problems(self) -> list[str]:
+        """Every check this restart failed (none: consistent, nothing acknowledged lost)."""
+        found = [*self.broken, *self.admin_errors, *self.failed_predictions]
+        found += [f"{task} v{v}: outputs changed" for task, v in self.outputs_changed]
+        if self.served != self.pointers:
+            found.append(f"served {self.served} != repository pointers {self.pointers}")
+        found += [
+            f"{task}: serves {self.served.get(task)}, acknowledged {version}"
+            for task, version in self.acknowledged.items()
+            if self.served.get(task) != version
+        ]
+        found += [
+            f"{task}: acknowledged versions {v} are gone" for task, v in self.versions_lost.items()
+        ]
+        if self.interrupted.endswith("neither"):
+            found.append(f"interrupted call left neither version: {self.interrupted}")
+        return found
+
+
+def check_repository(root: Path) -> tuple[dict[str, int], list[str], int]:
+    """The repository's pointers, those naming an incomplete or unreadable version, and the
+    count of leftover staging entries."""
     repo = ModelRepository(root)
-    pointers = {}
+    pointers, broken = {}, []
     for task in repo.tasks():
-        stored = repo.read_head(task)
-        assert stored.spec.task == task, f"{task}: head.json names {stored.spec.task}"
-        onnx.load_model(stored.model_path, load_external_data=False)
+        try:
+            stored = repo.read_head(task)
+            onnx.load_model(stored.model_path, load_external_data=False)
+        except Exception as exc:
+            broken.append(f"{task}: {exc!r}")
+            continue
+        if stored.spec.task != task:
+            broken.append(f"{task}: head.json names {stored.spec.task}")
         pointers[task] = stored.version
     leftovers = sum(
         1 for d in (root / HEADS_DIR).rglob(".*") if d.name.startswith((".staging-", ".current"))
     )
-    return pointers, leftovers
+    return pointers, broken, leftovers
 
 
 def verify(
-    url: str, root: Path, ledger: Ledger, outcomes: collections.Counter[str], after_kill: bool
-) -> int:
-    """All the checks after a restart; adopts the interrupted call's outcome. Returns leftovers."""
-    assert not ledger.errors, ledger.errors
-    pointers, leftovers = check_repository(root)
+    url: str, root: Path, ledger: Ledger, previous_exit: int | None, after_kill: bool
+) -> Restart:
+    """Everything a restart shows against the ledger; adopts the interrupted call's outcome."""
+    pointers, broken, leftovers = check_repository(root)
     http = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"})
     served = {t["task"]: t["version"] for t in http.get("/tasks").json()["tasks"]}
-    assert served == pointers, f"served {served} != repository pointers {pointers}"
     op, ledger.pending = ledger.pending, None
-    for task, version in ledger.current.items():
-        if op is not None and task == op.task:
-            continue
-        assert served.get(task) == version, f"{task}: serves {served.get(task)}, acked {version}"
+    restart = Restart(
+        previous_exit,
+        pointers,
+        served,
+        {t: v for t, v in ledger.current.items() if op is None or t != op.task},
+        broken=broken,
+        admin_errors=ledger.errors[:],
+        leftovers=leftovers,
+    )
+    ledger.errors.clear()
     if op is not None:
         now = served.get(op.task)
         if now == op.before:
-            outcomes[f"{op.kind}: old"] += 1
+            restart.interrupted = f"{op.kind}: old"
         else:
-            allowed_new = (
-                {op.target} if op.kind == "rollback" else {v for v in [now] if v is not None}
+            # A rollback's result is its target; any other call's is a version never seen before.
+            new = (
+                now == op.target
+                if op.kind == "rollback"
+                else now is not None and now not in ledger.stored.get(op.task, set())
             )
-            new_version = op.kind != "rollback" and now not in ledger.stored.get(op.task, set())
-            assert now in allowed_new and (op.kind == "rollback" or new_version), (
-                f"{op.kind} {op.task} interrupted: serves {now}, before {op.before}"
-            )
-            outcomes[f"{op.kind}: new"] += 1
-            assert now is not None
-            ledger.current[op.task] = now
-            ledger.stored.setdefault(op.task, set()).add(now)
+            restart.interrupted = f"{op.kind}: {'new' if new else 'neither'}"
+            if new and now is not None:
+                ledger.current[op.task] = now
+                ledger.stored.setdefault(op.task, set()).add(now)
     elif after_kill:
-        outcomes["between calls"] += 1
+        restart.interrupted = "between calls"
     for task, versions in ledger.stored.items():
         listed = http.get(f"/admin/heads/{task}/versions").json()
-        missing = versions - {v["version"] for v in listed["versions"]}
-        assert not missing, f"{task}: acknowledged versions {missing} are gone"
+        missing = versions - {v["version"] for v in listed.get("versions", [])}
+        if missing:
+            restart.versions_lost[task] = sorted(missing)
     for task, version in served.items():
         r = http.post(f"/predict/{task}", json={"inputs": PROBES})
-        assert r.status_code == 200 and r.json()["version"] == version, r.text
+        if r.status_code != 200 or r.json()["version"] != version:
+            restart.failed_predictions.append(f"{task} v{version}: {r.status_code} {r.text[:200]}")
+            continue
         seen = ledger.outputs.setdefault((task, version), r.json()["outputs"])
-        assert r.json()["outputs"] == seen, f"{task} v{version}: outputs changed after a restart"
-    return leftovers
+        if r.json()["outputs"] != seen:
+            restart.outputs_changed.append((task, version))
+    return restart
 
 
 def crash_loop(
     source: Path, kills: int, seed: int, max_delay: float, workdir: Path
 ) -> dict[str, Any]:
+    """Up to ``kills`` SIGKILLs, each followed by a restart and its checks; stops at the first
+    restart with a problem. Returns the figures and every restart's ``Restart``."""
     rng = random.Random(seed)
     root = workdir / "repo"
     shutil.copytree(source, root)
@@ -194,16 +253,18 @@ def crash_loop(
     stored = repo.read_head(biggest)
     template = (stored.spec, stored.model_path.read_bytes())
     env = {"MTS_ADMIN_TOKEN": TOKEN, "MTS_LOG_LEVEL": "warning", "MTS_INTRA_OP_THREADS": "1"}
-    ledger, outcomes, counter = Ledger(), collections.Counter[str](), [0]
+    ledger, counter = Ledger(), [0]
     for task, version in check_repository(root)[0].items():  # the heads served from the start
         ledger.current[task] = version
         ledger.stored[task] = set(repo.versions(task))
-    leftovers, started = 0, time.monotonic()
+    restarts: list[Restart] = []
+    previous_exit: int | None = None
+    started = time.monotonic()
     for i in range(kills + 1):
         proc, url = start_server(root, workdir / "server.log", env)
         try:
-            leftovers = verify(url, root, ledger, outcomes, after_kill=i > 0)
-            if i == kills:
+            restarts.append(verify(url, root, ledger, previous_exit, after_kill=i > 0))
+            if i == kills or restarts[-1].problems():
                 break
             stop = threading.Event()
             client = Client(url, template, rng)
@@ -212,19 +273,21 @@ def crash_loop(
             time.sleep(rng.uniform(0.0, max_delay))
         finally:
             os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+            previous_exit = proc.wait()
         stop.set()
         thread.join()
+    landed = collections.Counter(r.interrupted for r in restarts[1:])
     return {
-        "kills": kills,
+        "kills": sum(r.previous_exit == -signal.SIGKILL for r in restarts),
         "seed": seed,
         "admin calls sent": counter[0],
         "acknowledged": dict(ledger.acknowledged),
-        "kill landed": dict(sorted(outcomes.items())),
+        "kill landed": dict(sorted(landed.items())),
         "tasks at the end": len(ledger.current),
         "versions at the end": sum(len(v) for v in ledger.stored.values()),
-        "leftover staging entries": leftovers,
+        "leftover staging entries": restarts[-1].leftovers,
         "seconds": round(time.monotonic() - started, 1),
+        "restarts": restarts,
     }
 
 
@@ -239,8 +302,12 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="crash-loop-") as tmp:
         result = crash_loop(args.repo, args.kills, args.seed, args.max_delay, Path(tmp))
+    restarts = result.pop("restarts")
     for key, value in result.items():
         print(f"{key}: {value}")
+    problems = [f"restart {i}: {p}" for i, r in enumerate(restarts) for p in r.problems()]
+    if problems or result["kills"] != args.kills:
+        sys.exit("\n".join([*problems, f"{result['kills']} of {args.kills} kills by SIGKILL"]))
     print("all checks passed after every restart")
 
 
