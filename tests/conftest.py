@@ -1,24 +1,27 @@
-"""Session-wide fixtures: tiny random-weight encoders, a built repository, head archives."""
+"""Session-wide fixtures: tiny random-weight encoders, a built repository, head archives.
+
+The unit tier needs none of them and must run without torch (tests/e2e/test_unit_tier.py): what
+needs torch (tests/factories.py, export/) is imported inside the fixtures that use it.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from multitask_serve.export.build import build_repository
-from multitask_serve.export.encoder import Encoder, load_encoder
-from multitask_serve.export.heads import HeadExporter
-from multitask_serve.export.trunk import export_trunk
-from multitask_serve.modelrepo.repository import ModelRepository
-from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.app import create_app
 from multitask_serve.service.settings import Settings
-from tests.factories import NER_LABELS, archive, export_head, write_tiny_encoder
+
+if TYPE_CHECKING:
+    from multitask_serve.export.encoder import Encoder
+    from multitask_serve.export.heads import HeadExporter
 
 ADMIN_TOKEN = "test-admin-token"
 TOPIC_LABELS = {
@@ -31,29 +34,47 @@ TOPIC_LABELS = {
 SERVER_ENV = {"MTS_ADMIN_TOKEN": ADMIN_TOKEN, "MTS_INTRA_OP_THREADS": "1"}
 
 
+@pytest.fixture(autouse=True)
+def _no_host_mts_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test sees none of the host's MTS_* variables (the settings read them in any case)."""
+    for name in list(os.environ):
+        if name.upper().startswith("MTS_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.factories import write_tiny_encoder
+
     return write_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), seed=0)
 
 
 @pytest.fixture(scope="session")
 def other_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Same shape, other weights: a different trunk fingerprint."""
+    from tests.factories import write_tiny_encoder
+
     return write_tiny_encoder(tmp_path_factory.mktemp("other-encoder"), seed=1)
 
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_encoder_dir: Path) -> Encoder:
+    from multitask_serve.export.encoder import load_encoder
+
     return load_encoder(tiny_encoder_dir)
 
 
 @pytest.fixture(scope="session")
 def other_encoder(other_encoder_dir: Path) -> Encoder:
+    from multitask_serve.export.encoder import load_encoder
+
     return load_encoder(other_encoder_dir)
 
 
 @pytest.fixture(scope="session")
 def built_repo(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Encoder) -> Path:
+    from multitask_serve.export.build import build_repository
+
     root = tmp_path_factory.mktemp("built") / "repo"
     build_repository(root, tiny_encoder, {"topic-zs": TOPIC_LABELS}, report=lambda _: None)
     return root
@@ -61,39 +82,18 @@ def built_repo(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Encoder) 
 
 @pytest.fixture(scope="session")
 def exporter(tiny_encoder: Encoder, built_repo: Path) -> HeadExporter:
+    from multitask_serve.export.heads import HeadExporter
+    from multitask_serve.modelrepo.repository import ModelRepository
+
     return HeadExporter(tiny_encoder, ModelRepository(built_repo).read_trunk_spec())
 
 
 @pytest.fixture(scope="session")
 def archives(exporter: HeadExporter, other_encoder: Encoder) -> dict[str, bytes]:
     """Head archives of every trained kind, plus one made against another trunk."""
-    foreign_trunk, _ = export_trunk(other_encoder)
-    foreign = HeadExporter(other_encoder, foreign_trunk)
-    sentiment = ("negative", "neutral", "positive")
-    return {
-        "sentiment": archive(
-            export_head(exporter, "sentiment", Kind.SEQUENCE_CLASSIFICATION, sentiment, k=0, seed=1)
-        ),
-        "sentiment-v2": archive(
-            export_head(exporter, "sentiment", Kind.SEQUENCE_CLASSIFICATION, sentiment, k=0, seed=2)
-        ),
-        "topic": archive(
-            export_head(
-                exporter,
-                "topic",
-                Kind.SEQUENCE_CLASSIFICATION,
-                ("business", "politics", "sport"),
-                k=2,
-                seed=3,
-            )
-        ),
-        "ner": archive(
-            export_head(exporter, "ner", Kind.TOKEN_CLASSIFICATION, NER_LABELS, k=1, seed=4)
-        ),
-        "foreign": archive(
-            export_head(foreign, "sentiment", Kind.SEQUENCE_CLASSIFICATION, sentiment, k=0, seed=1)
-        ),
-    }
+    from tests.factories import head_archives
+
+    return head_archives(exporter, other_encoder)
 
 
 @pytest.fixture

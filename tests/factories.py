@@ -1,5 +1,7 @@
 """Tiny real things for tests: a random-weight BERT with its own WordPiece tokenizer, heads and
 their archives; and what tests of a running service compare (probe outputs, a repository's files).
+
+Needs torch: the unit tier never imports it (tests/conftest.py imports it inside fixtures).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
 from multitask_serve.export.modules import Head, top_layers
+from multitask_serve.export.trunk import export_trunk
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.types import HeadSpec, Kind
 
@@ -93,6 +96,37 @@ def export_head(
 
 def archive(spec_and_model: tuple[HeadSpec, bytes]) -> bytes:
     return pack_head(*spec_and_model)
+
+
+def head_archives(exporter: HeadExporter, other_encoder: Encoder) -> dict[str, bytes]:
+    """Head archives of every trained kind, plus one made against another trunk."""
+    foreign_trunk, _ = export_trunk(other_encoder)
+    foreign = HeadExporter(other_encoder, foreign_trunk)
+    sentiment = ("negative", "neutral", "positive")
+    return {
+        "sentiment": archive(
+            export_head(exporter, "sentiment", Kind.SEQUENCE_CLASSIFICATION, sentiment, k=0, seed=1)
+        ),
+        "sentiment-v2": archive(
+            export_head(exporter, "sentiment", Kind.SEQUENCE_CLASSIFICATION, sentiment, k=0, seed=2)
+        ),
+        "topic": archive(
+            export_head(
+                exporter,
+                "topic",
+                Kind.SEQUENCE_CLASSIFICATION,
+                ("business", "politics", "sport"),
+                k=2,
+                seed=3,
+            )
+        ),
+        "ner": archive(
+            export_head(exporter, "ner", Kind.TOKEN_CLASSIFICATION, NER_LABELS, k=1, seed=4)
+        ),
+        "foreign": archive(
+            export_head(foreign, "sentiment", Kind.SEQUENCE_CLASSIFICATION, sentiment, k=0, seed=1)
+        ),
+    }
 
 
 def outputs(client: TestClient) -> dict[str, object]:

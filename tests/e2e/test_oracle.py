@@ -8,8 +8,8 @@ answer for a task that exists throughout must equal its reference: labels, entit
 exactly, scores within ``tests.oracle.TOLERANCE``.
 
 hypothesis drives it as a state machine, seeded, and shrinks a failure to a minimal program.
-CI runs it for ``MTS_ORACLE_SECONDS`` (default 150 s); set it higher to run longer, and
-``MTS_ORACLE_SEED`` for other seeds. ``MTS_ORACLE_RESULTS=<file>`` writes the run's figures as
+CI runs it for ``ORACLE_SECONDS`` (default 150 s); set it higher to run longer, and
+``ORACLE_SEED`` for other seeds. ``ORACLE_RESULTS=<file>`` writes the run's figures as
 JSON (calls, answers checked, differences, largest score deviation per head kind).
 """
 
@@ -40,8 +40,8 @@ from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 from tests.factories import NER_LABELS, WORDS, export_head
 from tests.oracle import compare
 
-SECONDS = float(os.environ.get("MTS_ORACLE_SECONDS", "150"))
-SEED = int(os.environ.get("MTS_ORACLE_SEED", "0"))
+SECONDS = float(os.environ.get("ORACLE_SECONDS", "150"))
+SEED = int(os.environ.get("ORACLE_SEED", "0"))
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Tasks that exist for the whole run, one or more of every kind, at different branch layers.
 STABLE = ("sentiment", "topic", "ner", "topic-zs", "embed")
@@ -429,8 +429,8 @@ def test_every_answer_equals_its_text_sent_alone_under_concurrent_traffic(repo, 
                 "servers": [dict(c) for c in CONFIGS],
             }
             print(json.dumps(summary, indent=1))
-            if os.environ.get("MTS_ORACLE_RESULTS"):
-                Path(os.environ["MTS_ORACLE_RESULTS"]).write_text(json.dumps(summary, indent=1))
+            if os.environ.get("ORACLE_RESULTS"):
+                Path(os.environ["ORACLE_RESULTS"]).write_text(json.dumps(summary, indent=1))
     assert figures.answers_checked > 1000, "the oracle checked too little to mean anything"
     assert set(figures.max_deviation) >= {
         "sequence-classification",
@@ -441,4 +441,4 @@ def test_every_answer_equals_its_text_sent_alone_under_concurrent_traffic(repo, 
 
 
 if SECONDS <= 0:
-    pytest.skip("MTS_ORACLE_SECONDS=0 turns the oracle off", allow_module_level=True)
+    pytest.skip("ORACLE_SECONDS=0 turns the oracle off", allow_module_level=True)
