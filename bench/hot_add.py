@@ -9,7 +9,7 @@ renamed and uploaded as an archive (``POST /admin/heads/hot-top2?replace=true``)
 removed. Prints both phases' p50/p99, the p99 ratio against the target (<= 1.5x), the adds done,
 and every non-2xx answer. ``--profile DIR`` records py-spy on the server during the add phase.
 
-    .venv/bin/python bench/hot_add.py [--repo /work/model-repo] [--seconds 20] [--in-flight 8]
+    .venv/bin/python bench/hot_add.py [--repo model-repo] [--seconds 20] [--in-flight 8]
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--repo", type=Path, default=Path("/work/model-repo"))
+    p.add_argument("--repo", type=Path, default=Path("model-repo"))
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--in-flight", type=int, default=8)
     p.add_argument("--profile", type=Path, help="folder for a py-spy profile of the add phase")

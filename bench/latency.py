@@ -10,7 +10,7 @@ request's time into the part inside the batcher (queue, hand-off to the inferenc
 tokenization, trunk, head) and the rest (HTTP, routing, JSON, the client). ``--profile DIR``
 records py-spy on the server during each HTTP measurement and prints where its time goes.
 
-    .venv/bin/python bench/latency.py [--repo /work/model-repo] [--task topic-zs] [--seconds 10]
+    .venv/bin/python bench/latency.py [--repo model-repo] [--task topic-zs] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--repo", type=Path, default=Path("/work/model-repo"))
+    p.add_argument("--repo", type=Path, default=Path("model-repo"))
     p.add_argument("--task", default="topic-zs")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--profile", type=Path, help="folder for py-spy profiles of the server")
