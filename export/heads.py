@@ -33,6 +33,7 @@ from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import (
     HEAD_HIDDEN_INPUT,
     HEAD_MASK_INPUT,
+    KINDS,
     HeadSpec,
     Kind,
     TrunkSpec,
@@ -41,6 +42,8 @@ from multitask_serve.modelrepo.types import (
 log = logging.getLogger(__name__)
 
 
+# The PyTorch references of the kinds built without training (KindTraits.trained is False): what
+# their graphs must reproduce. They stay here, not in the torch-free KINDS table the service reads.
 class EmbeddingReference(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return F.normalize(mean_pool(hidden, attention_mask), p=2, dim=-1)
@@ -110,9 +113,13 @@ class HeadExporter:
         taps, mask = self._samples[index]
         return {HEAD_HIDDEN_INPUT: taps[layer], HEAD_MASK_INPUT: mask}
 
-    def _check(self, name: str, model: bytes, reference: nn.Module, layer: int, out: str) -> float:
+    def _check(
+        self, name: str, model: bytes, reference: nn.Module, layer: int, kind: Kind
+    ) -> float:
+        """Parity of a graph built without training against its kind's PyTorch reference."""
+        out = [KINDS[kind].output]
         diff = max(
-            max_abs_diff(model, reference.eval(), self._feeds(i, layer), [out]) for i in (0, 1)
+            max_abs_diff(model, reference.eval(), self._feeds(i, layer), out) for i in (0, 1)
         )
         log.info("%s parity: max abs diff %.3g (tolerance %.0e)", name, diff, HEAD_TOLERANCE)
         if not diff <= HEAD_TOLERANCE:
@@ -133,13 +140,14 @@ class HeadExporter:
                 f"{len(labels)} labels given"
             )
         branch = self.trunk_spec.num_layers - len(head.layers)
+        traits = KINDS[head.kind]
         seq_axes = {0: "batch", 1: "seq"}
-        out_axes = seq_axes if head.kind is Kind.TOKEN_CLASSIFICATION else {0: "batch"}
+        out_axes = seq_axes if traits.per_token else {0: "batch"}
         decl = ExportDecl(
             f"head {task}",
             (HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT),
-            ("logits",),
-            {HEAD_HIDDEN_INPUT: seq_axes, HEAD_MASK_INPUT: seq_axes, "logits": out_axes},
+            (traits.output,),
+            {HEAD_HIDDEN_INPUT: seq_axes, HEAD_MASK_INPUT: seq_axes, traits.output: out_axes},
             HEAD_TOLERANCE,
         )
         exported = export(head.eval(), self._feeds(0, branch), decl, check=self._feeds(1, branch))
@@ -159,7 +167,7 @@ class HeadExporter:
     def embedding(self, task: str = "embed") -> tuple[HeadSpec, bytes]:
         layer = self.trunk_spec.num_layers
         model = graphs.embedding_graph(self.trunk_spec.hidden_size)
-        diff = self._check(f"head {task}", model, EmbeddingReference(), layer, "embedding")
+        diff = self._check(f"head {task}", model, EmbeddingReference(), layer, Kind.EMBEDDING)
         spec = HeadSpec(
             task=task,
             kind=Kind.EMBEDDING,
@@ -184,7 +192,7 @@ class HeadExporter:
         model = graphs.zero_shot_graph(label_embeddings.numpy().astype(np.float32))
         reference = ZeroShotReference(label_embeddings, graphs.ZERO_SHOT_SCALE)
         layer = self.trunk_spec.num_layers
-        diff = self._check(f"head {task}", model, reference, layer, "logits")
+        diff = self._check(f"head {task}", model, reference, layer, Kind.ZERO_SHOT)
         spec = HeadSpec(
             task=task,
             kind=Kind.ZERO_SHOT,

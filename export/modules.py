@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from multitask_serve.export.encoder import Encoder
-from multitask_serve.modelrepo.types import Kind
+from multitask_serve.modelrepo.types import KINDS, Kind
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -81,10 +81,10 @@ class Head(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        if kind not in (Kind.SEQUENCE_CLASSIFICATION, Kind.TOKEN_CLASSIFICATION):
+        if not KINDS[kind].trained:
             raise ValueError(f"a trained head is a classification head, not {kind}")
         self.kind = kind
-        self.pooling = "none" if kind is Kind.TOKEN_CLASSIFICATION else pooling
+        self.pooling = "none" if KINDS[kind].per_token else pooling
         self.layers = layers if layers is not None else nn.ModuleList()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)

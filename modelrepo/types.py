@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal
 
 SCHEMA_VERSION = 1
 TASK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -38,13 +40,87 @@ class Kind(StrEnum):
     TOKEN_CLASSIFICATION = "token-classification"
 
 
-# The graph output each kind produces.
-OUTPUT_NAME = {
-    Kind.EMBEDDING: "embedding",
-    Kind.ZERO_SHOT: "logits",
-    Kind.SEQUENCE_CLASSIFICATION: "logits",
-    Kind.TOKEN_CLASSIFICATION: "logits",
-}
+@dataclass(frozen=True)
+class OipTensor:
+    """One output tensor of the Open Inference Protocol: a row per text, maybe ``width`` wide."""
+
+    name: str
+    datatype: str  # BYTES, FP32 or BOOL
+    # Whether each row holds the head's output width of values (else one value per row).
+    wide: bool = False
+
+    def shape(self, rows: int, width: int) -> list[int]:
+        return [rows, width] if self.wide else [rows]
+
+
+_CLASS_TENSORS = (
+    OipTensor("label", "BYTES"),
+    OipTensor("score", "FP32"),
+    OipTensor("scores", "FP32", wide=True),
+)
+
+
+@dataclass(frozen=True)
+class KindTraits:
+    """What every layer needs to know about one kind of head: the one place it is written."""
+
+    # The head graph's output.
+    output: str
+    # Whether head.json must list labels (else it must list none).
+    labelled: bool
+    # Whether the graph answers per token (batch, seq, width) rather than per text (batch, width).
+    per_token: bool
+    # Where the output width comes from: the trunk's hidden size or the number of labels.
+    width: Literal["hidden", "labels"]
+    # The OIP output tensors of a prediction (the service adds "truncated" to every kind).
+    tensors: tuple[OipTensor, ...]
+    # How raw outputs become results: unit vectors, label scores, or entity spans.
+    decode: Literal["vector", "classes", "spans"]
+    # Trained in PyTorch and traced (the module is its own parity reference); else the graph is
+    # built from the trunk alone and checked against a reference module (export/heads.py).
+    trained: bool
+
+
+KINDS: Mapping[Kind, KindTraits] = MappingProxyType(
+    {
+        Kind.EMBEDDING: KindTraits(
+            output="embedding",
+            labelled=False,
+            per_token=False,
+            width="hidden",
+            tensors=(OipTensor("embedding", "FP32", wide=True),),
+            decode="vector",
+            trained=False,
+        ),
+        Kind.ZERO_SHOT: KindTraits(
+            output="logits",
+            labelled=True,
+            per_token=False,
+            width="labels",
+            tensors=_CLASS_TENSORS,
+            decode="classes",
+            trained=False,
+        ),
+        Kind.SEQUENCE_CLASSIFICATION: KindTraits(
+            output="logits",
+            labelled=True,
+            per_token=False,
+            width="labels",
+            tensors=_CLASS_TENSORS,
+            decode="classes",
+            trained=True,
+        ),
+        Kind.TOKEN_CLASSIFICATION: KindTraits(
+            output="logits",
+            labelled=True,
+            per_token=True,
+            width="labels",
+            tensors=(OipTensor("entities", "BYTES"),),  # one JSON list of spans per text
+            decode="spans",
+            trained=True,
+        ),
+    }
+)
 
 
 def validate_task_name(task: str) -> str:
@@ -196,9 +272,9 @@ class HeadSpec:
 
     def __post_init__(self) -> None:
         validate_task_name(self.task)
-        if self.kind in (Kind.EMBEDDING,) and self.labels:
-            raise SpecError("head.json: an embedding head has no labels")
-        if self.kind is not Kind.EMBEDDING and not self.labels:
+        if not self.traits.labelled and self.labels:
+            raise SpecError(f"head.json: an {self.kind} head has no labels")
+        if self.traits.labelled and not self.labels:
             raise SpecError(f"head.json: a {self.kind} head needs labels")
         if len(set(self.labels)) != len(self.labels):
             raise SpecError("head.json: labels must be unique")
@@ -206,8 +282,22 @@ class HeadSpec:
             raise SpecError(f"head.json: unknown pooling {self.pooling!r}")
 
     @property
+    def traits(self) -> KindTraits:
+        return KINDS[self.kind]
+
+    @property
     def output_name(self) -> str:
-        return OUTPUT_NAME[self.kind]
+        return self.traits.output
+
+    @property
+    def output_width(self) -> int:
+        return self.hidden_size if self.traits.width == "hidden" else len(self.labels)
+
+    def output_shape(self, batch: int, seq: int) -> tuple[int, ...]:
+        """The shape of the head graph's output on ``batch`` texts padded to ``seq`` tokens."""
+        if self.traits.per_token:
+            return (batch, seq, self.output_width)
+        return (batch, self.output_width)
 
     def to_json(self) -> str:
         data = asdict(self)

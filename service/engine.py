@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from multitask_serve.modelrepo import graphs
-from multitask_serve.modelrepo.types import HeadSpec, Kind, TrunkSpec, tap_name
+from multitask_serve.modelrepo.types import KINDS, HeadSpec, Kind, TrunkSpec, tap_name
 from multitask_serve.service.errors import InvalidInput
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.postprocess import decode
@@ -78,7 +78,7 @@ class Engine:
         self._metrics = metrics
         self._pooling = HeadSession(
             graphs.embedding_graph(trunk_spec.hidden_size),
-            "embedding",
+            KINDS[Kind.EMBEDDING].output,
             trunk_spec.hidden_size,
             runtime,
         )
@@ -178,13 +178,7 @@ class Engine:
         except Exception as exc:  # ORT raises several unrelated types at run time
             raise InvalidInput(f"head {head.spec.task!r} fails on a probe text: {exc}") from exc
         spec = head.spec
-        expected: tuple[int, ...]
-        if spec.kind is Kind.EMBEDDING:
-            expected = (batch.size, spec.hidden_size)
-        elif spec.kind is Kind.TOKEN_CLASSIFICATION:
-            expected = (batch.size, batch.attention_mask.shape[1], len(spec.labels))
-        else:
-            expected = (batch.size, len(spec.labels))
+        expected = spec.output_shape(batch.size, batch.attention_mask.shape[1])
         if raw.shape != expected or raw.dtype != np.float32:
             raise InvalidInput(
                 f"head {spec.task!r} returns {raw.dtype}{list(raw.shape)} on a probe batch; its "

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from multitask_serve.modelrepo.types import HeadSpec, Kind
+from multitask_serve.modelrepo.types import HeadSpec, OipTensor
 from multitask_serve.service.errors import InvalidInput, NotFound, ServiceError
 from multitask_serve.service.http_errors import OIP
 from multitask_serve.service.predict import Predictor
@@ -81,44 +81,34 @@ class Tensor:
         return entry, raw
 
 
+# Every kind's answer ends with whether each text was cut to the trunk's maximum length.
+TRUNCATED = OipTensor("truncated", "BOOL")
+# An OIP output tensor's name -> its flat data from a task's results (one per text) and labels.
+_DATA: dict[str, Callable[[list[Any], tuple[str, ...]], list[Any]]] = {
+    "embedding": lambda rows, labels: [x for r in rows for x in r],
+    "entities": lambda rows, labels: [json.dumps(r) for r in rows],
+    "label": lambda rows, labels: [r["label"] for r in rows],
+    "score": lambda rows, labels: [r["score"] for r in rows],
+    "scores": lambda rows, labels: [r["scores"][label] for r in rows for label in labels],
+}
+
+
 def outputs_meta(spec: HeadSpec) -> list[dict[str, Any]]:
     """The output tensors a head's kind produces (shapes with -1 for the batch)."""
-    n = len(spec.labels)
-    tensors: dict[Kind, list[tuple[str, str, list[int]]]] = {
-        Kind.EMBEDDING: [("embedding", "FP32", [-1, spec.hidden_size])],
-        Kind.TOKEN_CLASSIFICATION: [("entities", "BYTES", [-1])],  # one JSON list per text
-        Kind.SEQUENCE_CLASSIFICATION: [
-            ("label", "BYTES", [-1]),
-            ("score", "FP32", [-1]),
-            ("scores", "FP32", [-1, n]),
-        ],
-    }
-    tensors[Kind.ZERO_SHOT] = tensors[Kind.SEQUENCE_CLASSIFICATION]
-    meta = [
-        {"name": name, "datatype": dt, "shape": shape} for name, dt, shape in tensors[spec.kind]
+    return [
+        {"name": t.name, "datatype": t.datatype, "shape": t.shape(-1, spec.output_width)}
+        for t in (*spec.traits.tensors, TRUNCATED)
     ]
-    return [*meta, {"name": "truncated", "datatype": "BOOL", "shape": [-1]}]
 
 
 def _tensors(spec: HeadSpec, result: TaskResult, truncated: list[bool]) -> list[Tensor]:
     rows: list[Any] = result.outputs
-    n = len(rows)
-    if spec.kind is Kind.EMBEDDING:
-        made = [Tensor("embedding", "FP32", [n, spec.hidden_size], [x for r in rows for x in r])]
-    elif spec.kind is Kind.TOKEN_CLASSIFICATION:
-        made = [Tensor("entities", "BYTES", [n], [json.dumps(r) for r in rows])]
-    else:
-        made = [
-            Tensor("label", "BYTES", [n], [r["label"] for r in rows]),
-            Tensor("score", "FP32", [n], [r["score"] for r in rows]),
-            Tensor(
-                "scores",
-                "FP32",
-                [n, len(spec.labels)],
-                [r["scores"][label] for r in rows for label in spec.labels],
-            ),
-        ]
-    return [*made, Tensor("truncated", "BOOL", [n], truncated)]
+    n, width = len(rows), spec.output_width
+    made = [
+        Tensor(t.name, t.datatype, t.shape(n, width), _DATA[t.name](rows, spec.labels))
+        for t in spec.traits.tensors
+    ]
+    return [*made, Tensor(TRUNCATED.name, TRUNCATED.datatype, TRUNCATED.shape(n, width), truncated)]
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from multitask_serve.modelrepo.types import HeadSpec, Kind
+from multitask_serve.modelrepo.types import HeadSpec
 from multitask_serve.service.types import Output, TokenizedBatch
 
 
@@ -99,23 +100,40 @@ def entities(
     return spans
 
 
+def vectors(
+    spec: HeadSpec, raw: np.ndarray, batch: TokenizedBatch, texts: list[str]
+) -> list[Output]:
+    rows: list[Output] = raw.tolist()
+    return rows
+
+
+def classes(
+    spec: HeadSpec, raw: np.ndarray, batch: TokenizedBatch, texts: list[str]
+) -> list[Output]:
+    return list(classifications(softmax(raw), spec.labels))
+
+
+def spans(spec: HeadSpec, raw: np.ndarray, batch: TokenizedBatch, texts: list[str]) -> list[Output]:
+    probs = softmax(raw)
+    # Most texts have no entity: a text whose tokens' best labels are all outside-tags needs no
+    # walk over its words.
+    _, is_entity = _tags(spec.labels)
+    tagged = (is_entity[probs.argmax(axis=-1)] & (batch.attention_mask != 0)).any(axis=1)
+    return [
+        entities(texts[i], probs[i], batch.offsets[i], batch.word_ids[i], spec.labels)
+        if tagged[i]
+        else []
+        for i in range(batch.size)
+    ]
+
+
+Decoder = Callable[[HeadSpec, np.ndarray, TokenizedBatch, list[str]], list[Output]]
+# KindTraits.decode -> how a head's raw output for a batch becomes one result per text.
+DECODERS: dict[str, Decoder] = {"vector": vectors, "classes": classes, "spans": spans}
+
+
 def decode(
     spec: HeadSpec, raw: np.ndarray, batch: TokenizedBatch, texts: list[str]
 ) -> list[Output]:
     """One result per text from a head's raw output for the whole batch."""
-    if spec.kind is Kind.EMBEDDING:
-        rows: list[Output] = raw.tolist()
-        return rows
-    probs = softmax(raw)
-    if spec.kind is Kind.TOKEN_CLASSIFICATION:
-        # Most texts have no entity: a text whose tokens' best labels are all outside-tags needs
-        # no walk over its words.
-        _, is_entity = _tags(spec.labels)
-        tagged = (is_entity[probs.argmax(axis=-1)] & (batch.attention_mask != 0)).any(axis=1)
-        return [
-            entities(texts[i], probs[i], batch.offsets[i], batch.word_ids[i], spec.labels)
-            if tagged[i]
-            else []
-            for i in range(batch.size)
-        ]
-    return list(classifications(probs, spec.labels))
+    return DECODERS[spec.traits.decode](spec, raw, batch, texts)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
 from multitask_serve.export.modules import Head, Trunk, top_layers
-from multitask_serve.modelrepo.types import HeadSpec, Kind
+from multitask_serve.modelrepo.types import KINDS, HeadSpec, Kind
 from multitask_serve.training import memory
 from multitask_serve.training.data import Split, is_token_split, load_dataset
 from multitask_serve.training.features import (
@@ -169,7 +169,7 @@ def score(
     word_tokens: list[list[int | None]] | None = None,
 ) -> dict[str, float]:
     """Test metrics from per-example logits (torch or numpy), whichever graph produced them."""
-    if kind is Kind.TOKEN_CLASSIFICATION:
+    if KINDS[kind].per_token:
         assert word_tokens is not None
         gold, pred = [], []
         for example, rows, words in zip(examples, logits, word_tokens, strict=True):
