@@ -10,7 +10,11 @@ two renderings (tests/unit/test_deploy_k8s.py).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import re
+import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +275,112 @@ def check_expression(expr: str) -> list[str]:
             if label and not label.startswith("<<") and label not in known:
                 problems.append(f"grouping by {label!r}, which no series has")
     return problems
+
+
+# The image configuration a Dockerfile stage declares: what a container engine runs from it.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass
+class Healthcheck:
+    """A HEALTHCHECK, with Docker's defaults for the options it leaves out (start interval:
+    Docker Engine 25 or later)."""
+
+    command: list[str]
+    interval: float = 30.0
+    timeout: float = 30.0
+    start_period: float = 0.0
+    start_interval: float = 5.0
+    retries: int = 3
+
+
+@dataclass
+class Image:
+    """One stage's ENTRYPOINT, CMD, ENV, USER, WORKDIR, VOLUME, EXPOSE and HEALTHCHECK."""
+
+    entrypoint: list[str] = dataclasses.field(default_factory=list)
+    cmd: list[str] = dataclasses.field(default_factory=list)
+    env: dict[str, str] = dataclasses.field(default_factory=lambda: {"PATH": DEFAULT_PATH})
+    user: str = "root"
+    workdir: str = "/"
+    volumes: list[str] = dataclasses.field(default_factory=list)
+    expose: list[str] = dataclasses.field(default_factory=list)
+    healthcheck: Healthcheck | None = None
+
+
+def _seconds(text: str) -> float:
+    parts = DURATION.findall(text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    return sum(float(n) * DURATION_UNITS[u] for n, u in parts)
+
+
+def _exec_form(text: str) -> list[str]:
+    """An instruction's exec form (a JSON array), or its shell form run by /bin/sh -c."""
+    text = text.strip()
+    if text.startswith("["):
+        value = json.loads(text)
+        assert isinstance(value, list) and all(isinstance(v, str) for v in value), text
+        return value
+    return ["/bin/sh", "-c", text]
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    return re.sub(r"\$(?:\{(\w+)\}|(\w+))", lambda m: env.get(m.group(1) or m.group(2), ""), text)
+
+
+def dockerfile_images(path: Path = ROOT / "Dockerfile") -> dict[str, Image]:
+    """Stage name -> the image configuration it declares (a stage FROM another stage starts from
+    that stage's; FROM an external image, from an empty one with Docker's default PATH)."""
+    lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+    text = re.sub(r"\\\n", " ", "\n".join(lines))
+    images: dict[str, Image] = {}
+    image: Image | None = None
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        instruction, _, rest = line.strip().partition(" ")
+        instruction, rest = instruction.upper(), rest.strip()
+        if instruction == "FROM":
+            words = rest.split()
+            name = words[2] if len(words) == 3 and words[1].lower() == "as" else None
+            base = words[0]
+            image = copy.deepcopy(images[base]) if base in images else Image()
+            if name:
+                images[name] = image
+            continue
+        if image is None:
+            assert instruction == "ARG", f"{instruction} before FROM"
+            continue
+        if instruction == "ENV":
+            for pair in shlex.split(rest):
+                key, sep, value = pair.partition("=")
+                assert sep, f"ENV {pair!r}: only the key=value form is read"
+                image.env[key] = _expand(value, image.env)
+        elif instruction == "ENTRYPOINT":
+            image.entrypoint = _exec_form(rest)
+        elif instruction == "CMD":
+            image.cmd = _exec_form(rest)
+        elif instruction == "USER":
+            image.user = _expand(rest, image.env)
+        elif instruction == "WORKDIR":
+            image.workdir = str(Path(image.workdir) / _expand(rest, image.env))
+        elif instruction == "VOLUME":
+            image.volumes += json.loads(rest) if rest.startswith("[") else rest.split()
+        elif instruction == "EXPOSE":
+            image.expose += rest.split()
+        elif instruction == "HEALTHCHECK":
+            if rest.upper() == "NONE":
+                image.healthcheck = None
+                continue
+            options, _, command = rest.partition("CMD ")
+            check = Healthcheck(_exec_form(command))
+            for option in options.split():
+                key, _, value = option.removeprefix("--").partition("=")
+                if key == "retries":
+                    check.retries = int(value)
+                else:
+                    setattr(check, key.replace("-", "_"), _seconds(value))
+            image.healthcheck = check
+    return images

@@ -26,12 +26,14 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 from referencing import Registry, Resource
 
+from multitask_serve.modelrepo.repository import TRUNK_DIR, TRUNK_SPEC
 from multitask_serve.service import oip, routes
 from multitask_serve.service.settings import Settings
 from tests.deploy import (
     K8S,
     KUBERNETES_VERSION,
     by_kind,
+    dockerfile_images,
     kustomization,
     render,
     restricted_violations,
@@ -305,6 +307,36 @@ def test_the_model_repository_is_one_shared_read_write_many_volume():
     assert config["MTS_REPOSITORY"] == "/models"
     mounts = _serving_pod()["spec"]["containers"][0]["volumeMounts"]
     assert {"name": "models", "mountPath": "/models"} in mounts  # writable: admin hot-adds
+
+
+def _mount(container: dict[str, Any], volume: str) -> str:
+    [path] = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume]
+    return path
+
+
+def test_the_job_the_config_the_init_container_and_the_images_agree_on_one_repository_path():
+    """One path for the repository: where the Job builds, where the volume is mounted in every
+    container, MTS_REPOSITORY, what the init container waits for (the trunk spec, published last)
+    and the images' defaults (the build stage's CMD, the serving stages' ENV and VOLUME)."""
+    config = by_kind(DOCS, "ConfigMap")[0]["data"]
+    path = config["MTS_REPOSITORY"]
+    job = by_kind(DOCS, "Job")[0]["spec"]["template"]["spec"]["containers"][0]
+    args = job["args"]
+    assert args[args.index("--repo") + 1] == path
+    assert _mount(job, "models") == path
+    pod = _serving_pod()["spec"]
+    [init] = pod["initContainers"]
+    assert _mount(init, "models") == path
+    assert _mount(pod["containers"][0], "models") == path
+    waits_for = re.findall(r"[\"'](/[^\"']+)[\"']", " ".join(init["command"]))
+    assert waits_for == [f"{path}/{TRUNK_DIR}/{TRUNK_SPEC}"]
+    images = dockerfile_images()
+    build = images["build"].entrypoint + images["build"].cmd
+    assert build[build.index("--repo") + 1] == path
+    assert images["build"].volumes == [path]
+    for name in ("serve", "gpu"):
+        assert images[name].env["MTS_REPOSITORY"] == path, name
+        assert images[name].volumes == [path], name
 
 
 def test_images_point_at_the_registry_named_in_the_kustomization():
