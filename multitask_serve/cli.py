@@ -10,11 +10,12 @@ import logging
 import sys
 from pathlib import Path
 
+from multitask_serve.service.logs import configure as configure_logging
+
 
 def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # Text to stderr (``mts serve`` switches to MTS_LOG_FORMAT once it has read its settings).
+    configure_logging("text", level)
     # The ONNX exporter's optimiser logs every pass at INFO.
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -69,6 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {"repository": args.repo, "host": args.host, "port": args.port}
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        # Before the app loads, so that its start-up lines take the format too.
+        configure_logging(settings.log_format)
         if args.build_if_missing and not _is_built(settings.repository):
             _build(settings.repository, args.encoder, not args.no_train)
         app = create_app(settings)

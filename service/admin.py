@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hmac
 import tempfile
@@ -45,9 +46,14 @@ def require_admin(request: Request, authorization: str | None = Header(None)) ->
 
 
 async def _off_path(request: Request, fn: Callable[..., T], *args: Any) -> T:
-    """Run a head load in the bounded load executor, not on the request threads."""
+    """Run a head load in the bounded load executor, not on the request threads.
+
+    In a copy of the request's context (run_in_executor passes none), so that the load's log lines
+    carry the request id.
+    """
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(request.app.state.loads, functools.partial(fn, *args))
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await loop.run_in_executor(request.app.state.loads, call)
 
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])

@@ -24,6 +24,7 @@ from multitask_serve.service.engine import Engine
 from multitask_serve.service.http_errors import install_handlers
 from multitask_serve.service.limits import BodyLimit, InFlightLimit
 from multitask_serve.service.metrics import Metrics
+from multitask_serve.service.observability import RequestCounter, RequestId
 from multitask_serve.service.predict import Predictor
 from multitask_serve.service.registry import HeadRegistry
 from multitask_serve.service.sessions import Runtime, TrunkSession
@@ -131,6 +132,10 @@ def create_app(
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, upload=settings.max_upload_bytes)
     # Added last, so it runs first: an overloaded process refuses before reading the body.
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight_requests)
+    # Outermost: every answer, the limits' 429 and 413 included, is counted by route and status
+    # and carries an X-Request-ID that every log line of the request names.
+    app.add_middleware(RequestCounter, counter=metrics.http_requests, routes=app.router.routes)
+    app.add_middleware(RequestId)
     return app
 
 

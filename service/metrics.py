@@ -1,10 +1,19 @@
-"""Prometheus metrics on an injected registry, named ``mts_*`` with unit suffixes."""
+"""Prometheus metrics on an injected registry, named ``mts_*`` with unit suffixes, and the
+process's own (``process_*``, ``python_*``) on the same registry."""
 
 from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 # From 100 us (a head-only head on a short text) to 10 s (a full batch of long texts).
 LATENCY_BUCKETS = (
@@ -36,6 +45,16 @@ class Metrics:
             ["task"],
             registry=registry,
             buckets=LATENCY_BUCKETS,
+        )
+        # Every HTTP answer, counted outermost (service/observability.py): 404s, 422s, and the 429s
+        # and 413s the limits give before the app, which the per-task series never see. route is
+        # the route template (e.g. /predict/{task}) or "other", never the raw path, so the series
+        # stay bounded whatever paths clients send.
+        self.http_requests = Counter(
+            "mts_http_requests",
+            "HTTP requests answered, per route template (other: no route), method and status.",
+            ["route", "method", "status"],
+            registry=registry,
         )
         self.requests = Counter(
             "mts_requests",
@@ -110,6 +129,13 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+
+        # The process's CPU, memory, open files and start time, the interpreter's version and
+        # garbage collections: what the default registry would show, on this one. Each registry
+        # gets its own collectors (tests build many apps, each with a registry of its own).
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)  # registers nothing where gc has no statistics
 
     def forget_task(self, task: str) -> None:
         """A removed head's series go with it."""

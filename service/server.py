@@ -20,6 +20,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from multitask_serve.service import logs
 from multitask_serve.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,19 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(app: FastAPI, settings: Settings) -> None:
-    """Serve until a signal, then drain, finish in-flight requests and return."""
+    """Serve until a signal, then drain, finish in-flight requests and return.
+
+    Logging goes through the root logger's one handler (``logs.configure``, in
+    ``settings.log_format``): uvicorn gets no log config of its own, so its loggers have no
+    handlers and propagate there, with the request id on its access lines.
+    """
+    logs.configure(settings.log_format)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     DrainingServer(config, app.state.draining.set, settings.shutdown_drain_seconds).run()

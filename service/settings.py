@@ -94,7 +94,13 @@ class Settings(BaseSettings):
     # a hang sooner. Keep it under the readinessProbe's timeoutSeconds (15 in k8s/), or the
     # kubelet gives up first and the reason is lost.
     readiness_timeout_seconds: PositiveFloat = 10.0
+    # uvicorn's log level (its access and error lines); `mts --log-level` sets the rest.
     log_level: str = "info"
+    # Log lines as "text" (one readable line each) or "json" (one object per line: time, level,
+    # logger, message, request_id, and method/path/status on access lines), for a log pipeline
+    # that indexes fields; longer lines, worse to read in a terminal. Either way each line logged
+    # while a request is handled names its X-Request-ID (the client's, or a generated one).
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("admin_token")
     @classmethod

@@ -93,6 +93,10 @@ def test_the_dashboard_covers_latency_throughput_errors_batching_and_heads():
         "mts_queue_wait_duration_seconds_bucket",
         "mts_heads_loaded",
         "mts_requests_in_flight",
+        # Every HTTP answer per status class, the limits' 429s apart from 5xx and other 4xx.
+        'mts_http_requests_total{namespace=~"$namespace", status=~"5.."}',
+        'mts_http_requests_total{namespace=~"$namespace", status="429"}',
+        'status=~"4..", status!="429"',
     ):
         assert series in queries
     ids = [panel["id"] for panel in DASHBOARD["panels"]]
@@ -113,12 +117,21 @@ def test_the_hpa_reads_a_metric_the_adapter_exposes():
 
 def test_every_alert_has_unit_tests_that_see_it_fire_and_stay_quiet():
     alerts = {rule["alert"] for group in ALERT_GROUPS for rule in group["rules"]}
-    assert len(alerts) == 6
+    assert len(alerts) == 7
     cases = yaml.safe_load((K8S / "monitoring" / "alerts-test.yaml").read_text())["tests"]
     checks = [check for case in cases for check in case["alert_rule_test"]]
     fired = {c["alertname"] for c in checks if c["exp_alerts"]}
     quiet = {c["alertname"] for c in checks if not c["exp_alerts"]}
     assert fired == alerts and quiet == alerts
+
+
+def test_the_ratio_alerts_read_5xx_and_429_apart_with_a_traffic_floor():
+    rules = {rule["alert"]: rule["expr"] for group in ALERT_GROUPS for rule in group["rules"]}
+    errors, shedding = rules["MtsErrorRatioHigh"], rules["MtsLoadShedding"]
+    assert 'status=~"5.."' in errors and "429" not in errors
+    assert 'status="429"' in shedding and "5.." not in shedding
+    for expr in (errors, shedding):
+        assert "sum by (namespace, route) (rate(mts_http_requests_total[5m])) > 0.2" in expr
 
 
 @needs_promtool

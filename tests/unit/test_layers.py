@@ -2,7 +2,7 @@
 
 The core (errors, engine, batcher, registry, sessions, tokenize, postprocess, types, and the one
 prediction entry point, predict) is what every wire format calls; only the HTTP side (routes, oip,
-admin, limits, http_errors, app, server) may import the web framework.
+admin, limits, observability, http_errors, app, server) may import the web framework.
 """
 
 from __future__ import annotations
@@ -28,8 +28,19 @@ CORE = (
     "predict",
     "metrics",
     "settings",
+    "logs",
 )
-HTTP_SIDE = ("http_errors", "routes", "oip", "admin", "limits", "schemas", "app", "server")
+HTTP_SIDE = (
+    "http_errors",
+    "routes",
+    "oip",
+    "admin",
+    "limits",
+    "observability",
+    "schemas",
+    "app",
+    "server",
+)
 ROUTE_MODULES = ("routes", "oip", "admin")
 WEB_FRAMEWORKS = ("fastapi", "starlette", "uvicorn")
 
