@@ -49,6 +49,7 @@ import httpx
 import pytest
 import yaml
 
+from bench.process import free_port
 from tests.deploy import K8S, Image, by_kind, dockerfile_images, render
 
 # Which Dockerfile stage builds which image the manifests name (the Dockerfile's header).
@@ -107,12 +108,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
