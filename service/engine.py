@@ -20,7 +20,7 @@ from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.postprocess import decode
 from multitask_serve.service.registry import LoadedHead
 from multitask_serve.service.sessions import CPU, HeadSession, RowPicker, Runtime, Tap, TrunkSession
-from multitask_serve.service.tokenize import TextEncoder
+from multitask_serve.service.tokenize import TextEncoder, Token
 from multitask_serve.service.types import Job, JobResult, Output, TaskResult, TokenizedBatch
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
@@ -186,6 +186,10 @@ class Engine:
             )
         if not np.all(np.isfinite(raw)):
             raise InvalidInput(f"head {spec.task!r} returns non-finite values on a probe text")
+
+    def tokens(self, texts: list[str]) -> list[list[Token]]:
+        """Per text, the tokens the trunk reads (truncated to the served length)."""
+        return self._encoder.tokens(texts)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length sentence embeddings from the last tap (the embedding head's computation)."""
