@@ -129,7 +129,8 @@ class Engine:
         self._metrics.batch_texts.observe(len(texts))
         self._metrics.batch_tokens.observe(int(batch.attention_mask.sum()))
         decoded: dict[int, dict[int, Output]] = {key: {} for key in users}
-        groups = length_groups(batch.attention_mask.sum(axis=1), self._group_cost)
+        lengths = batch.attention_mask.sum(axis=1)
+        groups = length_groups(lengths, self._group_cost)
         for group in groups:
             sub = batch.group(group)  # holds the group's rows in the group's order
             position = {row: i for i, row in enumerate(group)}
@@ -166,6 +167,7 @@ class Engine:
                     for task, head in job.heads.items()
                 },
                 truncated=[batch.truncated[i] for i in span],
+                tokens=[int(lengths[i]) for i in span],
             )
             for job, span in zip(jobs, spans, strict=True)
         ]

@@ -81,7 +81,7 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any
             f"{spec.output_width} dimensions only"
         )
     done = await predictor.run(heads, texts)
-    tokens = sum(len(t) for t in predictor.tokens(texts))
+    tokens = sum(done.tokens)
     data = []
     for i, vector in enumerate(done.results[body.model].outputs):
         unit = _unit(vector)  # type: ignore[arg-type]
