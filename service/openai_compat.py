@@ -68,7 +68,7 @@ def _unit(vector: list[float]) -> list[float]:
 
 
 @router.post("/embeddings", summary="OpenAI embeddings of an embedding task")
-async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
+async def embeddings(body: EmbeddingsRequest, request: Request) -> JSONResponse:
     predictor: Predictor = request.app.state.predictor
     texts = predictor.texts(body.input)
     heads = predictor.resolve([body.model])
@@ -89,12 +89,8 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any
         if body.encoding_format == "base64":
             embedding = base64.b64encode(np.asarray(unit, dtype="<f4").tobytes()).decode()
         data.append({"object": "embedding", "index": i, "embedding": embedding})
-    return {
-        "object": "list",
-        "data": data,
-        "model": body.model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return JSONResponse({"object": "list", "data": data, "model": body.model, "usage": usage})
 
 
 @router.get("/models", summary="OpenAI model list: the embedding tasks")

@@ -147,32 +147,33 @@ def _no_raw_scores(body: PredictRequest) -> None:
 
 
 @router.post("/{task}/embed", summary="TEI /embed: one embedding per text")
-async def embed(task: str, body: EmbedRequest, request: Request) -> list[list[float]]:
+async def embed(task: str, body: EmbedRequest, request: Request) -> JSONResponse:
     result = await _run(request, task, body, {str(Kind.EMBEDDING)})
-    return _embeddings(result, body.normalize)
+    return JSONResponse(_embeddings(result, body.normalize))
 
 
 @router.post("/{task}/predict", summary="TEI /predict: label scores, highest first")
-async def predict(task: str, body: PredictRequest, request: Request) -> Any:
+async def predict(task: str, body: PredictRequest, request: Request) -> JSONResponse:
     _no_raw_scores(body)
     result = await _run(request, task, body, CLASSIFIERS)
     rows = _classes(result)
-    return rows[0] if isinstance(body.inputs, str) else rows
+    return JSONResponse(rows[0] if isinstance(body.inputs, str) else rows)
 
 
 @router.post("/{task}", summary="TEI's root route: embed or predict by the task's kind")
-async def root(task: str, body: RootRequest, request: Request) -> Any:
+async def root(task: str, body: RootRequest, request: Request) -> JSONResponse:
+    # Answers are written as JSON directly, as /predict does, skipping FastAPI's encoder.
     _no_raw_scores(body)
     result = await _run(
         request, task, body, CLASSIFIERS | {str(Kind.EMBEDDING), str(Kind.TOKEN_CLASSIFICATION)}
     )
     if result.kind == Kind.EMBEDDING:
-        return _embeddings(result, body.normalize)
+        return JSONResponse(_embeddings(result, body.normalize))
     if result.kind == Kind.TOKEN_CLASSIFICATION:
         entities = _entities(result)
-        return entities[0] if isinstance(body.inputs, str) else entities
+        return JSONResponse(entities[0] if isinstance(body.inputs, str) else entities)
     # One list per text even for one text: InferenceClient.text_classification reads row 0.
-    return _classes(result)
+    return JSONResponse(_classes(result))
 
 
 @router.post("/{task}/tokenize", summary="TEI /tokenize: the tokens the trunk reads")
