@@ -68,10 +68,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from multitask_serve.service.settings import Settings
 
     overrides = {"repository": args.repo, "host": args.host, "port": args.port}
+    overrides["log_level"] = args.log_level  # mts --log-level: one level for every logger
+    overrides |= {
+        name: getattr(args, f"setting_{name}", None)
+        for name in Settings.model_fields
+        if name not in _OWN_FLAGS
+    }
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-        # Before the app loads, so that its start-up lines take the format too.
-        configure_logging(settings.log_format)
+        # Before the app loads, so that its start-up lines take the format and level too.
+        configure_logging(settings.log_format, settings.log_level)
         if args.build_if_missing and not _is_built(settings.repository):
             _build(settings.repository, args.encoder, not args.no_train)
         app = create_app(settings)
@@ -171,7 +177,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mts", description=__doc__)
-    p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
+    )
+    p.add_argument(
+        "--log-level",
+        help="debug, info, warning or error, for every logger (mts serve: default MTS_LOG_LEVEL, "
+        "else info)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     encoder_help = (
         "local Hugging Face BERT-family directory (default: all-MiniLM-L6-v2 from "
@@ -204,6 +217,7 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-train", action="store_true", help="with --build-if-missing")
     serve.add_argument("--encoder", help="encoder for --build-if-missing")
+    _setting_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
     tr = sub.add_parser("train", help="fine-tune one head and write its archive")
@@ -263,7 +277,45 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# Settings with flags of their own above, or that only make sense in the environment.
+_OWN_FLAGS = {"repository", "host", "port", "log_level"}
+
+
+def _setting_flags(serve: argparse.ArgumentParser) -> None:
+    """One flag per MTS_* setting: ``--batch-max-texts 16`` is ``MTS_BATCH_MAX_TEXTS=16``.
+
+    A flag wins over the variable; values are validated by the settings model, as the variables
+    are. Without the serve extra (no pydantic-settings) the flags are left out.
+    """
+    try:
+        from multitask_serve.service.settings import Settings
+    except ImportError:
+        return
+    group = serve.add_argument_group("settings (each also an MTS_* environment variable)")
+    for name, field in Settings.model_fields.items():
+        if name in _OWN_FLAGS:
+            continue
+        default = field.default if field.default is not None else "unset"
+        if name == "admin_token":
+            default = "unset; prefer the variable: flags show in the process list"
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"setting_{name}",
+            metavar="VALUE",
+            help=f"MTS_{name.upper()} (default: {default})",
+        )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("multitask-serve")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _logging(args.log_level)
+    _logging(args.log_level or "info")
     return int(args.func(args))

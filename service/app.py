@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
 from multitask_serve.modelrepo.types import TrunkSpec, trunk_fingerprint
-from multitask_serve.service import admin, oip, routes
+from multitask_serve.service import admin, oip, openai_compat, routes, tei
 from multitask_serve.service.batcher import Batcher
 from multitask_serve.service.engine import Engine
 from multitask_serve.service.http_errors import install_handlers
@@ -129,6 +129,8 @@ def create_app(
     app.include_router(routes.router)
     app.include_router(admin.router)
     app.include_router(oip.router)
+    app.include_router(tei.router)
+    app.include_router(openai_compat.router)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, upload=settings.max_upload_bytes)
     # Added last, so it runs first: an overloaded process refuses before reading the body.
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight_requests)

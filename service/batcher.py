@@ -180,6 +180,7 @@ class Batcher:
                 for task, result in first.items()
             },
             truncated=[t for p in parts for t in p.truncated],
+            tokens=[n for p in parts for n in p.tokens],
         )
 
     async def check(self, probe: Callable[[], object], timeout: float) -> bool:

@@ -20,7 +20,7 @@ from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.postprocess import decode
 from multitask_serve.service.registry import LoadedHead
 from multitask_serve.service.sessions import CPU, HeadSession, RowPicker, Runtime, Tap, TrunkSession
-from multitask_serve.service.tokenize import TextEncoder
+from multitask_serve.service.tokenize import TextEncoder, Token
 from multitask_serve.service.types import Job, JobResult, Output, TaskResult, TokenizedBatch
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
@@ -129,7 +129,8 @@ class Engine:
         self._metrics.batch_texts.observe(len(texts))
         self._metrics.batch_tokens.observe(int(batch.attention_mask.sum()))
         decoded: dict[int, dict[int, Output]] = {key: {} for key in users}
-        groups = length_groups(batch.attention_mask.sum(axis=1), self._group_cost)
+        lengths = batch.attention_mask.sum(axis=1)
+        groups = length_groups(lengths, self._group_cost)
         for group in groups:
             sub = batch.group(group)  # holds the group's rows in the group's order
             position = {row: i for i, row in enumerate(group)}
@@ -166,6 +167,7 @@ class Engine:
                     for task, head in job.heads.items()
                 },
                 truncated=[batch.truncated[i] for i in span],
+                tokens=[int(lengths[i]) for i in span],
             )
             for job, span in zip(jobs, spans, strict=True)
         ]
@@ -186,6 +188,10 @@ class Engine:
             )
         if not np.all(np.isfinite(raw)):
             raise InvalidInput(f"head {spec.task!r} returns non-finite values on a probe text")
+
+    def tokens(self, texts: list[str]) -> list[list[Token]]:
+        """Per text, the tokens the trunk reads (truncated to the served length)."""
+        return self._encoder.tokens(texts)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length sentence embeddings from the last tap (the embedding head's computation)."""

@@ -3,9 +3,11 @@
 The core raises ``ServiceError``s that carry a code and a message (service/errors.py). This module
 maps a code to its status, adds ``Retry-After`` (429, 503) and ``WWW-Authenticate`` (401), adds
 route hints a client can act on, and writes the body in the form of the route's protocol: the
-service's own ``{"error": {"code", "message"}}`` (``SERVICE``) or the Open Inference Protocol's
-``{"error": message}`` (``OIP``). Our routes' exception handlers (``install_handlers``), the OIP
-route class (service/oip.py) and the limits middleware (service/limits.py) all answer through it.
+service's own ``{"error": {"code", "message"}}`` (``SERVICE``), the Open Inference Protocol's
+``{"error": message}`` (``OIP``), Text Embeddings Inference's ``{"error", "error_type"}`` (``TEI``)
+or OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (``OPENAI``). Our routes'
+exception handlers (``install_handlers``), the route classes of the other formats (service/oip.py,
+tei.py, openai_compat.py) and the limits middleware (service/limits.py) all answer through it.
 """
 
 from __future__ import annotations
@@ -106,10 +108,41 @@ def oip_body(_code: str, message: str) -> dict[str, str]:
     return {"error": message}
 
 
+# Text Embeddings Inference's error_type per core code (TEI's ErrorType, serialized lowercase).
+TEI_ERROR_TYPES: Mapping[str, str] = {
+    "too_large": "validation",
+    "invalid_input": "validation",
+    "not_found": "validation",
+    "overloaded": "overloaded",
+    "unavailable": "unhealthy",
+    "internal": "backend",
+}
+
+
+def tei_body(code: str, message: str) -> dict[str, str]:
+    return {"error": message, "error_type": TEI_ERROR_TYPES.get(code, "backend")}
+
+
+def openai_body(code: str, message: str) -> dict[str, dict[str, str | None]]:
+    kind = "invalid_request_error" if code in ("invalid_input", "too_large", "not_found") else code
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
 # The service's own routes.
 SERVICE = WireFormat(service_body)
 # Open Inference Protocol v2: v2 clients treat any malformed request as a 400 Bad Request.
 OIP = WireFormat(oip_body, {422: 400})
+# Text Embeddings Inference (service/tei.py): a failed inference is TEI's 424 (backend).
+TEI = WireFormat(tei_body, {500: 424})
+# OpenAI's embeddings API (service/openai_compat.py).
+OPENAI = WireFormat(openai_body)
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """One line naming every field a request body got wrong."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+    )
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -121,10 +154,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        return JSONResponse(service_body("invalid_input", problems), 422)
+        return JSONResponse(service_body("invalid_input", validation_message(exc)), 422)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:

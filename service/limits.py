@@ -11,7 +11,14 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from multitask_serve.service.errors import Overloaded, ServiceError, TooLarge
-from multitask_serve.service.http_errors import OIP, SERVICE, WireFormat, as_http_exception
+from multitask_serve.service.http_errors import (
+    OIP,
+    OPENAI,
+    SERVICE,
+    TEI,
+    WireFormat,
+    as_http_exception,
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,10 @@ INFERENCE_ROUTES: tuple[InferenceRoute, ...] = (
     InferenceRoute("POST", re.compile(r"/predict(?:/[^/]+)?"), SERVICE),
     # Open Inference Protocol (service/oip.py): POST /v2/models/{task}[/versions/{v}]/infer.
     InferenceRoute("POST", re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer"), OIP),
+    # Text Embeddings Inference (service/tei.py): POST /tei/{task}[/embed|/predict].
+    InferenceRoute("POST", re.compile(r"/tei/[^/]+(?:/embed|/predict)?"), TEI),
+    # OpenAI (service/openai_compat.py): POST /v1/embeddings.
+    InferenceRoute("POST", re.compile(r"/v1/embeddings"), OPENAI),
 )
 
 

@@ -21,6 +21,7 @@ from multitask_serve.service.errors import InvalidInput, TooLarge, Unavailable
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.registry import HeadRegistry, LoadedHead
 from multitask_serve.service.settings import Settings
+from multitask_serve.service.tokenize import Token
 from multitask_serve.service.types import JobResult
 
 
@@ -70,6 +71,10 @@ class Predictor:
     def resolve(self, tasks: list[str]) -> dict[str, LoadedHead]:
         """The served heads of ``tasks`` from one snapshot (raises UnknownTask)."""
         return self.registry.resolve(tasks)
+
+    def tokens(self, texts: list[str]) -> list[list[Token]]:
+        """Per text, the tokens the trunk reads: what a request costs, counted in tokens."""
+        return self.probe_engine.tokens(texts)
 
     async def run(self, heads: Mapping[str, LoadedHead], texts: list[str]) -> JobResult:
         """Every prediction's path: the micro-batcher, then per-task metrics."""

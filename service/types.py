@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -71,3 +71,4 @@ class Job:
 class JobResult:
     results: dict[str, TaskResult]
     truncated: list[bool]
+    tokens: list[int] = field(default_factory=list)  # per text: tokens the trunk read

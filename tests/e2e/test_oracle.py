@@ -85,7 +85,9 @@ texts = st.one_of(
 
 @dataclass(frozen=True)
 class Call:
-    route: str  # "task" (/predict/<task>), "multi" (/predict) or "v2" (/v2/models/<task>/infer)
+    # "task" (/predict/<task>), "multi" (/predict), "v2" (/v2/models/<task>/infer) or "tei"
+    # (/tei/<task>, TEI's root route)
+    route: str
     tasks: tuple[str, ...]
     inputs: str | tuple[str, ...]
 
@@ -111,7 +113,8 @@ def calls(tasks: tuple[str, ...]) -> st.SearchStrategy[Call]:
     v2 = st.builds(
         Call, st.just("v2"), st.sampled_from(STABLE).map(lambda t: (t,)), batch.map(_as_list)
     )
-    return st.one_of(single, multi, v2)
+    tei = st.builds(Call, st.just("tei"), st.sampled_from(STABLE).map(lambda t: (t,)), batch)
+    return st.one_of(single, multi, v2, tei)
 
 
 def _as_list(inputs: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -179,6 +182,9 @@ class Harness:
         if call.route == "multi":
             body = {"tasks": list(call.tasks), "inputs": call.inputs}
             return client.post(f"{server}/predict", json=body)
+        if call.route == "tei":
+            body = {"inputs": call.inputs, "truncate": True, "normalize": False}
+            return client.post(f"{server}/tei/{call.tasks[0]}", json=body)
         tensor = {"name": "text", "datatype": "BYTES", "shape": [len(call.texts)]}
         body = {"inputs": [{**tensor, "data": call.texts}]}
         return client.post(f"{server}/v2/models/{call.tasks[0]}/infer", json=body)
@@ -274,6 +280,9 @@ class Harness:
         for task in call.tasks:
             if call.route == "v2":
                 answers = from_v2(self.kinds[task], body, len(call.texts))
+            elif call.route == "tei":
+                refs = [self.references[(task, text)] for text in call.texts]
+                answers = from_tei(self.kinds[task], body, single, refs)
             else:
                 part = body if call.route == "task" else body[task]
                 outputs = [part["outputs"]] if single else part["outputs"]
@@ -315,6 +324,41 @@ def from_v2(kind: str, body: dict[str, Any], n: int) -> list[tuple[Any, bool]]:
             )
         ]
     return list(zip(outputs, flags, strict=True))
+
+
+def from_tei(
+    kind: str, body: Any, single: bool, refs: list[dict[str, Any]]
+) -> list[tuple[Any, bool]]:
+    """Per text (output in the native form, truncated) from TEI's root route's answer.
+
+    TEI's answers carry no truncation flag; the call asks for truncation, so the reference's flag
+    stands in. Label scores come back in the reference's label order when the labels agree.
+    """
+    if kind == "token-classification" and single:
+        body = [body]
+    outputs: list[Any] = []
+    for row, ref in zip(body, refs, strict=False):
+        if kind == "embedding":
+            outputs.append(row)
+        elif kind == "token-classification":
+            outputs.append(
+                [
+                    {
+                        "entity": e["entity_group"],
+                        "start": e["start"],
+                        "end": e["end"],
+                        "text": e["word"],
+                        "score": e["score"],
+                    }
+                    for e in row
+                ]
+            )
+        else:
+            scores = {p["label"]: p["score"] for p in row}
+            if set(scores) == set(ref["output"]["scores"]):
+                scores = {label: scores[label] for label in ref["output"]["scores"]}
+            outputs.append({"label": row[0]["label"], "score": row[0]["score"], "scores": scores})
+    return [(output, ref["truncated"]) for output, ref in zip(outputs, refs, strict=False)]
 
 
 def oracle_machine(harness: Harness) -> type[RuleBasedStateMachine]:

@@ -78,6 +78,8 @@ def aim(case: schemathesis.Case, task: str | None) -> schemathesis.Case:
         case.path_parameters["task"] = task
     if isinstance(case.body, dict) and isinstance(case.body.get("tasks"), list):
         case.body["tasks"] = [task, *case.body["tasks"]][:2]
+    if isinstance(case.body, dict) and isinstance(case.body.get("model"), str):  # OpenAI's
+        case.body["model"] = task
     return case
 
 
@@ -86,8 +88,14 @@ def check(case: schemathesis.Case) -> None:
     STATUSES[response.status_code] += 1
     assert response.status_code < 500, f"{case.as_curl_command()}\n-> {response.text}"
     if response.status_code >= 400:  # the error contract holds for whatever was sent
-        error = response.json()["error"]
+        body = response.json()
+        error = body["error"]
         if case.path.startswith("/v2"):  # the Open Inference Protocol's form: {"error": "..."}
             assert isinstance(error, str) and error, response.text
+        elif case.path.startswith("/tei/"):  # TEI's: {"error": "...", "error_type": "..."}
+            assert set(body) == {"error", "error_type"} and error, response.text
+        elif case.path.startswith("/v1/"):  # OpenAI's: {"error": {"message", "type", ...}}
+            assert set(error) == {"message", "type", "param", "code"}, response.text
+            assert error["message"], response.text
         else:
             assert set(error) == {"code", "message"} and error["message"], response.text

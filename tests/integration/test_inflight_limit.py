@@ -23,6 +23,10 @@ INFERENCE_OPERATIONS = {
     ("POST", "/predict/{task}"),
     ("POST", "/v2/models/{task}/infer"),
     ("POST", "/v2/models/{task}/versions/{version}/infer"),
+    ("POST", "/tei/{task}"),
+    ("POST", "/tei/{task}/embed"),
+    ("POST", "/tei/{task}/predict"),
+    ("POST", "/v1/embeddings"),
 }
 
 

@@ -34,6 +34,8 @@ HTTP_SIDE = (
     "http_errors",
     "routes",
     "oip",
+    "tei",
+    "openai_compat",
     "admin",
     "limits",
     "observability",
@@ -41,7 +43,7 @@ HTTP_SIDE = (
     "app",
     "server",
 )
-ROUTE_MODULES = ("routes", "oip", "admin")
+ROUTE_MODULES = ("routes", "oip", "tei", "openai_compat", "admin")
 WEB_FRAMEWORKS = ("fastapi", "starlette", "uvicorn")
 
 

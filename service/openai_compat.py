@@ -1,0 +1,106 @@
+"""OpenAI's embeddings API for the embedding tasks: ``POST /v1/embeddings``, ``GET /v1/models``.
+
+Code written for the ``openai`` SDK (``OpenAI(base_url="<base>/v1").embeddings.create(model=task,
+input=...)``) and the frameworks built on it read embeddings from a task unchanged. ``model`` is
+the task's name; ``input`` one text or a list of texts; ``encoding_format`` ``float`` or
+``base64`` (little-endian float32 bytes); ``usage`` counts the tokens the trunk read (the served
+tokenizer, special tokens included, after truncation). Vectors are the task's embeddings scaled to
+unit length, as OpenAI's are. Predictions go through the one prediction entry point
+(service/predict.py ``Predictor``); errors take OpenAI's ``{"error": {"message", "type", "param",
+"code"}}`` form (service/http_errors.py ``OPENAI``).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from multitask_serve.modelrepo.types import Kind
+from multitask_serve.service.errors import InvalidInput, ServiceError
+from multitask_serve.service.http_errors import OPENAI, validation_message
+from multitask_serve.service.predict import Predictor
+
+
+class OpenAIRoute(APIRoute):
+    """Answers every error in OpenAI's form: ServiceErrors, the body limit, invalid bodies."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (ServiceError, HTTPException) as exc:
+                return OPENAI.response(exc)
+            except RequestValidationError as exc:
+                status, body, headers = OPENAI.answer(422, "invalid_input", validation_message(exc))
+                return JSONResponse(body, status, headers=headers or None)
+
+        return handle
+
+
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+
+
+class EmbeddingsRequest(BaseModel):
+    # The SDK may send fields we do not serve (user); they are ignored as OpenAI ignores them.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(description="The embedding task's name.")
+    input: str | list[str] = Field(description="One text, or a list of texts.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, description="Only the task's own width is served.")
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector] if norm > 0 else vector
+
+
+@router.post("/embeddings", summary="OpenAI embeddings of an embedding task")
+async def embeddings(body: EmbeddingsRequest, request: Request) -> JSONResponse:
+    predictor: Predictor = request.app.state.predictor
+    texts = predictor.texts(body.input)
+    heads = predictor.resolve([body.model])
+    spec = heads[body.model].spec
+    if spec.kind != Kind.EMBEDDING:
+        raise InvalidInput(f"model {body.model!r} is a {spec.kind} task, not an embedding task")
+    if body.dimensions is not None and body.dimensions != spec.output_width:
+        raise InvalidInput(
+            f"dimensions={body.dimensions}: model {body.model!r} serves "
+            f"{spec.output_width} dimensions only"
+        )
+    done = await predictor.run(heads, texts)
+    tokens = sum(done.tokens)
+    data = []
+    for i, vector in enumerate(done.results[body.model].outputs):
+        unit = _unit(vector)  # type: ignore[arg-type]
+        embedding: list[float] | str = unit
+        if body.encoding_format == "base64":
+            embedding = base64.b64encode(np.asarray(unit, dtype="<f4").tobytes()).decode()
+        data.append({"object": "embedding", "index": i, "embedding": embedding})
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return JSONResponse({"object": "list", "data": data, "model": body.model, "usage": usage})
+
+
+@router.get("/models", summary="OpenAI model list: the embedding tasks")
+async def models(request: Request) -> dict[str, Any]:
+    heads = request.app.state.registry.snapshot()
+    return {
+        "object": "list",
+        "data": [
+            {"id": task, "object": "model", "created": 0, "owned_by": "multitask-serve"}
+            for task, head in sorted(heads.items())
+            if head.spec.kind == Kind.EMBEDDING
+        ],
+    }

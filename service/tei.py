@@ -1,0 +1,230 @@
+"""Hugging Face Text Embeddings Inference (TEI) routes, one TEI "model" per task: ``/tei/<task>``.
+
+Clients written for TEI (``huggingface_hub.InferenceClient`` with ``model="<base>/tei/<task>"``,
+plain HTTP callers of ``/embed``, ``/predict``, ``/tokenize``, ``/info``) point at a task
+unchanged. Shapes follow TEI's router (router/src/http/types.rs, server.rs): ``/embed`` answers
+``[[float]]``, ``/predict`` ``[{"label", "score"}]`` sorted by score (a list of those for a list of
+texts), ``/tokenize`` ``[[{"id", "text", "special", "start", "stop"}]]``. TEI's root route embeds
+or predicts by the model's kind; for a classifier it always answers one list per text, the shape
+``InferenceClient.text_classification`` reads (it takes the first row). Token classification
+answers ``[{"entity_group", "score", "word", "start", "end"}]``, what
+``InferenceClient.token_classification`` reads. Everything goes through the one prediction entry
+point (service/predict.py ``Predictor``); errors take TEI's ``{"error", "error_type"}`` form and
+statuses (service/http_errors.py ``TEI``): 413 too many texts, 422 invalid input, 424 backend,
+429 overloaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from multitask_serve.modelrepo.types import Kind
+from multitask_serve.service.errors import InvalidInput, ServiceError, TooLarge
+from multitask_serve.service.http_errors import TEI, validation_message
+from multitask_serve.service.predict import Predictor
+from multitask_serve.service.types import JobResult, TaskResult
+
+
+class TeiRoute(APIRoute):
+    """Answers every error in TEI's form: ServiceErrors, the body limit, invalid bodies."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (ServiceError, HTTPException) as exc:
+                return TEI.response(exc)
+            except RequestValidationError as exc:
+                status, body, headers = TEI.answer(422, "invalid_input", validation_message(exc))
+                return JSONResponse(body, status, headers=headers or None)
+
+        return handle
+
+
+router = APIRouter(prefix="/tei", tags=["text embeddings inference"], route_class=TeiRoute)
+
+
+class TeiRequest(BaseModel):
+    # TEI ignores fields it does not read (huggingface_hub sends "parameters"), and so do we.
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: str | list[str] = Field(description="One text, or a list of texts.")
+    truncate: bool = Field(
+        False, description="Cut texts longer than the served length; false: refuse them (413)."
+    )
+
+
+class EmbedRequest(TeiRequest):
+    normalize: bool = Field(True, description="Scale every embedding to unit length.")
+
+
+class PredictRequest(TeiRequest):
+    raw_scores: bool = Field(False, description="Not supported: only probabilities are served.")
+
+
+class RootRequest(EmbedRequest, PredictRequest):
+    pass
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: str | list[str]
+    add_special_tokens: bool = True
+
+
+async def _run(request: Request, task: str, body: TeiRequest, kinds: set[str]) -> TaskResult:
+    predictor: Predictor = request.app.state.predictor
+    texts = predictor.texts(body.inputs)
+    heads = predictor.resolve([task])
+    kind = str(heads[task].spec.kind)
+    if kind not in kinds:
+        raise InvalidInput(f"task {task!r} is a {kind} head; this route serves {sorted(kinds)}")
+    done: JobResult = await predictor.run(heads, texts)
+    if not body.truncate and any(done.truncated):
+        index = done.truncated.index(True)
+        raise TooLarge(
+            f"inputs[{index}] is longer than the served maximum of "
+            f"{request.app.state.max_length} tokens; send truncate=true to cut it"
+        )
+    return done.results[task]
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector] if norm > 0 else vector
+
+
+def _embeddings(result: TaskResult, normalize: bool) -> list[list[float]]:
+    vectors = cast(list[list[float]], result.outputs)
+    return [_unit(v) for v in vectors] if normalize else vectors
+
+
+def _classes(result: TaskResult) -> list[list[dict[str, Any]]]:
+    """Per text, every label with its probability, highest first (TEI's ``Prediction``)."""
+    rows = []
+    for out in cast(list[dict[str, Any]], result.outputs):
+        scores: dict[str, float] = out["scores"]
+        ranked = sorted(scores.items(), key=lambda item: -item[1])
+        rows.append([{"label": label, "score": score} for label, score in ranked])
+    return rows
+
+
+def _entities(result: TaskResult) -> list[list[dict[str, Any]]]:
+    """Per text, its entities in huggingface_hub's ``TokenClassificationOutputElement`` shape."""
+    return [
+        [
+            {
+                "entity_group": e["entity"],
+                "score": e["score"],
+                "word": e["text"],
+                "start": e["start"],
+                "end": e["end"],
+            }
+            for e in out
+        ]
+        for out in cast(list[list[dict[str, Any]]], result.outputs)
+    ]
+
+
+CLASSIFIERS = {str(Kind.SEQUENCE_CLASSIFICATION), str(Kind.ZERO_SHOT)}
+
+
+def _no_raw_scores(body: PredictRequest) -> None:
+    if body.raw_scores:
+        raise InvalidInput("raw_scores=true is not supported: heads serve probabilities only")
+
+
+@router.post("/{task}/embed", summary="TEI /embed: one embedding per text")
+async def embed(task: str, body: EmbedRequest, request: Request) -> JSONResponse:
+    result = await _run(request, task, body, {str(Kind.EMBEDDING)})
+    return JSONResponse(_embeddings(result, body.normalize))
+
+
+@router.post("/{task}/predict", summary="TEI /predict: label scores, highest first")
+async def predict(task: str, body: PredictRequest, request: Request) -> JSONResponse:
+    _no_raw_scores(body)
+    result = await _run(request, task, body, CLASSIFIERS)
+    rows = _classes(result)
+    return JSONResponse(rows[0] if isinstance(body.inputs, str) else rows)
+
+
+@router.post("/{task}", summary="TEI's root route: embed or predict by the task's kind")
+async def root(task: str, body: RootRequest, request: Request) -> JSONResponse:
+    # Answers are written as JSON directly, as /predict does, skipping FastAPI's encoder.
+    _no_raw_scores(body)
+    result = await _run(
+        request, task, body, CLASSIFIERS | {str(Kind.EMBEDDING), str(Kind.TOKEN_CLASSIFICATION)}
+    )
+    if result.kind == Kind.EMBEDDING:
+        return JSONResponse(_embeddings(result, body.normalize))
+    if result.kind == Kind.TOKEN_CLASSIFICATION:
+        entities = _entities(result)
+        return JSONResponse(entities[0] if isinstance(body.inputs, str) else entities)
+    # One list per text even for one text: InferenceClient.text_classification reads row 0.
+    return JSONResponse(_classes(result))
+
+
+@router.post("/{task}/tokenize", summary="TEI /tokenize: the tokens the trunk reads")
+async def tokenize(task: str, body: TokenizeRequest, request: Request) -> list[list[dict]]:
+    predictor: Predictor = request.app.state.predictor
+    texts = predictor.texts(body.inputs)
+    predictor.resolve([task])
+    return [
+        [
+            {
+                "id": t.id,
+                "text": t.text if t.special else text[t.start : t.stop],
+                "special": t.special,
+                "start": None if t.special else t.start,
+                "stop": None if t.special else t.stop,
+            }
+            for t in tokens
+            if body.add_special_tokens or not t.special
+        ]
+        for text, tokens in zip(texts, predictor.tokens(texts), strict=True)
+    ]
+
+
+@router.get("/{task}/info", summary="TEI /info: what the task is and its limits")
+async def info(task: str, request: Request) -> dict[str, Any]:
+    predictor: Predictor = request.app.state.predictor
+    head = predictor.resolve([task])[task]
+    settings = request.app.state.settings
+    spec = head.spec
+    model_type: dict[str, Any]
+    if spec.kind == Kind.EMBEDDING:
+        model_type = {"embedding": {"pooling": spec.pooling}}
+    else:
+        id2label = {str(i): label for i, label in enumerate(spec.labels)}
+        label2id = {label: i for i, label in enumerate(spec.labels)}
+        model_type = {"classifier": {"id2label": id2label, "label2id": label2id}}
+    return {
+        "model_id": task,
+        "model_sha": request.app.state.engine.trunk_spec.fingerprint,
+        "model_dtype": settings.trunk_precision,
+        "model_type": model_type,
+        "max_concurrent_requests": settings.max_in_flight_requests,
+        "max_input_length": request.app.state.max_length,
+        "max_batch_tokens": settings.batch_max_tokens,
+        "max_batch_requests": None,
+        "max_client_batch_size": settings.max_batch_texts,
+        "auto_truncate": False,
+        "tokenization_workers": 1,
+        "version": request.app.version,
+        "sha": None,
+        "docker_label": None,
+        "kind": str(spec.kind),
+        "head_version": head.version,
+    }
