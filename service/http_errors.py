@@ -13,13 +13,14 @@ tei.py, openai_compat.py) and the limits middleware (service/limits.py) all answ
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from multitask_serve.service.errors import ServiceError, UnknownTask
@@ -143,6 +144,29 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
     )
+
+
+def route_class(wire: WireFormat) -> type[APIRoute]:
+    """A route class whose routes answer every error in ``wire``'s form: core errors, the body
+    limit (an HTTPException raised while the body is read) and bodies that fail validation."""
+
+    class WireRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def handle(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except (ServiceError, HTTPException) as exc:
+                    return wire.response(exc)
+                except RequestValidationError as exc:
+                    message = validation_message(exc)
+                    status, body, headers = wire.answer(422, "invalid_input", message)
+                    return JSONResponse(body, status, headers=headers or None)
+
+            return handle
+
+    return WireRoute
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -15,18 +15,16 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 
 from multitask_serve.modelrepo.types import HeadSpec, OipTensor
-from multitask_serve.service.errors import InvalidInput, NotFound, ServiceError
-from multitask_serve.service.http_errors import OIP
+from multitask_serve.service.errors import InvalidInput, NotFound
+from multitask_serve.service.http_errors import OIP, route_class
 from multitask_serve.service.predict import Predictor
 from multitask_serve.service.registry import LoadedHead
 from multitask_serve.service.types import TaskResult
@@ -37,25 +35,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "multitask-serve"
 
 
-class OipRoute(APIRoute):
-    """Answers ServiceErrors as ``{"error": message}``, the protocol's form, not the service's.
-
-    422 becomes 400: v2 clients treat any malformed request as a 400 Bad Request (``OIP``).
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (ServiceError, HTTPException) as exc:  # HTTPException: the body limit
-                return OIP.response(exc)
-
-        return handle
-
-
-router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=OipRoute)
+router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=route_class(OIP))
 
 
 @dataclass(frozen=True)

@@ -14,42 +14,19 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException
 
 from multitask_serve.modelrepo.types import Kind
-from multitask_serve.service.errors import InvalidInput, ServiceError
-from multitask_serve.service.http_errors import OPENAI, validation_message
+from multitask_serve.service.errors import InvalidInput
+from multitask_serve.service.http_errors import OPENAI, route_class
 from multitask_serve.service.predict import Predictor
 
-
-class OpenAIRoute(APIRoute):
-    """Answers every error in OpenAI's form: ServiceErrors, the body limit, invalid bodies."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (ServiceError, HTTPException) as exc:
-                return OPENAI.response(exc)
-            except RequestValidationError as exc:
-                status, body, headers = OPENAI.answer(422, "invalid_input", validation_message(exc))
-                return JSONResponse(body, status, headers=headers or None)
-
-        return handle
-
-
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=route_class(OPENAI))
 
 
 class EmbeddingsRequest(BaseModel):

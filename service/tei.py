@@ -17,42 +17,19 @@ statuses (service/http_errors.py ``TEI``): 413 too many texts, 422 invalid input
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException
 
 from multitask_serve.modelrepo.types import Kind
-from multitask_serve.service.errors import InvalidInput, ServiceError, TooLarge
-from multitask_serve.service.http_errors import TEI, validation_message
+from multitask_serve.service.errors import InvalidInput, TooLarge
+from multitask_serve.service.http_errors import TEI, route_class
 from multitask_serve.service.predict import Predictor
 from multitask_serve.service.types import JobResult, TaskResult
 
-
-class TeiRoute(APIRoute):
-    """Answers every error in TEI's form: ServiceErrors, the body limit, invalid bodies."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (ServiceError, HTTPException) as exc:
-                return TEI.response(exc)
-            except RequestValidationError as exc:
-                status, body, headers = TEI.answer(422, "invalid_input", validation_message(exc))
-                return JSONResponse(body, status, headers=headers or None)
-
-        return handle
-
-
-router = APIRouter(prefix="/tei", tags=["text embeddings inference"], route_class=TeiRoute)
+router = APIRouter(prefix="/tei", tags=["text embeddings inference"], route_class=route_class(TEI))
 
 
 class TeiRequest(BaseModel):
