@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,6 +49,29 @@ def _is_built(repo: Path) -> bool:
     return ModelRepository(repo).has_trunk()
 
 
+def _build_in_child(repo: Path, encoder: str | None, train_heads: bool, log_level: str) -> int:
+    """``mts build --if-missing`` in a child process; its exit status.
+
+    Building imports torch and trains; done in the serving process, libtorch and the training's
+    memory stayed mapped for the server's whole life. The child's output is this process's: its
+    progress lines show where the server's would. A SIGTERM while it runs (a pod deleted during
+    the first start) stops the child too.
+    """
+    command = [sys.executable, "-m", "multitask_serve", "--log-level", log_level, "build"]
+    command += ["--repo", str(repo), "--if-missing"]
+    command += ["--encoder", encoder] if encoder else []
+    command += [] if train_heads else ["--no-train"]
+    child = subprocess.Popen(command)
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if child.poll() is None:  # interrupted (Ctrl+C): do not leave the build running
+            child.terminate()
+            child.wait()
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     if args.if_missing and _is_built(args.repo):
         print(f"{args.repo} holds a complete repository; not rebuilding")
@@ -79,7 +104,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Before the app loads, so that its start-up lines take the format and level too.
         configure_logging(settings.log_format, settings.log_level)
         if args.build_if_missing and not _is_built(settings.repository):
-            _build(settings.repository, args.encoder, not args.no_train)
+            status = _build_in_child(
+                settings.repository, args.encoder, not args.no_train, settings.log_level
+            )
+            if status != 0:
+                print(
+                    f"mts serve: building {settings.repository} failed (mts build exited with "
+                    f"{status}); nothing is served",
+                    file=sys.stderr,
+                )
+                return 2
         app = create_app(settings)
     except (
         ValidationError,
@@ -213,7 +247,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--build-if-missing",
         action="store_true",
-        help="build the default repository first if --repo does not exist",
+        help="build the default repository first if --repo holds none (in a child process: the "
+        "server never loads torch)",
     )
     serve.add_argument("--no-train", action="store_true", help="with --build-if-missing")
     serve.add_argument("--encoder", help="encoder for --build-if-missing")
