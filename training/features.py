@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
 from multitask_serve.export.modules import Trunk, run_layers
+from multitask_serve.export.progress import progress
 from multitask_serve.export.samples import tokenizer_from_json
 from multitask_serve.training.data import TextExample, TokenExample
 
@@ -126,7 +126,7 @@ class TapSource:
             # Similar lengths together: less padding computed once.
             order = sorted(range(len(encoded.ids)), key=lambda i: len(encoded.ids[i]))
             chunks = [order[i : i + 64] for i in range(0, len(order), 64)]
-            for chunk in tqdm(chunks, desc=desc or f"tap {branch} cache", leave=False):
+            for chunk in progress(chunks, desc or f"tap {branch} cache"):
                 taps, mask = self._run(chunk)
                 for row, i in enumerate(chunk):
                     cached[i] = taps[row, : int(mask[row].sum())].clone()

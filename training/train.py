@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
 from multitask_serve.export.modules import Head, Trunk, top_layers
+from multitask_serve.export.progress import progress
 from multitask_serve.modelrepo.types import KINDS, HeadSpec, Kind
 from multitask_serve.training import memory
 from multitask_serve.training.data import Split, is_token_split, load_dataset
@@ -200,7 +200,7 @@ def _epoch(
     loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE)
     total, count = 0.0, 0
     batches = list(source.batches(shuffle=True, generator=generator))
-    for batch in tqdm(batches, desc=desc, leave=False):
+    for batch in progress(batches, desc):
         logits = head(batch.hidden, batch.mask)
         loss = loss_fn(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
@@ -260,7 +260,9 @@ def train(
     history: list[dict[str, Any]] = []
     stale = 0
     epochs = config.resolved_epochs(strat)
-    bar = tqdm(range(epochs), desc=f"{config.task} {config.strategy} seed {config.seed}")
+    bar = progress(
+        range(epochs), f"{config.task} {config.strategy} seed {config.seed}", per_step=True
+    )
     for epoch in bar:
         loss = _epoch(head, train_src, optimizer, generator, f"epoch {epoch + 1}")
         val = evaluate(head, val_src, split.validation, split.labels)
