@@ -103,7 +103,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         command = [sys.executable, "-m", "multitask_serve", "serve", "--repo", str(repo)]
         command += ["--port", str(port), "--build-if-missing", *encoder]
         command += ["--no-train"] if args.no_train else []
-        log = workdir / f"round-{i}.log"
+        log = (args.logs or workdir) / f"round-{i}.log"
         first = serve_once(command, port, log, args.requests)
         restart = serve_once(command, port, log, args.requests)
         rounds.append({"first_run": first, "restart": restart})
@@ -134,7 +134,10 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=200, help="warm-up requests per server")
     p.add_argument("--label", default="default", help="the key of this run in --out")
     p.add_argument("--out", type=Path, default=Path("bench/results/first-run-rss.json"))
+    p.add_argument("--logs", type=Path, help="keep the servers' output (the build's too) here")
     args = p.parse_args()
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="first-run-rss-") as tmp:
         result = measure(args, Path(tmp))
     result["settings"] = {
