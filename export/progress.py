@@ -38,6 +38,15 @@ def progress(iterable: Iterable[T], desc: str, *, per_step: bool = False) -> Pro
     return Lines(iterable, desc, per_step)
 
 
+def library_bars() -> None:
+    """Silence the bars of the libraries a build uses (transformers' weight loading) where stderr
+    is not a terminal; their figures say nothing a log needs."""
+    if not interactive():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 class Lines(Generic[T]):
     """tqdm's interface as plain lines on stderr: ``desc: 2/3 loss=0.41 (3.2 s)``."""
 

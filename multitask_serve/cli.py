@@ -32,9 +32,11 @@ def _build(repo: Path, encoder: str | None, train_heads: bool) -> None:
     try:
         from multitask_serve.export.build import build_repository
         from multitask_serve.export.encoder import load_encoder
+        from multitask_serve.export.progress import library_bars
         from multitask_serve.training.build import build_with_heads
     except ImportError as exc:
         _needs_train_extra(exc)
+    library_bars()
     loaded = load_encoder(encoder) if encoder else None
     if train_heads:
         build_with_heads(repo, loaded)
