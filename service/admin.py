@@ -80,10 +80,14 @@ def _added(head: LoadedHead) -> JSONResponse:
 @router.post(
     "/heads/{task}",
     summary="Hot-add a head from a .tar.gz archive (the request body)",
+    status_code=201,
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+            "content": {
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in ("application/gzip", "application/octet-stream")
+            },
         }
     },
 )
@@ -164,7 +168,11 @@ def _rewind(staged: IO[bytes], pending: list[bytes]) -> None:
     staged.seek(0)
 
 
-@router.post("/heads/{task}/zero-shot", summary="Hot-add a zero-shot head from label descriptions")
+@router.post(
+    "/heads/{task}/zero-shot",
+    summary="Hot-add a zero-shot head from label descriptions",
+    status_code=201,
+)
 async def add_zero_shot(task: str, body: ZeroShotRequest, request: Request) -> JSONResponse:
     task = _task(task)
     labels = (

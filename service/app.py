@@ -22,9 +22,10 @@ from multitask_serve.service import admin, oip, openai_compat, routes, tei
 from multitask_serve.service.batcher import Batcher
 from multitask_serve.service.engine import Engine
 from multitask_serve.service.http_errors import install_handlers
-from multitask_serve.service.limits import BodyLimit, InFlightLimit
+from multitask_serve.service.limits import BodyLimit, InFlightLimit, is_inference
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.observability import RequestCounter, RequestId
+from multitask_serve.service.openapi import document_errors
 from multitask_serve.service.predict import Predictor
 from multitask_serve.service.registry import HeadRegistry
 from multitask_serve.service.sessions import Runtime, TrunkSession
@@ -131,6 +132,8 @@ def create_app(
     app.include_router(oip.router)
     app.include_router(tei.router)
     app.include_router(openai_compat.router)
+    # /openapi.json documents every error each route answers, in its wire format.
+    document_errors(app, is_inference)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, upload=settings.max_upload_bytes)
     # Added last, so it runs first: an overloaded process refuses before reading the body.
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight_requests)

@@ -8,6 +8,9 @@ service's own ``{"error": {"code", "message"}}`` (``SERVICE``), the Open Inferen
 or OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (``OPENAI``). Our routes'
 exception handlers (``install_handlers``), the route classes of the other formats (service/oip.py,
 tei.py, openai_compat.py) and the limits middleware (service/limits.py) all answer through it.
+Each format's body is also described as JSON Schema (``ERROR_SCHEMAS``, which the OpenAPI document
+references: service/openapi.py), and a method a path does not serve gets 405 in its route's form
+with ``Allow`` (``method_not_allowed``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.exceptions import HTTPException
 
 from multitask_serve.service.errors import ServiceError, UnknownTask
@@ -79,9 +82,13 @@ def as_http_exception(error: ServiceError) -> HTTPException:
 
 @dataclass(frozen=True)
 class WireFormat:
-    """One protocol's error answers: ``body(code, message)``, and statuses it answers otherwise."""
+    """One protocol's error answers: ``body(code, message)``, and statuses it answers otherwise.
+
+    ``schema`` names the body's JSON Schema in the OpenAPI document (``ERROR_SCHEMAS``).
+    """
 
     body: Callable[[str, str], Any]
+    schema: str
     statuses: Mapping[int, int] = field(default_factory=dict)
 
     def answer(self, status: int, code: str, message: str) -> tuple[int, Any, dict[str, str]]:
@@ -98,6 +105,7 @@ class WireFormat:
         else:
             code = FRAMEWORK_CODES.get(exc.status_code, "http_error")
             status, body, headers = self.answer(exc.status_code, code, str(exc.detail))
+            headers = {**(exc.headers or {}), **headers}  # a 405's Allow, for one
         return JSONResponse(body, status, headers=headers or None)
 
 
@@ -114,6 +122,8 @@ TEI_ERROR_TYPES: Mapping[str, str] = {
     "too_large": "validation",
     "invalid_input": "validation",
     "not_found": "validation",
+    "method_not_allowed": "validation",
+    "unsupported_media_type": "validation",
     "overloaded": "overloaded",
     "unavailable": "unhealthy",
     "internal": "backend",
@@ -130,13 +140,79 @@ def openai_body(code: str, message: str) -> dict[str, dict[str, str | None]]:
 
 
 # The service's own routes.
-SERVICE = WireFormat(service_body)
+SERVICE = WireFormat(service_body, "Error")
 # Open Inference Protocol v2: v2 clients treat any malformed request as a 400 Bad Request.
-OIP = WireFormat(oip_body, {422: 400})
+OIP = WireFormat(oip_body, "OipError", {422: 400})
 # Text Embeddings Inference (service/tei.py): a failed inference is TEI's 424 (backend).
-TEI = WireFormat(tei_body, {500: 424})
+TEI = WireFormat(tei_body, "TeiError", {500: 424})
 # OpenAI's embeddings API (service/openai_compat.py).
-OPENAI = WireFormat(openai_body)
+OPENAI = WireFormat(openai_body, "OpenAIError")
+
+
+def _string(description: str) -> dict[str, str]:
+    return {"type": "string", "description": description}
+
+
+# Each wire format's error body as JSON Schema, for the OpenAPI document (service/openapi.py).
+ERROR_SCHEMAS: Mapping[str, dict[str, Any]] = {
+    "Error": {
+        "title": "Error",
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {
+                        "type": "string",
+                        "description": "What went wrong, for a client to switch on.",
+                        "enum": sorted({*STATUS, *FRAMEWORK_CODES.values(), "http_error"}),
+                    },
+                    "message": _string("What went wrong, for a person."),
+                },
+            }
+        },
+    },
+    "OipError": {
+        "title": "OipError",
+        "description": "The Open Inference Protocol's error body.",
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": _string("What went wrong.")},
+    },
+    "TeiError": {
+        "title": "TeiError",
+        "description": "Text Embeddings Inference's error body.",
+        "type": "object",
+        "required": ["error", "error_type"],
+        "properties": {
+            "error": _string("What went wrong."),
+            "error_type": {
+                "type": "string",
+                "enum": sorted({*TEI_ERROR_TYPES.values(), "backend"}),
+            },
+        },
+    },
+    "OpenAIError": {
+        "title": "OpenAIError",
+        "description": "OpenAI's error body.",
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": _string("What went wrong."),
+                    "type": _string("invalid_request_error, or the error's code."),
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+            }
+        },
+    },
+}
 
 
 def validation_message(exc: RequestValidationError) -> str:
@@ -151,6 +227,8 @@ def route_class(wire: WireFormat) -> type[APIRoute]:
     limit (an HTTPException raised while the body is read) and bodies that fail validation."""
 
     class WireRoute(APIRoute):
+        errors = wire  # read by the OpenAPI document (service/openapi.py) and 405s
+
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
@@ -169,6 +247,22 @@ def route_class(wire: WireFormat) -> type[APIRoute]:
     return WireRoute
 
 
+def method_not_allowed(request: Request, exc: HTTPException) -> JSONResponse:
+    """405 in the form of the route the path belongs to, with ``Allow`` listing every method the
+    path serves (Starlette's lists only the first route that matched the path)."""
+    route = request.scope.get("route")
+    wire: WireFormat = getattr(route, "errors", SERVICE)
+    methods: set[str] = set()
+    for candidate in iter_route_contexts(request.app.routes):
+        path_regex = getattr(candidate, "path_regex", None)
+        if path_regex is not None and path_regex.fullmatch(request.scope["path"]):
+            methods |= set(candidate.methods or ())
+    allow = ", ".join(sorted(methods)) or (exc.headers or {})["Allow"]
+    message = f"{request.method} is not served at {request.url.path}; it serves {allow}"
+    status, body, headers = wire.answer(405, "method_not_allowed", message)
+    return JSONResponse(body, status, headers={**headers, "Allow": allow})
+
+
 def install_handlers(app: FastAPI) -> None:
     """Every error of the app's own routes in the service's form; OIP routes answer their own."""
 
@@ -181,7 +275,9 @@ def install_handlers(app: FastAPI) -> None:
         return JSONResponse(service_body("invalid_input", validation_message(exc)), 422)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 405 and "Allow" in (exc.headers or {}):  # the router's
+            return method_not_allowed(request, exc)
         return SERVICE.response(exc)
 
     @app.exception_handler(Exception)

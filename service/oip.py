@@ -37,6 +37,69 @@ PLATFORM = "multitask-serve"
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=route_class(OIP))
 
+_ANY_PARAMETERS = {"type": "object", "description": "Extension parameters."}
+# The request body is read by parse_infer, not by a model, so the document says what it accepts:
+# one BYTES tensor named "text" (the binary tensor extension sends its data after the JSON, which
+# the Inference-Header-Content-Length header then measures).
+INFER_REQUEST = {
+    "title": "InferenceRequest",
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {
+            "type": "object",
+            "properties": {"binary_data_output": {"type": "boolean"}},
+        },
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "datatype", "shape", "data"],
+                "properties": {
+                    "name": {"const": INPUT_NAME},
+                    "datatype": {"const": "BYTES"},
+                    "shape": {
+                        "type": "array",
+                        "items": {"type": "integer", "minimum": 0},
+                        "description": "Its product is the number of texts in data.",
+                    },
+                    "data": {"type": "array", "items": {"type": "string"}},
+                    "parameters": _ANY_PARAMETERS,
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "parameters": _ANY_PARAMETERS},
+            },
+        },
+    },
+}
+INFER_DOC: dict[str, Any] = {
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": INFER_REQUEST}},
+        }
+    },
+    "responses": {
+        200: {
+            "description": "The output tensors; with binary outputs asked for, the JSON header "
+            "then the tensors' bytes (Inference-Header-Content-Length says where they begin).",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+}
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -119,6 +182,16 @@ def _flatten(data: Any) -> list[Any]:
     return [data]
 
 
+def _parameters(entry: dict[str, Any], what: str) -> dict[str, Any]:
+    """An entry's ``parameters``: an object, or absent."""
+    params = entry.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"'parameters' of {what} must be an object")
+    return params
+
+
 def _texts(tensor: dict[str, Any], binary: bytes) -> list[str]:
     if tensor.get("name") != INPUT_NAME or tensor.get("datatype") != "BYTES":
         raise InvalidInput(
@@ -128,7 +201,7 @@ def _texts(tensor: dict[str, Any], binary: bytes) -> list[str]:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise InvalidInput("input 'shape' must be a list of non-negative integers")
-    params = tensor.get("parameters") or {}
+    params = _parameters(tensor, "input 'text'")
     if "binary_data_size" in params:
         items: list[Any] = _decode_bytes(binary)
     elif "data" in tensor:
@@ -166,8 +239,8 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     if len(request["inputs"]) != 1 or not isinstance(request["inputs"][0], dict):
         raise InvalidInput(f"send exactly one input, {INPUT_NAME!r} (BYTES)")
     texts = _texts(request["inputs"][0], body[size:])
-    params = request.get("parameters") or {}
-    binary_default = bool(isinstance(params, dict) and params.get("binary_data_output"))
+    params = _parameters(request, "the inference request")
+    binary_default = bool(params.get("binary_data_output"))
     wanted = None
     if request.get("outputs") is not None:
         outputs = request["outputs"]
@@ -176,7 +249,9 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         ):
             raise InvalidInput("'outputs' must be a list of objects with a 'name'")
         wanted = {
-            o["name"]: bool((o.get("parameters") or {}).get("binary_data", binary_default))
+            o["name"]: bool(
+                _parameters(o, f"output {o['name']!r}").get("binary_data", binary_default)
+            )
             for o in outputs
         }
     request_id = None if request.get("id") is None else str(request["id"])
@@ -212,7 +287,9 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="A real inference through trunk and a head")
+@router.get(
+    "/health/ready", summary="A real inference through trunk and a head", responses={503: {}}
+)
 async def ready(request: Request) -> dict[str, bool]:
     await _predictor(request).ready()  # raises Unavailable (503) if the probe inference fails
     return {"ready": True}
@@ -292,11 +369,13 @@ async def version_ready(request: Request, task: str, version: str) -> dict[str, 
     return {"name": _head(request, task, version).spec.task, "ready": True}
 
 
-@router.post("/models/{task}/infer", summary="Inference")
+@router.post("/models/{task}/infer", summary="Inference", **INFER_DOC)
 async def model_infer(request: Request, task: str) -> Response:
     return await _infer(request, _head(request, task))
 
 
-@router.post("/models/{task}/versions/{version}/infer", summary="Inference on one version")
+@router.post(
+    "/models/{task}/versions/{version}/infer", summary="Inference on one version", **INFER_DOC
+)
 async def version_infer(request: Request, task: str, version: str) -> Response:
     return await _infer(request, _head(request, task, version))

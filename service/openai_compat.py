@@ -25,16 +25,17 @@ from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.errors import InvalidInput
 from multitask_serve.service.http_errors import OPENAI, route_class
 from multitask_serve.service.predict import Predictor
+from multitask_serve.service.schemas import Texts
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=route_class(OPENAI))
 
 
 class EmbeddingsRequest(BaseModel):
     # The SDK may send fields we do not serve (user); they are ignored as OpenAI ignores them.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(description="The embedding task's name.")
-    input: str | list[str] = Field(description="One text, or a list of texts.")
+    input: Texts = Field(description="One text, or a list of texts.")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, description="Only the task's own width is served.")
 

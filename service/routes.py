@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from multitask_serve.service.engine import Engine
 from multitask_serve.service.predict import Predictor
@@ -20,6 +20,16 @@ from multitask_serve.service.schemas import MultiPredictRequest, PredictRequest
 from multitask_serve.service.types import TaskResult
 
 router = APIRouter()
+
+# Statuses a route answers beyond what its shape implies (service/openapi.py adds the body).
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {}}
+
+
+class MetricsResponse(Response):
+    """Prometheus' text format, version 0.0.4 (what ``generate_latest`` writes: legacy names, which
+    every scraper reads), named so that the OpenAPI document gives its media type."""
+
+    media_type = CONTENT_TYPE_PLAIN_0_0_4
 
 
 def _body(result: TaskResult, truncated: list[bool], single: bool) -> dict[str, Any]:
@@ -80,7 +90,12 @@ async def tasks(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/healthz", tags=["health"], summary="The process lives and can still serve")
+@router.get(
+    "/healthz",
+    tags=["health"],
+    summary="The process lives and can still serve",
+    responses=UNAVAILABLE,
+)
 async def healthz(request: Request) -> dict[str, str]:
     """Liveness: 503 once the batch worker has stopped, which nothing but a restart repairs.
 
@@ -91,7 +106,12 @@ async def healthz(request: Request) -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["health"], summary="A real inference queued through the batch worker")
+@router.get(
+    "/readyz",
+    tags=["health"],
+    summary="A real inference queued through the batch worker",
+    responses=UNAVAILABLE,
+)
 async def readyz(request: Request) -> dict[str, Any]:
     """Ready when the batch worker runs a probe inference, or is busy finishing batches.
 
@@ -103,8 +123,12 @@ async def readyz(request: Request) -> dict[str, Any]:
     return {"status": "ready", "heads": ready.heads, "probe": "ran" if ready.ran else "busy"}
 
 
-@router.get("/metrics", tags=["health"], summary="Prometheus metrics")
-async def metrics(request: Request) -> Response:
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+@router.get(
+    "/metrics",
+    tags=["health"],
+    summary="Prometheus metrics",
+    response_class=MetricsResponse,
+    responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> MetricsResponse:
+    return MetricsResponse(generate_latest(request.app.state.metrics.registry))

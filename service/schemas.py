@@ -1,14 +1,40 @@
-"""Request bodies of the wire format (pydantic), so OpenAPI at /docs documents them."""
+"""Request bodies of the wire formats (pydantic), so that OpenAPI at /docs documents them.
+
+``Texts`` is what every prediction route reads: one text, or a non-empty list of texts (the one
+prediction entry point, service/predict.py, refuses an empty list whatever the route).
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+
+Texts = str | Annotated[list[str], Field(min_length=1)]
+# A label or a description: something besides whitespace.
+NonBlank = Annotated[str, StringConstraints(pattern=r"\S")]
+_NON_BLANK = {"type": "string", "pattern": r"\S"}
+# pydantic documents dict keys as patternProperties, which lets any other key through.
+LabelMap = Annotated[
+    dict[NonBlank, NonBlank],
+    Field(min_length=2),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "minProperties": 2,
+            "propertyNames": _NON_BLANK,
+            "additionalProperties": _NON_BLANK,
+        }
+    ),
+]
+LabelList = Annotated[list[NonBlank], Field(min_length=2, json_schema_extra={"uniqueItems": True})]
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a field is its documented JSON type, never coerced (0 is no boolean, "2" no integer).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    inputs: str | list[str] = Field(
+    inputs: Texts = Field(
         description="One text, or a list of texts; the answer keeps the same shape.",
         examples=["The striker scored twice in the final."],
     )
@@ -21,18 +47,19 @@ class MultiPredictRequest(PredictRequest):
 
 
 class ZeroShotRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Python's idea of whitespace, as the route's checks (str.strip) have it.
+    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
-    labels: dict[str, str] | list[str] = Field(
+    labels: LabelMap | LabelList = Field(
         description="Label -> description (a short phrase that embeds the label's meaning), "
-        "or a list of labels that describe themselves.",
+        "or a list of labels that describe themselves; at least two, each label once.",
         examples=[{"sport": "sport, football, matches", "tech": "technology and software"}],
     )
     replace: bool = Field(False, description="Serve a new version if the task exists.")
 
 
 class RollbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     version: int | None = Field(
         None, ge=1, description="Version to serve; default: the newest one older than current."

@@ -27,16 +27,18 @@ from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.errors import InvalidInput, TooLarge
 from multitask_serve.service.http_errors import TEI, route_class
 from multitask_serve.service.predict import Predictor
+from multitask_serve.service.schemas import Texts
 from multitask_serve.service.types import JobResult, TaskResult
 
 router = APIRouter(prefix="/tei", tags=["text embeddings inference"], route_class=route_class(TEI))
 
 
 class TeiRequest(BaseModel):
-    # TEI ignores fields it does not read (huggingface_hub sends "parameters"), and so do we.
-    model_config = ConfigDict(extra="ignore")
+    # TEI ignores fields it does not read (huggingface_hub sends "parameters"), and so do we; the
+    # fields it reads take their JSON type only, as TEI's do (0 is no boolean).
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    inputs: str | list[str] = Field(description="One text, or a list of texts.")
+    inputs: Texts = Field(description="One text, or a list of texts.")
     truncate: bool = Field(
         False, description="Cut texts longer than the served length; false: refuse them (413)."
     )
@@ -47,7 +49,11 @@ class EmbedRequest(TeiRequest):
 
 
 class PredictRequest(TeiRequest):
-    raw_scores: bool = Field(False, description="Not supported: only probabilities are served.")
+    raw_scores: bool = Field(
+        False,
+        description="Not supported: only probabilities are served.",
+        json_schema_extra={"const": False},
+    )
 
 
 class RootRequest(EmbedRequest, PredictRequest):
@@ -55,9 +61,9 @@ class RootRequest(EmbedRequest, PredictRequest):
 
 
 class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    inputs: str | list[str]
+    inputs: Texts
     add_special_tokens: bool = True
 
 
