@@ -47,6 +47,8 @@ class Runtime:
     # Keep taps on the device between trunk and heads. None: on for CUDA, off for the CPU, where
     # numpy arrays already are where the graphs run. On for the CPU only to test the bound path.
     io_binding: bool | None = None
+    # Let each session's intra-op workers spin after a run instead of sleeping. Off: see options().
+    spinning: bool = False
 
     @property
     def bound(self) -> bool:
@@ -83,7 +85,9 @@ class Runtime:
         # Each session owns a thread pool whose workers spin after a run. With a trunk and many
         # heads on few cores the spinning pools starve each other: measured on 2 cores
         # (bench/heads_vs_models.py), trunk + 3 heads took 83.8 ms spinning vs 38.0 ms not.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.spinning else "0"
+        )
         return options
 
     def session(self, model: str | bytes) -> ort.InferenceSession:

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # total, are read into memory.
     max_body_bytes: int = 1 << 20
     max_upload_bytes: int = 512 << 20
+    # uvicorn's event loop and HTTP/1.1 parser. "auto" takes uvloop and httptools (the serve
+    # extra installs both): measured in BENCHMARKS.md against asyncio and h11, the pure-Python pair.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    http_parser: Literal["auto", "h11", "httptools"] = "auto"
     # Micro-batching: concurrent requests (any tasks) share one trunk run. A batch closes at
     # batch_max_texts texts, batch_max_tokens estimated tokens, or batch_max_wait_ms after its
     # first request arrived. With 0, a batch is what queued up while the previous one ran: no

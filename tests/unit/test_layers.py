@@ -2,7 +2,7 @@
 
 The core (errors, engine, batcher, registry, sessions, tokenize, postprocess, types, and the one
 prediction entry point, predict) is what every wire format calls; only the HTTP side (routes, oip,
-admin, limits, observability, http_errors, app, server) may import the web framework.
+admin, limits, observability, http_errors, responses, app, server) may import the web framework.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ HTTP_SIDE = (
     "limits",
     "observability",
     "schemas",
+    "responses",
     "app",
     "server",
 )
