@@ -145,6 +145,7 @@ def main() -> None:
             "ours int8": (mts, {"MTS_TRUNK_PRECISION": INT8}),
             "ours (asyncio, h11)": (mts, {"MTS_EVENT_LOOP": "asyncio", "MTS_HTTP_PARSER": "h11"}),
             "ours, batch limit 1": (mts, {"MTS_BATCH_MAX_TEXTS": "1"}),
+            "ours, no CPU arena": (mts, {"MTS_CPU_ARENA": "false"}),
         }
         env = {"HF_HUB_OFFLINE": "1", "MTS_LOG_LEVEL": "warning"}
         sides = {}
@@ -202,8 +203,9 @@ def main() -> None:
             http("mixed, 1 text", side, "mixed", 1, args.connections)
             http("all tasks, 1 text", side, "all tasks", 1, args.connections)
             http("all tasks, 8 texts", side, "all tasks", 8, args.connections)
-        for side in ("ours", "ours (asyncio, h11)"):
+        for side in ("ours", "ours (asyncio, h11)", "ours, no CPU arena"):
             http("concurrency 1, 1 text", side, LATENCY_TASK, 1, 1)
+        http("all tasks, 8 texts", "ours, no CPU arena", "all tasks", 8, args.connections)
         http("1 text, batch 1", "ours, batch limit 1", LATENCY_TASK, 1, args.connections)
         http("16 texts", "ours", LATENCY_TASK, 16, 4)
         for spinning, raw in raws.items():
@@ -215,7 +217,7 @@ def main() -> None:
         for warm_up in warm_ups:
             warm_up()
         memory: dict[str, dict[str, list[float]]] = {}
-        for side in ("pipelines", "ours", "ours int8"):
+        for side in ("pipelines", "ours", "ours int8", "ours, no CPU arena"):
             memory[side] = {"warm": [memory_mb(sides[side].pid)["VmRSS"]]}
         rounds: dict[tuple[str, str], list[dict[str, float]]] = {}
         for r in range(args.rounds):
