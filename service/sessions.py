@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import logging
 import threading
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeAlias
@@ -52,7 +53,7 @@ class Runtime:
     # Let each session's intra-op workers spin after a run instead of sleeping. Off: see options().
     spinning: bool = False
     # ONNX Runtime's CPU memory arena: keeps the largest activations seen for reuse.
-    cpu_arena: bool = True
+    cpu_arena: bool = False
 
     @property
     def bound(self) -> bool:
@@ -241,6 +242,45 @@ class TrunkSession:
             if segment.end == deepest:
                 break
         return {name: out[name] for name in taps}
+
+    def run_rows(
+        self, feeds: dict[str, np.ndarray], needs: Mapping[int, Collection[int]]
+    ) -> dict[int, tuple[Tap, list[int]]]:
+        """Each tap for the rows that need it: ``needs`` maps a tap to the rows (of the batch)
+        whose heads read it. A row goes through the layers up to the deepest tap it needs and no
+        further, so in a batch mixing shallow and deep heads only the deep heads' rows pay for
+        the last layers. Returns, per tap, its hidden state and the rows it holds (ascending; at
+        least the rows asked for, possibly more). Taps kept on a device hold every row.
+        """
+        rows = feeds[HEAD_MASK_INPUT].shape[0]
+        plan = self.prepare(set(needs))
+        if self._whole is not None or self._runtime.bound:
+            taps = self.run(feeds, [tap_name(t) for t in needs])
+            return {t: (taps[tap_name(t)], list(range(rows))) for t in needs}
+        depth = [-1] * rows  # the deepest tap each row needs
+        for tap, wanting in needs.items():
+            for row in wanting:
+                depth[row] = max(depth[row], tap)
+        active = list(range(rows))  # the rows ``hidden`` holds, ascending
+        mask = feeds[HEAD_MASK_INPUT]
+        out: dict[int, tuple[Tap, list[int]]] = {}
+        hidden: np.ndarray | None = None
+        for segment in plan.segments:
+            if segment.start is None:
+                hidden = self._run_segment(segment, feeds)
+            else:
+                assert hidden is not None
+                keep = [i for i, row in enumerate(active) if depth[row] >= segment.end]
+                if len(keep) < len(active):
+                    hidden, active = hidden[keep], [active[i] for i in keep]
+                hidden = self._run_segment(
+                    segment, {HEAD_MASK_INPUT: mask[active]}, tap_name(segment.start), hidden
+                )
+            if segment.end in needs:
+                out[segment.end] = (hidden, active)
+            if len(out) == len(needs):
+                break
+        return out
 
     def _run_segment(
         self,

@@ -24,9 +24,10 @@ class Settings(BaseSettings):
     # ONNX Runtime threads per session run; 0 lets ORT use every core. One process per pod in
     # Kubernetes, so the pod's CPU limit is the number to put here.
     intra_op_threads: int = 0
-    # ONNX Runtime's CPU memory arena, which keeps the largest activations seen for reuse: off
-    # returns them to the allocator after each run. Latency and memory of both in BENCHMARKS.md.
-    cpu_arena: bool = True
+    # ONNX Runtime's CPU memory arena keeps the largest activations it has seen for reuse: one
+    # 32 x 128-token batch left MiniLM's trunk at 473 MiB resident with it, 186 MiB without.
+    # Off by default; latency and memory of both in BENCHMARKS.md.
+    cpu_arena: bool = False
     # Where the trunk and heads run. cuda needs the gpu extra (onnxruntime-gpu); the trunk's taps
     # then stay on the device between trunk and heads (IO binding).
     device: Literal["cpu", "cuda"] = "cpu"

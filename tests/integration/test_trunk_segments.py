@@ -128,3 +128,36 @@ def test_a_trunk_that_cannot_be_cut_runs_whole(tmp_path, caplog):
     table = np.arange(40, dtype=np.float32).reshape(10, 4)
     np.testing.assert_array_equal(both[tap_name(1)], table[[[1, 2, 3]]])
     np.testing.assert_array_equal(both[tap_name(2)], 2 * table[[[1, 2, 3]]])
+
+
+def test_rows_go_only_as_deep_as_their_own_heads(trunk, monkeypatch):
+    spec, path, whole = trunk
+    session = TrunkSession(path)
+    last = spec.num_layers
+    ran: list[tuple[int, int]] = []  # (segment end, rows it ran on)
+    run_segment = session._run_segment
+
+    def counting(segment, feeds, *args):
+        out = run_segment(segment, feeds, *args)
+        ran.append((segment.end, out.shape[0]))
+        return out
+
+    monkeypatch.setattr(session, "_run_segment", counting)
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        feeds = feeds_for(spec, rng, 8, int(rng.integers(2, 30)))
+        # Rows 0-7: some read tap 1, some the last tap, some both; every row reads something.
+        shallow = {int(r) for r in rng.choice(8, size=int(rng.integers(1, 8)), replace=False)}
+        deep = set(range(8)) - shallow | {int(rng.integers(0, 8))}
+        ran.clear()
+        got = session.run_rows(feeds, {1: shallow, last: deep})
+        assert ran[0] == (1, 8)  # the first cut: every row
+        assert sum(rows for end, rows in ran[1:]) == len(deep) * (len(ran) - 1)
+        expected = dict(
+            zip((1, last), whole.run([tap_name(1), tap_name(last)], feeds), strict=True)
+        )
+        for tap, wanted in ((1, shallow), (last, deep)):
+            hidden, held = got[tap]
+            assert held == sorted(held) and wanted <= set(held)
+            # A row's layers run on fewer rows, the same padded width: the same values.
+            np.testing.assert_array_equal(hidden, expected[tap][held])
