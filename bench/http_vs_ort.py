@@ -24,7 +24,7 @@ from process import serving as mts_serving
 from tokenizers import Tokenizer
 
 from multitask_serve.modelrepo.repository import ModelRepository
-from multitask_serve.service.sessions import HeadSession, TrunkSession
+from multitask_serve.service.sessions import CPU, HeadSession, Runtime, TrunkSession
 
 TEXTS = [
     "The central bank raised interest rates by half a point on Thursday.",
@@ -39,12 +39,12 @@ class RawPipeline:
     """Tokenize, trunk, one head, softmax in this process with the service's own session
     wrappers (same options), and no HTTP, no batcher."""
 
-    def __init__(self, repo: ModelRepository, task: str = TASK) -> None:
+    def __init__(self, repo: ModelRepository, task: str = TASK, runtime: Runtime = CPU) -> None:
         spec = repo.read_trunk_spec()
-        self._trunk = TrunkSession(repo.trunk_model_path)
+        self._trunk = TrunkSession(repo.trunk_model_path, runtime)
         stored = repo.read_head(task)
         self._head = HeadSession(
-            stored.model_path.read_bytes(), stored.spec.output_name, spec.hidden_size
+            stored.model_path.read_bytes(), stored.spec.output_name, spec.hidden_size, runtime
         )
         self._tokenizer = Tokenizer.from_file(str(repo.tokenizer_path))
         self._tokenizer.enable_truncation(max_length=spec.max_length)

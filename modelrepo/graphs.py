@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from multitask_serve.modelrepo.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT
+from multitask_serve.modelrepo.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT, tap_name
 
 OPSET = 18
 # Stated rather than the onnx package's default, which newer onnx releases raise beyond what the
@@ -160,3 +160,37 @@ def external_data_locations(model: bytes) -> list[str]:
             where = {e.key: e.value for e in tensor.external_data}.get("location", "?")
             found.append(f"{tensor.name or '<unnamed>'} -> {where}")
     return found
+
+
+class NotSegmentable(ValueError):
+    """A trunk graph whose layers read more of the trunk's inputs than the attention mask."""
+
+
+def trunk_segment(
+    model: onnx.ModelProto, start: int | None, end: int, mask_input: str = HEAD_MASK_INPUT
+) -> onnx.ModelProto:
+    """The part of a trunk graph from tap ``start`` (None: the trunk's inputs) to tap ``end``.
+
+    A segment that starts at a tap reads (``tap_<start>``, attention_mask) and yields ``tap_<end>``,
+    so a chain of segments computes exactly the nodes of the whole graph, each once: the same
+    kernels on the same values, bit-identical taps. Exporters read a batch's dimensions from
+    whichever input has them; every trunk input is (batch, seq), so a ``Shape`` of another input is
+    read from the mask instead. Any other use of another input is refused (``NotSegmentable``).
+    """
+    from onnx.utils import Extractor
+
+    inputs = [i.name for i in model.graph.input]
+    if start is None:
+        return Extractor(model).extract_model(inputs, [tap_name(end)])
+    segment = Extractor(model).extract_model([tap_name(start), mask_input], [tap_name(end)])
+    others = set(inputs) - {mask_input}
+    for node in segment.graph.node:
+        if node.op_type == "Shape" and node.input[0] in others:
+            node.input[0] = mask_input
+        elif others.intersection(node.input):
+            raise NotSegmentable(
+                f"node {node.name or node.op_type!r} between taps {start} and {end} reads "
+                f"{sorted(others.intersection(node.input))}"
+            )
+    onnx.checker.check_model(segment)
+    return segment

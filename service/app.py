@@ -52,7 +52,11 @@ def create_app(
     max_length = min(settings.max_length or trunk_spec.max_length, trunk_spec.max_length)
     metrics = Metrics(metrics_registry or CollectorRegistry())
     runtime = Runtime(
-        settings.device, settings.cuda_device_id, settings.intra_op_threads, settings.io_binding
+        settings.device,
+        settings.cuda_device_id,
+        settings.intra_op_threads,
+        settings.io_binding,
+        cpu_arena=settings.cpu_arena,
     )
     runtime.check()
     trunk = TrunkSession(trunk_path, runtime, "fp16" if fp16 else "fp32")

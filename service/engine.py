@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from multitask_serve.modelrepo import graphs
-from multitask_serve.modelrepo.types import KINDS, HeadSpec, Kind, TrunkSpec, tap_name
+from multitask_serve.modelrepo.types import KINDS, HeadSpec, Kind, TrunkSpec
 from multitask_serve.service.errors import InvalidInput
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.postprocess import decode
@@ -91,17 +91,22 @@ class Engine:
         self._metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - t0)
         return batch
 
-    def _trunk_taps(self, batch: TokenizedBatch, taps: set[int]) -> dict[int, Tap]:
+    def _trunk_taps(
+        self, batch: TokenizedBatch, needs: dict[int, set[int]]
+    ) -> dict[int, tuple[Tap, list[int]]]:
+        """Per tap, its hidden state and the rows it holds (``TrunkSession.run_rows``)."""
         t0 = time.perf_counter()
-        names = sorted(taps)
-        out = self._trunk.run(batch.feeds, [tap_name(i) for i in names])
+        out = self._trunk.run_rows(batch.feeds, needs)
         self._metrics.stage_seconds.labels("trunk").observe(time.perf_counter() - t0)
         self._metrics.trunk_runs.inc()
-        return {i: out[tap_name(i)] for i in names}
+        return out
 
     def _run_trunk(self, texts: list[str], taps: set[int]) -> tuple[TokenizedBatch, dict[int, Tap]]:
+        """Every row at these taps."""
         batch = self._encode(texts)
-        return batch, self._trunk_taps(batch, taps)
+        every = set(range(batch.size))
+        out = self._trunk_taps(batch, dict.fromkeys(taps, every))
+        return batch, {tap: hidden for tap, (hidden, _) in out.items()}
 
     def predict(
         self, heads: Mapping[str, LoadedHead], texts: list[str]
@@ -137,20 +142,25 @@ class Engine:
             members = {
                 key: [row for row in rows if row in position] for key, (_, rows) in users.items()
             }
-            needed = {users[key][0].spec.branch_layer for key, rows in members.items() if rows}
-            taps = self._trunk_taps(sub, needed)
+            needs: dict[int, set[int]] = {}
+            for key, rows in members.items():
+                tap = users[key][0].spec.branch_layer
+                needs.setdefault(tap, set()).update(position[row] for row in rows)
+            taps = self._trunk_taps(sub, {tap: rows for tap, rows in needs.items() if rows})
             for key, rows in members.items():
                 if not rows:
                     continue
                 head = users[key][0]
                 t0 = time.perf_counter()
-                hidden = taps[head.spec.branch_layer]
+                hidden, held = taps[head.spec.branch_layer]
+                local = [position[row] for row in rows]
                 if len(rows) == sub.size:  # every row of the group, in the group's order
                     served, part = group, sub
                 else:
-                    local = [position[row] for row in rows]
                     served, part = rows, sub.rows(local)
-                    hidden = self._rows.take(hidden, local)
+                if local != held:  # the tap holds other rows too: pick this head's
+                    at = {row: i for i, row in enumerate(held)}
+                    hidden = self._rows.take(hidden, [at[row] for row in local])
                 raw = head.session.run(hidden, part.attention_mask)
                 outputs = decode(head.spec, raw, part, [texts[row] for row in served])
                 decoded[key].update(zip(served, outputs, strict=True))

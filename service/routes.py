@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from multitask_serve.service.engine import Engine
 from multitask_serve.service.predict import Predictor
 from multitask_serve.service.registry import HeadRegistry
+from multitask_serve.service.responses import JSON
 from multitask_serve.service.schemas import MultiPredictRequest, PredictRequest
 from multitask_serve.service.types import TaskResult
 
@@ -43,25 +43,25 @@ def _body(result: TaskResult, truncated: list[bool], single: bool) -> dict[str, 
 
 
 @router.post("/predict/{task}", tags=["predict"], summary="Run one task")
-async def predict_task(task: str, body: PredictRequest, request: Request) -> JSONResponse:
+async def predict_task(task: str, body: PredictRequest, request: Request) -> JSON:
     predictor: Predictor = request.app.state.predictor
     texts = predictor.texts(body.inputs)
     done = await predictor.run(predictor.resolve([task]), texts)
     result = done.results[task]
-    return JSONResponse(
+    return JSON(
         _body(result, done.truncated, isinstance(body.inputs, str)),
         headers={"X-Head-Version": str(result.version)},
     )
 
 
 @router.post("/predict", tags=["predict"], summary="Run several tasks with one trunk run")
-async def predict_tasks(body: MultiPredictRequest, request: Request) -> dict[str, Any]:
+async def predict_tasks(body: MultiPredictRequest, request: Request) -> JSON:
     predictor: Predictor = request.app.state.predictor
     texts = predictor.texts(body.inputs)
     tasks = list(dict.fromkeys(body.tasks))
     done = await predictor.run(predictor.resolve(tasks), texts)
     single = isinstance(body.inputs, str)
-    return {task: _body(done.results[task], done.truncated, single) for task in tasks}
+    return JSON({task: _body(done.results[task], done.truncated, single) for task in tasks})
 
 
 @router.get("/tasks", tags=["tasks"], summary="What is served")

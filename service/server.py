@@ -82,6 +82,8 @@ def serve(app: FastAPI, settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,
+        loop=settings.event_loop,
+        http=settings.http_parser,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     DrainingServer(config, app.state.draining.set, settings.shutdown_drain_seconds).run()

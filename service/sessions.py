@@ -7,6 +7,11 @@ the heads' small outputs are copied back to the host.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import logging
+import threading
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeAlias
@@ -16,7 +21,9 @@ import onnx
 import onnxruntime as ort
 
 from multitask_serve.modelrepo import graphs
-from multitask_serve.modelrepo.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT
+from multitask_serve.modelrepo.types import HEAD_HIDDEN_INPUT, HEAD_MASK_INPUT, tap_name
+
+log = logging.getLogger(__name__)
 
 Device = Literal["cpu", "cuda"]
 Precision = Literal["fp32", "fp16"]
@@ -43,6 +50,10 @@ class Runtime:
     # Keep taps on the device between trunk and heads. None: on for CUDA, off for the CPU, where
     # numpy arrays already are where the graphs run. On for the CPU only to test the bound path.
     io_binding: bool | None = None
+    # Let each session's intra-op workers spin after a run instead of sleeping. Off: see options().
+    spinning: bool = False
+    # ONNX Runtime's CPU memory arena: keeps the largest activations seen for reuse.
+    cpu_arena: bool = False
 
     @property
     def bound(self) -> bool:
@@ -76,10 +87,13 @@ class Runtime:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = self.cpu_arena
         # Each session owns a thread pool whose workers spin after a run. With a trunk and many
         # heads on few cores the spinning pools starve each other: measured on 2 cores
         # (bench/heads_vs_models.py), trunk + 3 heads took 83.8 ms spinning vs 38.0 ms not.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.spinning else "0"
+        )
         return options
 
     def session(self, model: str | bytes) -> ort.InferenceSession:
@@ -96,6 +110,17 @@ class Runtime:
 CPU = Runtime()
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's malloc_trim; elsewhere a no-op).
+
+    Loading graphs allocates and frees hundreds of MiB (the parsed model, its serialised parts,
+    the copies sessions make), which glibc otherwise keeps in the process: measured with MiniLM and
+    three heads, 447 MiB resident after cutting the trunk against 354 MiB after a trim.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def to_fp16(model: bytes) -> bytes:
     """The trunk with fp16 weights and arithmetic; int64 ids in, float32 taps out as before.
 
@@ -108,28 +133,190 @@ def to_fp16(model: bytes) -> bytes:
     return bytes(converted.SerializeToString())
 
 
+@dataclass(frozen=True)
+class _Segment:
+    start: int | None  # the tap it reads; None: the trunk's own inputs
+    end: int  # the tap it yields
+    session: ort.InferenceSession
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The trunk cut at ``cuts``: segment i yields tap ``cuts[i]`` and the next one reads it."""
+
+    cuts: tuple[int, ...]
+    segments: tuple[_Segment, ...]
+
+
 class TrunkSession:
+    """The frozen trunk, run only as deep as the deepest tap a call asks for.
+
+    ONNX Runtime runs a whole graph whatever outputs are asked, so the trunk is cut into segments
+    at the taps the served heads read (``graphs.trunk_segment``): a batch whose heads all read tap 4
+    of 6 runs layers 1-4 and stops. The cuts are made at load time from the one fingerprinted
+    graph, so the repository keeps one trunk; they only grow, as heads with new taps are probed.
+    A graph that cannot be cut runs whole, as before.
+    """
+
     def __init__(
         self, model_path: Path, runtime: Runtime = CPU, precision: Precision = "fp32"
     ) -> None:
         self._runtime = runtime
-        model = model_path.read_bytes()
-        if precision == "fp16":
-            model = to_fp16(model)
-        self._session = runtime.session(model)
-        self.input_names = tuple(i.name for i in self._session.get_inputs())
-        self.output_names = tuple(o.name for o in self._session.get_outputs())
+        self._model_path = model_path
+        self._precision = precision
+        self._lock = threading.Lock()
+        self._whole: ort.InferenceSession | None = None
+        self._plan = _Plan((), ())
+        self.input_names, self.output_names = self._cut(None)
+
+    def _session(self, model: bytes) -> ort.InferenceSession:
+        # fp16 is made per segment from the fp32 graph, float32 at every cut: the casts there are
+        # exact, so a chain of fp16 segments still computes what the whole fp16 graph does.
+        return self._runtime.session(to_fp16(model) if self._precision == "fp16" else model)
+
+    def _cut(self, cuts: tuple[int, ...] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Cut the trunk at ``cuts`` (None: at its last tap only); returns its input and output
+        names. The parsed graph lives only for this call."""
+        proto = onnx.load(str(self._model_path))
+        names = (
+            tuple(i.name for i in proto.graph.input),
+            tuple(o.name for o in proto.graph.output),
+        )
+        try:
+            self._plan = self._planned(proto, cuts or (len(names[1]) - 1,))  # one assignment
+        except graphs.NotSegmentable as exc:
+            log.warning("the trunk runs whole, every layer for every batch: %s", exc)
+            self._whole = self._session(proto.SerializeToString())
+            self._plan = _Plan((), ())
+        del proto
+        release_freed_memory()
+        return names
+
+    @property
+    def cuts(self) -> tuple[int, ...]:
+        """The taps the trunk is cut at (empty when it runs whole)."""
+        return self._plan.cuts
+
+    def _planned(self, proto: onnx.ModelProto, cuts: tuple[int, ...]) -> _Plan:
+        reuse = {(s.start, s.end): s for s in self._plan.segments}
+        segments, start = [], None
+        for end in cuts:
+            segment = reuse.get((start, end))
+            if segment is None:
+                part = graphs.trunk_segment(proto, start, end)
+                segment = _Segment(start, end, self._session(part.SerializeToString()))
+            segments.append(segment)
+            start = end
+        return _Plan(cuts, tuple(segments))
+
+    def prepare(self, taps: set[int]) -> _Plan:
+        """Cut the trunk at these taps too (a no-op when it already is)."""
+        if self._whole is None and not taps <= set(self._plan.cuts):
+            with self._lock:
+                if self._whole is None and not taps <= set(self._plan.cuts):
+                    self._cut(tuple(sorted(set(self._plan.cuts) | taps)))
+        return self._plan
 
     def run(self, feeds: dict[str, np.ndarray], taps: list[str]) -> dict[str, Tap]:
         """Hidden states at the named taps: numpy arrays, or OrtValues left on the device."""
+        wanted = {int(name.removeprefix("tap_")) for name in taps}
+        plan = self.prepare(wanted)
+        if self._whole is not None:
+            return self._run_whole(feeds, taps)
+        deepest = max(wanted)
+        out: dict[str, Tap] = {}
+        hidden: Tap | None = None
+        for segment in plan.segments:
+            if segment.start is None:
+                hidden = self._run_segment(segment, feeds)
+            else:
+                assert hidden is not None
+                hidden = self._run_segment(
+                    segment,
+                    {HEAD_MASK_INPUT: feeds[HEAD_MASK_INPUT]},
+                    tap_name(segment.start),
+                    hidden,
+                )
+            if segment.end in wanted:
+                out[tap_name(segment.end)] = hidden
+            if segment.end == deepest:
+                break
+        return {name: out[name] for name in taps}
+
+    def run_rows(
+        self, feeds: dict[str, np.ndarray], needs: Mapping[int, Collection[int]]
+    ) -> dict[int, tuple[Tap, list[int]]]:
+        """Each tap for the rows that need it: ``needs`` maps a tap to the rows (of the batch)
+        whose heads read it. A row goes through the layers up to the deepest tap it needs and no
+        further, so in a batch mixing shallow and deep heads only the deep heads' rows pay for
+        the last layers. Returns, per tap, its hidden state and the rows it holds (ascending; at
+        least the rows asked for, possibly more). Taps kept on a device hold every row.
+        """
+        rows = feeds[HEAD_MASK_INPUT].shape[0]
+        plan = self.prepare(set(needs))
+        if self._whole is not None or self._runtime.bound:
+            taps = self.run(feeds, [tap_name(t) for t in needs])
+            return {t: (taps[tap_name(t)], list(range(rows))) for t in needs}
+        depth = [-1] * rows  # the deepest tap each row needs
+        for tap, wanting in needs.items():
+            for row in wanting:
+                depth[row] = max(depth[row], tap)
+        active = list(range(rows))  # the rows ``hidden`` holds, ascending
+        mask = feeds[HEAD_MASK_INPUT]
+        out: dict[int, tuple[Tap, list[int]]] = {}
+        hidden: np.ndarray | None = None
+        for segment in plan.segments:
+            if segment.start is None:
+                hidden = self._run_segment(segment, feeds)
+            else:
+                assert hidden is not None
+                keep = [i for i, row in enumerate(active) if depth[row] >= segment.end]
+                if len(keep) < len(active):
+                    hidden, active = hidden[keep], [active[i] for i in keep]
+                hidden = self._run_segment(
+                    segment, {HEAD_MASK_INPUT: mask[active]}, tap_name(segment.start), hidden
+                )
+            if segment.end in needs:
+                out[segment.end] = (hidden, active)
+            if len(out) == len(needs):
+                break
+        return out
+
+    def _run_segment(
+        self,
+        segment: _Segment,
+        feeds: dict[str, np.ndarray],
+        hidden_name: str | None = None,
+        hidden: Tap | None = None,
+    ) -> Tap:
+        output = tap_name(segment.end)
         if not self._runtime.bound:
-            return dict(zip(taps, self._session.run(taps, feeds), strict=True))
-        binding = self._session.io_binding()
+            if hidden_name is not None:
+                assert isinstance(hidden, np.ndarray)
+                feeds = {**feeds, hidden_name: hidden}
+            result: np.ndarray = segment.session.run([output], feeds)[0]
+            return result
+        binding = segment.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        if hidden_name is not None:
+            assert isinstance(hidden, ort.OrtValue)
+            binding.bind_ortvalue_input(hidden_name, hidden)
+        binding.bind_output(output, self._runtime.device, self._runtime.device_id)
+        segment.session.run_with_iobinding(binding)
+        tap: ort.OrtValue = binding.get_outputs()[0]
+        return tap
+
+    def _run_whole(self, feeds: dict[str, np.ndarray], taps: list[str]) -> dict[str, Tap]:
+        assert self._whole is not None
+        if not self._runtime.bound:
+            return dict(zip(taps, self._whole.run(taps, feeds), strict=True))
+        binding = self._whole.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         for tap in taps:
             binding.bind_output(tap, self._runtime.device, self._runtime.device_id)
-        self._session.run_with_iobinding(binding)
+        self._whole.run_with_iobinding(binding)
         return dict(zip(taps, binding.get_outputs(), strict=True))
 
 

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     # ONNX Runtime threads per session run; 0 lets ORT use every core. One process per pod in
     # Kubernetes, so the pod's CPU limit is the number to put here.
     intra_op_threads: int = 0
+    # ONNX Runtime's CPU memory arena keeps the largest activations it has seen for reuse: one
+    # 32 x 128-token batch left MiniLM's trunk at 473 MiB resident with it, 186 MiB without.
+    # Off by default; latency and memory of both in BENCHMARKS.md.
+    cpu_arena: bool = False
     # Where the trunk and heads run. cuda needs the gpu extra (onnxruntime-gpu); the trunk's taps
     # then stay on the device between trunk and heads (IO binding).
     device: Literal["cpu", "cuda"] = "cpu"
@@ -47,6 +51,10 @@ class Settings(BaseSettings):
     # total, are read into memory.
     max_body_bytes: int = 1 << 20
     max_upload_bytes: int = 512 << 20
+    # uvicorn's event loop and HTTP/1.1 parser. "auto" takes uvloop and httptools (the serve
+    # extra installs both): measured in BENCHMARKS.md against asyncio and h11, the pure-Python pair.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    http_parser: Literal["auto", "h11", "httptools"] = "auto"
     # Micro-batching: concurrent requests (any tasks) share one trunk run. A batch closes at
     # batch_max_texts texts, batch_max_tokens estimated tokens, or batch_max_wait_ms after its
     # first request arrived. With 0, a batch is what queued up while the previous one ran: no

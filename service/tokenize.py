@@ -53,7 +53,6 @@ class TextEncoder:
             feeds["token_type_ids"] = np.zeros_like(ids)
         return TokenizedBatch(
             feeds=feeds,
-            offsets=[list(e.offsets) for e in encodings],
-            word_ids=[list(e.word_ids) for e in encodings],
+            encodings=encodings,
             truncated=[bool(e.overflowing) for e in encodings],
         )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -14,10 +15,26 @@ Output = dict[str, Any] | list[dict[str, Any]] | list[float]
 
 @dataclass(frozen=True)
 class TokenizedBatch:
+    """A padded batch and, per text, its tokenizer encoding.
+
+    Offsets and word ids are Python lists made from the encodings on first use: only heads that
+    map tokens back to characters (token classification) pay for them.
+    """
+
     feeds: dict[str, np.ndarray]  # trunk inputs, padded to the longest text
-    offsets: list[list[tuple[int, int]]]  # per text, per token: character span (0, 0) = special
-    word_ids: list[list[int | None]]  # per text, per token: word index, None for special tokens
+    encodings: Sequence[Any]  # per text: a ``tokenizers.Encoding`` (offsets, word ids)
     truncated: list[bool]
+    width: int | None = None  # tokens of each encoding in this batch (None: all of them)
+
+    @cached_property
+    def offsets(self) -> list[list[tuple[int, int]]]:
+        """Per text, per token: character span; (0, 0) for special tokens."""
+        return [list(e.offsets[: self.width]) for e in self.encodings]
+
+    @cached_property
+    def word_ids(self) -> list[list[int | None]]:
+        """Per text, per token: word index, None for special tokens."""
+        return [list(e.word_ids[: self.width]) for e in self.encodings]
 
     @property
     def attention_mask(self) -> np.ndarray:
@@ -31,9 +48,9 @@ class TokenizedBatch:
         """The same batch restricted to some rows (padding width unchanged)."""
         return TokenizedBatch(
             feeds={k: v[index] for k, v in self.feeds.items()},
-            offsets=[self.offsets[i] for i in index],
-            word_ids=[self.word_ids[i] for i in index],
+            encodings=[self.encodings[i] for i in index],
             truncated=[self.truncated[i] for i in index],
+            width=self.width,
         )
 
     def group(self, index: list[int]) -> TokenizedBatch:
@@ -45,9 +62,9 @@ class TokenizedBatch:
         width = int(picked.attention_mask.sum(axis=1).max())
         return TokenizedBatch(
             feeds={k: v[:, :width] for k, v in picked.feeds.items()},
-            offsets=[o[:width] for o in picked.offsets],
-            word_ids=[w[:width] for w in picked.word_ids],
+            encodings=picked.encodings,
             truncated=picked.truncated,
+            width=width,
         )
 
 

@@ -70,3 +70,31 @@ def test_default_repository_serves_sensible_answers(default_repo):
         ).json()["outputs"]
     )
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.3
+
+
+def test_real_trunk_segments_are_bit_identical_to_the_whole_graph(default_repo):
+    import onnxruntime as ort
+
+    from multitask_serve.modelrepo.types import tap_name
+    from multitask_serve.service.sessions import CPU, TrunkSession
+    from multitask_serve.service.tokenize import TextEncoder
+
+    repo = ModelRepository(default_repo)
+    spec = repo.read_trunk_spec()
+    whole = CPU.session(repo.trunk_model_path.read_bytes())
+    segmented = TrunkSession(repo.trunk_model_path)
+    segmented.prepare({0, 2, 4, 5})
+    assert isinstance(whole, ort.InferenceSession) and segmented.cuts == (0, 2, 4, 5, 6)
+    encoder = TextEncoder(repo.tokenizer_path, spec.max_length, spec.input_names)
+    texts = ["Shares fell.", "The striker scored twice in the cup final, his 20th goal.", "ok"]
+    feeds = encoder.encode(texts).feeds
+    names = [tap_name(i) for i in range(spec.num_layers + 1)]
+    got = segmented.run(feeds, names)
+    for name, expected in zip(names, whole.run(names, feeds), strict=True):
+        np.testing.assert_array_equal(got[name], expected, err_msg=name)
+    # Rows that stop at tap 4 leave the last layers to the others: the same values for those.
+    rows = segmented.run_rows(feeds, {4: {0, 2}, 6: {1}})
+    expected = dict(zip(names, whole.run(names, feeds), strict=True))
+    np.testing.assert_array_equal(rows[4][0], expected["tap_4"][rows[4][1]])
+    assert rows[6][1] == [1]
+    np.testing.assert_array_equal(rows[6][0], expected["tap_6"][[1]])

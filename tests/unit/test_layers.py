@@ -2,7 +2,8 @@
 
 The core (errors, engine, batcher, registry, sessions, tokenize, postprocess, types, and the one
 prediction entry point, predict) is what every wire format calls; only the HTTP side (routes, oip,
-admin, limits, observability, http_errors, openapi, app, server) may import the web framework.
+admin, limits, observability, http_errors, openapi, responses, app, server) may import the web
+framework.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ HTTP_SIDE = (
     "observability",
     "schemas",
     "openapi",
+    "responses",
     "app",
     "server",
 )
