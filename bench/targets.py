@@ -128,7 +128,11 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=16, help="requests in flight (throughput)")
     p.add_argument("--texts", type=int, default=600)
     p.add_argument("--out", type=Path, default=Path("bench/results/targets-cpu.json"))
+    p.add_argument("--summarise", type=Path, help="only summarise measurements kept by a run")
     args = p.parse_args()
+    if args.summarise:
+        write(summarise(json.loads(args.summarise.read_text())), args.out)
+        return
     if not wrk.available():
         sys.exit("bench/targets.py needs wrk (Debian: apt-get install wrk)")
     texts = real_texts(args.texts)
@@ -258,16 +262,48 @@ def main() -> None:
             memory[side]["end"] = [m["VmRSS"]]
             memory[side]["peak"] = [m["VmHWM"]]
     load_after = os.getloadavg()
-    # Kept before anything is derived from it, so that a failing summary loses no measurement.
-    (Path(tempfile.gettempdir()) / "targets.rounds.json").write_text(
-        json.dumps({f"{k} / {side}": v for (k, side), v in rounds.items()}, indent=1) + "\n"
-    )
+    raw = {
+        "machine": machine(),
+        "load_average": {"before": load_before, "after": load_after},
+        "settings": {
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+            "connections": args.connections,
+            "texts": len(texts),
+            "heads": {
+                t: f"{h.training.get('strategy', '?')} (tap {h.branch_layer})"
+                for t, h in heads.items()
+            },
+        },
+        "memory_mib": memory,
+        "rounds": {f"{k} / {side}": v for (k, side), v in rounds.items()},
+    }
+    # Kept before anything is derived from it: --summarise reads it again.
+    kept = Path(tempfile.gettempdir()) / "targets.rounds.json"
+    kept.write_text(json.dumps(raw, indent=1) + "\n")
+    print(f"measurements kept in {kept}", file=sys.stderr)
+    write(summarise(raw), args.out)
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(render(results))
+
+
+def summarise(raw: dict[str, Any]) -> dict[str, Any]:
+    """Targets, medians and spreads from the per-round measurements ``main`` keeps."""
+    rounds: dict[tuple[str, str], list[dict[str, float]]] = {
+        tuple(key.split(" / ", 1)): values  # type: ignore[misc]
+        for key, values in raw["rounds"].items()
+    }
+    memory = raw["memory_mib"]
 
     def per_round(key: str, side: str, figure: str) -> list[float]:
         return [f[figure] for f in rounds[(key, side)]]
 
     def ratio(a: list[float], b: list[float]) -> list[float]:
-        return [x / y for x, y in zip(a, b, strict=True)]
+        return [x / y if y else float("nan") for x, y in zip(a, b, strict=True)]
 
     raw_best = {
         key: max(
@@ -344,28 +380,41 @@ def main() -> None:
             strict=True,
         )
     ]
-    results = {
-        "machine": machine(),
-        "load_average": {"before": load_before, "after": load_after},
-        "settings": {
-            "rounds": args.rounds,
-            "seconds": args.seconds,
-            "connections": args.connections,
-            "texts": len(texts),
-            "heads": {
-                t: f"{h.training.get('strategy', '?')} (tap {h.branch_layer})"
-                for t, h in heads.items()
-            },
-            "raw_best": raw_best,
-        },
+    variants: dict[str, Any] = {}
+    for (key, side), _ in rounds.items():
+        if side in ("ours", "pipelines", "ours int8") or side.startswith("raw"):
+            continue
+        if ("ours" in side) and (key, "ours") in rounds:
+            variants[f"{key}: {side} / ours"] = {
+                "texts_per_s": summary(
+                    ratio(
+                        per_round(key, side, "texts_per_s"), per_round(key, "ours", "texts_per_s")
+                    )
+                ),
+                "p50_ms_minus_ours": summary(
+                    [
+                        a - b
+                        for a, b in zip(
+                            per_round(key, side, "p50_ms"),
+                            per_round(key, "ours", "p50_ms"),
+                            strict=True,
+                        )
+                    ]
+                ),
+            }
+    for side in memory:
+        if side not in ("ours", "pipelines"):
+            variants[f"resident memory (end): {side} / ours"] = round(
+                memory[side]["end"][0] / memory["ours"]["end"][0], 3
+            )
+    return {
+        **{k: v for k, v in raw.items() if k != "rounds"},
+        "raw_best": raw_best,
+        "variants_vs_ours": variants,
         "targets": targets,
         "uvloop_httptools_saves_ms_p50": summary(lean),
-        "memory_mib": memory,
         "measured": measured,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(render(results))
 
 
 def render(results: dict[str, Any]) -> str:
