@@ -20,6 +20,7 @@ from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.postprocess import decode
 from multitask_serve.service.registry import LoadedHead
 from multitask_serve.service.sessions import CPU, HeadSession, RowPicker, Runtime, Tap, TrunkSession
+from multitask_serve.service.shadow import ShadowWork
 from multitask_serve.service.tokenize import TextEncoder, Token
 from multitask_serve.service.types import Job, JobResult, Output, TaskResult, TokenizedBatch
 
@@ -111,7 +112,15 @@ class Engine:
         return done.results, done.truncated
 
     def predict_many(self, jobs: list[Job]) -> list[JobResult]:
-        """Several requests, any tasks, one tokenization; each head runs on the rows that asked.
+        """Several requests, any tasks, one tokenization; each head runs on the rows that asked."""
+        return self.predict_shadowed(jobs, {})[0]
+
+    def predict_shadowed(
+        self, jobs: list[Job], shadows: Mapping[str, LoadedHead]
+    ) -> tuple[list[JobResult], list[ShadowWork]]:
+        """``predict_many``, and for each task with a candidate in ``shadows``, the work its
+        candidate needs to run later on the same rows (``run_shadow``): each trunk run also yields
+        the candidate's tap, so the shadow costs no trunk run of its own.
 
         The texts run through the trunk as length groups (``length_groups``): each group is padded
         only to its own longest text, and every group serves every head that has rows in it.
@@ -125,10 +134,16 @@ class Engine:
         for job, span in zip(jobs, spans, strict=True):
             for head in job.heads.values():
                 users.setdefault(id(head), (head, []))[1].extend(span)
+        candidates = {
+            key: shadows[head.spec.task]
+            for key, (head, _) in users.items()
+            if shadows.get(head.spec.task, head) is not head
+        }
         batch = self._encode(texts)
         self._metrics.batch_texts.observe(len(texts))
         self._metrics.batch_tokens.observe(int(batch.attention_mask.sum()))
         decoded: dict[int, dict[int, Output]] = {key: {} for key in users}
+        works: list[ShadowWork] = []
         lengths = batch.attention_mask.sum(axis=1)
         groups = length_groups(lengths, self._group_cost)
         for group in groups:
@@ -137,14 +152,16 @@ class Engine:
             members = {
                 key: [row for row in rows if row in position] for key, (_, rows) in users.items()
             }
-            needed = {users[key][0].spec.branch_layer for key, rows in members.items() if rows}
+            active = [key for key, rows in members.items() if rows]
+            needed = {users[key][0].spec.branch_layer for key in active}
+            needed |= {candidates[key].spec.branch_layer for key in active if key in candidates}
             taps = self._trunk_taps(sub, needed)
-            for key, rows in members.items():
-                if not rows:
-                    continue
+            for key in active:
+                rows = members[key]
                 head = users[key][0]
                 t0 = time.perf_counter()
                 hidden = taps[head.spec.branch_layer]
+                local: list[int] | None = None
                 if len(rows) == sub.size:  # every row of the group, in the group's order
                     served, part = group, sub
                 else:
@@ -152,10 +169,19 @@ class Engine:
                     served, part = rows, sub.rows(local)
                     hidden = self._rows.take(hidden, local)
                 raw = head.session.run(hidden, part.attention_mask)
-                outputs = decode(head.spec, raw, part, [texts[row] for row in served])
+                row_texts = [texts[row] for row in served]
+                outputs = decode(head.spec, raw, part, row_texts)
                 decoded[key].update(zip(served, outputs, strict=True))
-                self._metrics.head_seconds.labels(head.spec.task).observe(time.perf_counter() - t0)
-        return [
+                elapsed = time.perf_counter() - t0
+                self._metrics.head_seconds.labels(head.spec.task).observe(elapsed)
+                if key in candidates:
+                    tap = taps[candidates[key].spec.branch_layer]
+                    works.append(
+                        ShadowWork(
+                            head, candidates[key], tap, local, part, row_texts, outputs, elapsed
+                        )
+                    )
+        results = [
             JobResult(
                 results={
                     task: TaskResult(
@@ -171,6 +197,13 @@ class Engine:
             )
             for job, span in zip(jobs, spans, strict=True)
         ]
+        return results, works
+
+    def run_shadow(self, work: ShadowWork) -> list[Output]:
+        """A candidate head on the rows and taps a served head read (after they were answered)."""
+        hidden = work.hidden if work.local is None else self._rows.take(work.hidden, work.local)
+        raw = work.candidate.session.run(hidden, work.batch.attention_mask)
+        return decode(work.candidate.spec, raw, work.batch, work.texts)
 
     def probe(self, head: LoadedHead) -> None:
         """One real inference through trunk and head; the output must fit the head's spec."""
