@@ -171,6 +171,10 @@ class HeadRegistry:
 
     def _drop(self, task: str) -> None:
         self._heads = MappingProxyType({k: v for k, v in self._heads.items() if k != task})
+        self._end_shadow(task)
+
+    def _end_shadow(self, task: str) -> None:
+        """Forget ``task``'s shadow here (the lock is held)."""
         self._shadows = MappingProxyType({k: v for k, v in self._shadows.items() if k != task})
 
     def versions(self, task: str) -> tuple[int | None, list[StoredHead]]:
@@ -200,6 +204,10 @@ class HeadRegistry:
         with self._lock:
             self._repo.set_current(task, version)
             self._heads = MappingProxyType({**self._heads, task: head})
+            shadow = self._shadows.get(task)
+            if shadow is not None and shadow.version == version:  # served now: no more a shadow
+                self._repo.clear_shadow(task)
+                self._end_shadow(task)
         log.info("rolled %s back to version %d", task, version)
         return head
 
@@ -253,7 +261,7 @@ class HeadRegistry:
             except RepositoryError as exc:  # another replica promoted or discarded it
                 raise NotFound(f"task {task!r} has no shadow: {exc}") from exc
             self._heads = MappingProxyType({**self._heads, task: head})
-            self._shadows = MappingProxyType({k: v for k, v in self._shadows.items() if k != task})
+            self._end_shadow(task)
         log.info("promoted %s version %d from shadow to served", task, head.version)
         return head
 
@@ -262,7 +270,7 @@ class HeadRegistry:
         with self._lock:
             head = self.shadow(task)
             self._repo.clear_shadow(task)
-            self._shadows = MappingProxyType({k: v for k, v in self._shadows.items() if k != task})
+            self._end_shadow(task)
         log.info("discarded shadow version %d of %s", head.version, task)
         return head
 

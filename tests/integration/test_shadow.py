@@ -316,3 +316,14 @@ def test_a_slow_shadow_never_delays_an_answer_and_counts_what_it_skips(client, a
     assert report["texts_seen"] == 2 and report["texts_skipped"] == 2 * (requests - 1)
     skipped = {"task": "sentiment", "outcome": "skipped"}
     assert _sample(client, "mts_shadow_texts_total", skipped) == 2 * (requests - 1)
+
+
+def test_rolling_back_onto_the_shadow_version_serves_it_and_ends_the_shadow(
+    client, admin, archives, repo
+):
+    _serve_and_shadow(client, admin, archives)  # served 1, shadow 2
+    client.post("/admin/heads/sentiment?replace=true", content=archives["sentiment"], headers=admin)
+    r = client.post("/admin/heads/sentiment/rollback", headers=admin)  # the newest below 3: 2
+    assert r.json()["version"] == 2
+    assert client.get("/admin/heads/sentiment/shadow", headers=admin).status_code == 404
+    assert ModelRepository(repo).shadow_version("sentiment") is None
