@@ -323,7 +323,7 @@ class Batcher:
             entry.future.set_result(JobResult(results={}, truncated=[]))
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[Entry]) -> None:
-        shadows = self._shadow.candidates() if self._shadow is not None else {}
+        shadows = self._shadow.current() if self._shadow is not None else {}
         jobs = [e.job for e in batch]
         works: list[ShadowWork] = []
         try:

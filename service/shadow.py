@@ -201,6 +201,19 @@ class ShadowRunner:
         self._lock = threading.Lock()
         self._busy = False
         self._stats: dict[str, ShadowStats] = {}
+        self._seen: Mapping[str, LoadedHead] | None = None
+
+    def current(self) -> Mapping[str, LoadedHead]:
+        """The shadows a batch runs with; totals of candidates that ended are dropped (with them
+        the last reference to their sessions) when the registry's snapshot changes."""
+        shadows = self.candidates()
+        if shadows is not self._seen:
+            self._seen = shadows
+            with self._lock:
+                for task, stats in list(self._stats.items()):
+                    if shadows.get(task) is not stats.candidate:
+                        del self._stats[task]
+        return shadows
 
     def submit(self, works: list[ShadowWork]) -> None:
         """Hand a batch's shadow work over, after its answers were given; never blocks."""

@@ -288,7 +288,7 @@ def test_a_failing_shadow_never_fails_the_served_answer(client, admin, archives)
 def test_a_slow_shadow_never_delays_an_answer_and_counts_what_it_skips(client, admin, archives):
     client.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
     served = client.app.state.registry.snapshot()["sentiment"]
-    slow_s = 1.0
+    slow_s = 2.0
     candidate = LoadedHead(served.spec, 2, _Slow(served.session, slow_s))  # type: ignore[arg-type]
     batcher, runner = _batcher_with(client, candidate)
     requests = 4
@@ -306,7 +306,7 @@ def test_a_slow_shadow_never_delays_an_answer_and_counts_what_it_skips(client, a
         return took
 
     took = asyncio.run(go())
-    # The bound: an answer never waits for a shadow run (here 1 s each); the first batch's
+    # The bound: an answer never waits for a shadow run (here 2 s each); the first batch's
     # shadow is still running while the next ones are answered, and those are skipped.
     assert max(took) < slow_s / 2, took
     deadline = time.monotonic() + 10
