@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/shadow-report.json"))
     args = parser.parse_args()
     archive = args.candidate.read_bytes()
-    spec, _ = unpack_head_file(io.BytesIO(archive), len(archive))
+    spec, _ = unpack_head_file(io.BytesIO(archive), 1 << 30)
     task = spec.task
     test = load_dataset(args.data, args.seed).test[: args.max_eval]
     texts, gold = [e.text for e in test], [e.label for e in test]
