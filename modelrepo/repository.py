@@ -6,6 +6,8 @@ Layout (file names are the constants below)::
     <root>/trunk/model.<precision>.onnx                     optional variants (e.g. int8)
     <root>/heads/<task>/<version>/head.onnx, head.json      versions are 1, 2, 3, ...
     <root>/heads/<task>/current                             the served version, replaced by rename
+    <root>/heads/<task>/shadow                              a candidate version run on live
+                                                            traffic but not served (optional)
 
 Every write stages a complete directory beside its target and renames it into place, so the
 repository is always in the old state or the new one. Hidden names (``.staging-*``) are ignored by
@@ -41,6 +43,7 @@ TRUNK_SPEC = "trunk.json"
 HEAD_MODEL = "head.onnx"
 HEAD_SPEC = "head.json"
 CURRENT = "current"
+SHADOW = "shadow"
 
 
 class RepositoryError(RuntimeError):
@@ -142,7 +145,10 @@ class ModelRepository:
         return sorted(int(p.name) for p in task_dir.iterdir() if p.name.isdigit() and p.is_dir())
 
     def current_version(self, task: str) -> int | None:
-        pointer = self._task_dir(task) / CURRENT
+        return self._pointer(task, CURRENT)
+
+    def _pointer(self, task: str, name: str) -> int | None:
+        pointer = self._task_dir(task) / name
         try:
             text = pointer.read_text().strip()
         except FileNotFoundError:
@@ -192,10 +198,48 @@ class ModelRepository:
         return version
 
     def set_current(self, task: str, version: int) -> None:
+        self._point(task, CURRENT, version)
+
+    def _point(self, task: str, name: str, version: int) -> None:
+        """Replace pointer ``name`` (one rename) with a stored version's number."""
         task_dir = self._task_dir(task)
         if not (task_dir / str(version) / HEAD_SPEC).is_file():
             raise RepositoryError(f"task {task!r} has no version {version}")
-        atomic_write(task_dir / CURRENT, f"{version}\n".encode())
+        atomic_write(task_dir / name, f"{version}\n".encode())
+
+    # -- shadow: a candidate version that reads live traffic and answers nobody ---------------
+    def shadow_version(self, task: str) -> int | None:
+        """The candidate version, or None. A pointer equal to ``current`` is none: a promotion
+        that a crash interrupted between its two steps (``promote_shadow``)."""
+        shadow = self._pointer(task, SHADOW)
+        if shadow is None or shadow == self.current_version(task):
+            return None
+        return shadow
+
+    def set_shadow(self, task: str, version: int) -> None:
+        self._point(task, SHADOW, version)
+
+    def clear_shadow(self, task: str) -> None:
+        """Forget the candidate (one unlink). Its version stays stored, as a replaced one does,
+        so that no later version reuses its number."""
+        task_dir = self._task_dir(task)
+        if not task_dir.is_dir():  # the task was removed: no pointer left to clear
+            return
+        (task_dir / SHADOW).unlink(missing_ok=True)
+        fsync_dir(task_dir)
+
+    def promote_shadow(self, task: str) -> int:
+        """Serve the candidate: ``current`` moves to it (one rename), then its pointer goes.
+
+        A crash between the two leaves both pointers naming the candidate, which reads as
+        promoted with no shadow (``shadow_version``); either way the state is the old or the new.
+        """
+        version = self.shadow_version(task)
+        if version is None:
+            raise RepositoryError(f"task {task!r} has no shadow version")
+        self.set_current(task, version)
+        self.clear_shadow(task)
+        return version
 
     def remove_task(self, task: str) -> None:
         task_dir = self._task_dir(task)

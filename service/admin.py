@@ -1,4 +1,5 @@
-"""Admin routes behind a bearer token: hot-add a head (archive or zero-shot labels), remove one."""
+"""Admin routes behind a bearer token: hot-add a head (archive or zero-shot labels), remove one,
+list and roll back versions, and shadow a candidate version on live traffic before promoting it."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from multitask_serve.modelrepo.archive import ArchiveError, unpack_head_file
-from multitask_serve.modelrepo.types import SpecError, validate_task_name
+from multitask_serve.modelrepo.types import HeadSpec, SpecError, validate_task_name
 from multitask_serve.service.engine import Engine
 from multitask_serve.service.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
 from multitask_serve.service.registry import HeadRegistry, LoadedHead
 from multitask_serve.service.schemas import RollbackRequest, ZeroShotRequest
 from multitask_serve.service.settings import Settings
+from multitask_serve.service.shadow import ShadowRunner
 
 T = TypeVar("T")
 
@@ -66,34 +68,47 @@ def _task(task: str) -> str:
         raise InvalidInput(str(exc)) from exc
 
 
-def _added(head: LoadedHead) -> JSONResponse:
+def _added(head: LoadedHead, status_code: int = 201, **extra: Any) -> JSONResponse:
     body = {
         "task": head.spec.task,
         "version": head.version,
         "kind": str(head.spec.kind),
         "branch_layer": head.spec.branch_layer,
         "labels": list(head.spec.labels),
+        **extra,
     }
-    return JSONResponse(body, status_code=201)
+    return JSONResponse(body, status_code=status_code)
+
+
+_ARCHIVE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary"}}
+            for media in ("application/gzip", "application/octet-stream")
+        },
+    }
+}
 
 
 @router.post(
     "/heads/{task}",
     summary="Hot-add a head from a .tar.gz archive (the request body)",
     status_code=201,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                media: {"schema": {"type": "string", "format": "binary"}}
-                for media in ("application/gzip", "application/octet-stream")
-            },
-        }
-    },
+    openapi_extra=_ARCHIVE_BODY,
 )
 async def add_head(task: str, request: Request, replace: bool = False) -> JSONResponse:
-    task = _task(task)
     registry: HeadRegistry = request.app.state.registry
+    head = await _upload(request, task, functools.partial(registry.add, replace=replace))
+    return _added(head)
+
+
+async def _upload(
+    request: Request, task: str, register: Callable[[HeadSpec, bytes], LoadedHead]
+) -> LoadedHead:
+    """Stage the archive body, unpack and check it off the event loop, then ``register`` it
+    (which validates the head against the trunk: fingerprint, signature, probe)."""
+    task = _task(task)
     settings: Settings = request.app.state.settings
     max_bytes = settings.max_upload_bytes
     staged = await _stage_upload(request, settings.repository, max_bytes)
@@ -113,15 +128,14 @@ async def add_head(task: str, request: Request, replace: bool = False) -> JSONRe
             raise InvalidInput(f"head archive refused: {exc}") from exc
         if spec.task != task:
             raise InvalidInput(f"the archive is a head for {spec.task!r}, not {task!r}")
-        return registry.add(spec, model, replace)
+        return register(spec, model)
 
     try:
-        head = await _off_path(request, load)
+        return await _off_path(request, load)
     except BaseException:
         if owner.acquire(blocking=False):
             staged.close()
         raise
-    return _added(head)
 
 
 async def _stage_upload(request: Request, directory: Path, limit: int) -> IO[bytes]:
@@ -198,9 +212,11 @@ async def add_zero_shot(task: str, body: ZeroShotRequest, request: Request) -> J
 async def versions(task: str, request: Request) -> dict[str, Any]:
     registry: HeadRegistry = request.app.state.registry
     current, stored = await run_in_threadpool(registry.versions, _task(task))
+    shadow = registry.shadows().get(task)
     return {
         "task": task,
         "current": current,
+        "shadow": shadow.version if shadow is not None else None,
         "versions": [
             {
                 "version": s.version,
@@ -221,9 +237,7 @@ async def rollback(
     registry: HeadRegistry = request.app.state.registry
     version = body.version if body is not None else None
     head = await _off_path(request, registry.rollback, _task(task), version)
-    response = _added(head)
-    response.status_code = 200
-    return response
+    return _added(head, 200)
 
 
 @router.delete("/heads/{task}", summary="Stop serving a task and delete its versions")
@@ -233,3 +247,44 @@ async def remove_head(task: str, request: Request) -> dict[str, Any]:
     await run_in_threadpool(registry.remove, task)
     request.app.state.metrics.forget_task(task)
     return {"task": task, "removed": True}
+
+
+# -- shadow: a candidate version on live traffic, answering nobody (service/shadow.py) ----------
+
+
+@router.post(
+    "/heads/{task}/shadow",
+    summary="Shadow a candidate head (a .tar.gz archive, the request body) on live traffic",
+    openapi_extra=_ARCHIVE_BODY,
+)
+async def add_shadow(task: str, request: Request, replace: bool = False) -> JSONResponse:
+    """Validated like any upload and stored as a new version that is not served. One shadow per
+    task: a second is 409 unless ``replace=true``, which replaces it (its report starts over)."""
+    registry: HeadRegistry = request.app.state.registry
+    head = await _upload(request, task, functools.partial(registry.add_shadow, replace=replace))
+    return _added(head, shadow=True)
+
+
+@router.get(
+    "/heads/{task}/shadow", summary="How the shadow candidate compares with the served head"
+)
+async def shadow_report(task: str, request: Request) -> dict[str, Any]:
+    registry: HeadRegistry = request.app.state.registry
+    runner: ShadowRunner = request.app.state.shadow
+    task = _task(task)
+    candidate = registry.shadow(task)
+    return runner.report(registry.snapshot().get(task), candidate)
+
+
+@router.post("/heads/{task}/shadow/promote", summary="Serve the shadow candidate (atomically)")
+async def promote_shadow(task: str, request: Request) -> JSONResponse:
+    registry: HeadRegistry = request.app.state.registry
+    head = await run_in_threadpool(registry.promote_shadow, _task(task))
+    return _added(head, 200)
+
+
+@router.delete("/heads/{task}/shadow", summary="Discard the shadow candidate")
+async def discard_shadow(task: str, request: Request) -> dict[str, Any]:
+    registry: HeadRegistry = request.app.state.registry
+    head = await run_in_threadpool(registry.discard_shadow, _task(task))
+    return {"task": head.spec.task, "discarded": head.version}

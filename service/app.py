@@ -30,6 +30,7 @@ from multitask_serve.service.predict import Predictor
 from multitask_serve.service.registry import HeadRegistry
 from multitask_serve.service.sessions import Runtime, TrunkSession
 from multitask_serve.service.settings import Settings
+from multitask_serve.service.shadow import ShadowRunner
 from multitask_serve.service.tokenize import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ def create_app(
         f", {len(failed)} refused: {failed}" if failed else "",
     )
 
+    # Shadow candidates run on one thread of their own at the loads' lower CPU priority.
+    shadow_thread = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_background)
+    shadow = ShadowRunner(registry.shadows, engine.run_shadow, metrics, shadow_thread)
     batcher = Batcher(
         engine,
         metrics,
@@ -91,6 +95,7 @@ def create_app(
         max_length,
         settings.max_queued_texts,
         settings.max_queue_wait_seconds,
+        shadow,
     )
     # Head loads (validation, session, probe inference) run here, off the request threads, at
     # most max_concurrent_loads at a time, at a lower CPU priority than serving.
@@ -107,6 +112,7 @@ def create_app(
             yield
         finally:
             await batcher.stop()
+            shadow_thread.shutdown(wait=True)
             watcher.stop()
             loads.shutdown(wait=True)
 
@@ -122,6 +128,7 @@ def create_app(
     app.state.registry = registry
     app.state.loads = loads
     app.state.batcher = batcher
+    app.state.shadow = shadow
     app.state.metrics = metrics
     app.state.max_length = max_length
     # Set when shutdown begins: /readyz fails from then on while requests are still served.

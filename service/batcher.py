@@ -6,6 +6,9 @@ the oldest arrived; it then runs the whole batch through the engine in a single 
 run on all cores, every head on the rows that asked for it) while the next batch gathers. A request
 with more texts than a batch holds is split into several entries and reassembled in order.
 
+A task with a shadow candidate (service/shadow.py) gets the candidate's tap from the same trunk
+run; the candidate runs only after the batch's answers are handed back, on the shadow's own thread.
+
 Readiness goes through the same worker (``check``): a probe queues behind real work and runs on the
 inference thread as a batch of its own. The worker's progress is tracked, so that a worker that
 stopped (its task ended) or hangs (work waiting, no batch finishing) is told apart from one that is
@@ -27,6 +30,7 @@ from multitask_serve.service.engine import Engine
 from multitask_serve.service.errors import Overloaded, Unavailable
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.shadow import ShadowRunner, ShadowWork
 from multitask_serve.service.types import Job, JobResult
 
 log = logging.getLogger(__name__)
@@ -61,8 +65,10 @@ class Batcher:
         max_length: int,
         max_queued_texts: int = 1024,
         max_queue_wait_s: float = 0.0,
+        shadow: ShadowRunner | None = None,
     ) -> None:
         self._engine, self._metrics = engine, metrics
+        self._shadow = shadow  # None: no task is ever shadowed
         self._max_queued = max_queued_texts
         self._max_queue_wait = max_queue_wait_s
         self._texts_per_s: float | None = None  # recent inference throughput, a moving average
@@ -140,8 +146,9 @@ class Batcher:
             raise WorkerStopped(self._failure)
         if self._queue is None:  # no running loop owns a worker (an app used without lifespan)
             loop = asyncio.get_running_loop()
-            job = Job(heads, texts)
-            return (await loop.run_in_executor(self._executor, self._engine.predict_many, [job]))[0]
+            entry = Entry(Job(heads, texts), 0, time.perf_counter(), loop.create_future())
+            await self._execute(loop, [entry])
+            return await entry.future
         if self._queued + len(texts) > self._max_queued:
             # Beyond the bound a request would only wait longer than any client will: refuse it
             # now, cheaply, and let the client back off.
@@ -316,10 +323,18 @@ class Batcher:
             entry.future.set_result(JobResult(results={}, truncated=[]))
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[Entry]) -> None:
+        shadows = self._shadow.current() if self._shadow is not None else {}
+        jobs = [e.job for e in batch]
+        works: list[ShadowWork] = []
         try:
-            results = await loop.run_in_executor(
-                self._executor, self._engine.predict_many, [e.job for e in batch]
-            )
+            if shadows:
+                results, works = await loop.run_in_executor(
+                    self._executor, self._engine.predict_shadowed, jobs, shadows
+                )
+            else:  # the plain path, as if shadows did not exist
+                results = await loop.run_in_executor(
+                    self._executor, self._engine.predict_many, jobs
+                )
         except Exception as exc:
             if len(batch) > 1:
                 # One request's input must not fail the others that shared its batch: run each
@@ -333,3 +348,5 @@ class Batcher:
         for entry, result in zip(batch, results, strict=True):
             if not entry.future.done():
                 entry.future.set_result(result)
+        if works and self._shadow is not None:  # only now: the answers are handed back
+            self._shadow.submit(works)

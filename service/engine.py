@@ -20,6 +20,7 @@ from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.postprocess import decode
 from multitask_serve.service.registry import LoadedHead
 from multitask_serve.service.sessions import CPU, HeadSession, RowPicker, Runtime, Tap, TrunkSession
+from multitask_serve.service.shadow import ShadowWork
 from multitask_serve.service.tokenize import TextEncoder, Token
 from multitask_serve.service.types import Job, JobResult, Output, TaskResult, TokenizedBatch
 
@@ -60,6 +61,12 @@ def length_groups(lengths: np.ndarray, call_cost: int) -> list[list[int]]:
         groups.append(sorted(order[cut[j] : j].tolist()))
         j = cut[j]
     return groups[::-1]
+
+
+def _positions(held: list[int], rows: list[int]) -> list[int]:
+    """Where each of ``rows`` sits in a tap that holds the rows ``held``."""
+    at = {row: i for i, row in enumerate(held)}
+    return [at[row] for row in rows]
 
 
 class Engine:
@@ -116,7 +123,15 @@ class Engine:
         return done.results, done.truncated
 
     def predict_many(self, jobs: list[Job]) -> list[JobResult]:
-        """Several requests, any tasks, one tokenization; each head runs on the rows that asked.
+        """Several requests, any tasks, one tokenization; each head runs on the rows that asked."""
+        return self.predict_shadowed(jobs, {})[0]
+
+    def predict_shadowed(
+        self, jobs: list[Job], shadows: Mapping[str, LoadedHead]
+    ) -> tuple[list[JobResult], list[ShadowWork]]:
+        """``predict_many``, and for each task with a candidate in ``shadows``, the work its
+        candidate needs to run later on the same rows (``run_shadow``): each trunk run also yields
+        the candidate's tap, so the shadow costs no trunk run of its own.
 
         The texts run through the trunk as length groups (``length_groups``): each group is padded
         only to its own longest text, and every group serves every head that has rows in it.
@@ -130,10 +145,16 @@ class Engine:
         for job, span in zip(jobs, spans, strict=True):
             for head in job.heads.values():
                 users.setdefault(id(head), (head, []))[1].extend(span)
+        candidates = {
+            key: shadows[head.spec.task]
+            for key, (head, _) in users.items()
+            if shadows.get(head.spec.task, head) is not head
+        }
         batch = self._encode(texts)
         self._metrics.batch_texts.observe(len(texts))
         self._metrics.batch_tokens.observe(int(batch.attention_mask.sum()))
         decoded: dict[int, dict[int, Output]] = {key: {} for key in users}
+        works: list[ShadowWork] = []
         lengths = batch.attention_mask.sum(axis=1)
         groups = length_groups(lengths, self._group_cost)
         for group in groups:
@@ -142,14 +163,16 @@ class Engine:
             members = {
                 key: [row for row in rows if row in position] for key, (_, rows) in users.items()
             }
+            active = [key for key, rows in members.items() if rows]
             needs: dict[int, set[int]] = {}
-            for key, rows in members.items():
-                tap = users[key][0].spec.branch_layer
-                needs.setdefault(tap, set()).update(position[row] for row in rows)
-            taps = self._trunk_taps(sub, {tap: rows for tap, rows in needs.items() if rows})
-            for key, rows in members.items():
-                if not rows:
-                    continue
+            for key in active:
+                wanted = {position[row] for row in members[key]}
+                needs.setdefault(users[key][0].spec.branch_layer, set()).update(wanted)
+                if key in candidates:  # the candidate reads the same rows, maybe another tap
+                    needs.setdefault(candidates[key].spec.branch_layer, set()).update(wanted)
+            taps = self._trunk_taps(sub, needs)
+            for key in active:
+                rows = members[key]
                 head = users[key][0]
                 t0 = time.perf_counter()
                 hidden, held = taps[head.spec.branch_layer]
@@ -159,13 +182,22 @@ class Engine:
                 else:
                     served, part = rows, sub.rows(local)
                 if local != held:  # the tap holds other rows too: pick this head's
-                    at = {row: i for i, row in enumerate(held)}
-                    hidden = self._rows.take(hidden, [at[row] for row in local])
+                    hidden = self._rows.take(hidden, _positions(held, local))
                 raw = head.session.run(hidden, part.attention_mask)
-                outputs = decode(head.spec, raw, part, [texts[row] for row in served])
+                row_texts = [texts[row] for row in served]
+                outputs = decode(head.spec, raw, part, row_texts)
                 decoded[key].update(zip(served, outputs, strict=True))
-                self._metrics.head_seconds.labels(head.spec.task).observe(time.perf_counter() - t0)
-        return [
+                elapsed = time.perf_counter() - t0
+                self._metrics.head_seconds.labels(head.spec.task).observe(elapsed)
+                if key in candidates:
+                    tap, tap_held = taps[candidates[key].spec.branch_layer]
+                    picks = None if local == tap_held else _positions(tap_held, local)
+                    works.append(
+                        ShadowWork(
+                            head, candidates[key], tap, picks, part, row_texts, outputs, elapsed
+                        )
+                    )
+        results = [
             JobResult(
                 results={
                     task: TaskResult(
@@ -181,6 +213,13 @@ class Engine:
             )
             for job, span in zip(jobs, spans, strict=True)
         ]
+        return results, works
+
+    def run_shadow(self, work: ShadowWork) -> list[Output]:
+        """A candidate head on the rows and taps a served head read (after they were answered)."""
+        hidden = work.hidden if work.local is None else self._rows.take(work.hidden, work.local)
+        raw = work.candidate.session.run(hidden, work.batch.attention_mask)
+        return decode(work.candidate.spec, raw, work.batch, work.texts)
 
     def probe(self, head: LoadedHead) -> None:
         """One real inference through trunk and head; the output must fit the head's spec."""

@@ -129,6 +129,28 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        # Shadow runs (service/shadow.py): a candidate head on live traffic, answering nobody.
+        self.shadow_texts = Counter(
+            "mts_shadow_texts",
+            "Texts a task's shadow candidate saw, per outcome: compared (with the served head), "
+            "skipped (the shadow was busy with an earlier batch), failed (the candidate raised).",
+            ["task", "outcome"],
+            registry=registry,
+        )
+        self.shadow_agreements = Counter(
+            "mts_shadow_agreements",
+            "Compared texts on which the candidate agreed with the served head (same label, same "
+            "entity spans, or embedding cosine >= 0.99).",
+            ["task"],
+            registry=registry,
+        )
+        self.shadow_head_seconds = Histogram(
+            "mts_shadow_head_duration_seconds",
+            "Time per batch in a task's shadow candidate, with post-processing and comparison.",
+            ["task"],
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
 
         # The process's CPU, memory, open files and start time, the interpreter's version and
         # garbage collections: what the default registry would show, on this one. Each registry
@@ -144,9 +166,14 @@ class Metrics:
             self.head_seconds,
             self.head_load_seconds,
             self.head_load_failures,
+            self.shadow_agreements,
+            self.shadow_head_seconds,
         ):
             with contextlib.suppress(KeyError):
                 family.remove(task)
         for outcome in ("ok", "error"):
             with contextlib.suppress(KeyError):
                 self.requests.remove(task, outcome)
+        for outcome in ("compared", "skipped", "failed"):
+            with contextlib.suppress(KeyError):
+                self.shadow_texts.remove(task, outcome)

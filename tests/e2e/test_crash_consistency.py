@@ -1,4 +1,5 @@
-"""kill -9 during hot-add, replace and rollback: after each restart the repository is consistent,
+"""kill -9 during hot-add, replace, rollback and shadow changes (shadow, promote, discard): after
+each restart the repository is consistent,
 every task serves its old or its new version, and nothing acknowledged is lost.
 
 A short run of bench/crash_loop.py; the assertions are on what each restart showed (its
@@ -24,10 +25,13 @@ def test_kill_9_at_random_moments_during_head_changes_never_leaves_a_broken_task
         # Consistent: every pointer names a readable, complete version, and exactly those serve.
         assert restart.broken == [], (i, restart)
         assert restart.served == restart.pointers, (i, restart)
+        assert restart.shadows == restart.shadow_pointers, (i, restart)
         # Every acknowledged head serves its last acknowledged version; no version acknowledged
         # before is gone; the interrupted call's task serves its old version or the call's.
         served = {task: restart.served.get(task) for task in restart.acknowledged}
         assert served == restart.acknowledged, (i, restart)
+        shadows = {task: restart.shadows.get(task) for task in restart.acknowledged_shadows}
+        assert shadows == restart.acknowledged_shadows, (i, restart)
         assert restart.versions_lost == {}, (i, restart)
         if i:
             assert restart.interrupted.endswith((": old", ": new", "between calls")), restart

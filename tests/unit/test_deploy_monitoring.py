@@ -97,6 +97,9 @@ def test_the_dashboard_covers_latency_throughput_errors_batching_and_heads():
         'mts_http_requests_total{namespace=~"$namespace", status=~"5.."}',
         'mts_http_requests_total{namespace=~"$namespace", status="429"}',
         'status=~"4..", status!="429"',
+        # Shadow candidates: agreement with the served head, and what they skipped.
+        "mts_shadow_agreements_total",
+        "mts_shadow_texts_total",
     ):
         assert series in queries
     ids = [panel["id"] for panel in DASHBOARD["panels"]]
@@ -117,7 +120,7 @@ def test_the_hpa_reads_a_metric_the_adapter_exposes():
 
 def test_every_alert_has_unit_tests_that_see_it_fire_and_stay_quiet():
     alerts = {rule["alert"] for group in ALERT_GROUPS for rule in group["rules"]}
-    assert len(alerts) == 7
+    assert len(alerts) == 8
     cases = yaml.safe_load((K8S / "monitoring" / "alerts-test.yaml").read_text())["tests"]
     checks = [check for case in cases for check in case["alert_rule_test"]]
     fired = {c["alertname"] for c in checks if c["exp_alerts"]}
