@@ -117,26 +117,38 @@ def oip_body(_code: str, message: str) -> dict[str, str]:
     return {"error": message}
 
 
-# Text Embeddings Inference's error_type per core code (TEI's ErrorType, serialized lowercase).
+# Text Embeddings Inference's error_type per core code: TEI's ErrorType variant names, which serde
+# writes as they are spelled (router/src/lib.rs derives Serialize with no renaming).
 TEI_ERROR_TYPES: Mapping[str, str] = {
-    "too_large": "validation",
-    "invalid_input": "validation",
-    "not_found": "validation",
-    "method_not_allowed": "validation",
-    "unsupported_media_type": "validation",
-    "overloaded": "overloaded",
-    "unavailable": "unhealthy",
-    "internal": "backend",
+    "too_large": "Validation",
+    "invalid_input": "Validation",
+    "not_found": "Validation",
+    "method_not_allowed": "Validation",
+    "unsupported_media_type": "Validation",
+    "overloaded": "Overloaded",
+    "unavailable": "Unhealthy",
+    "internal": "Backend",
 }
 
 
 def tei_body(code: str, message: str) -> dict[str, str]:
-    return {"error": message, "error_type": TEI_ERROR_TYPES.get(code, "backend")}
+    return {"error": message, "error_type": TEI_ERROR_TYPES.get(code, "Backend")}
+
+
+# OpenAI's error code for the core codes it has one for; others keep the core's code.
+OPENAI_CODES: Mapping[str, str] = {"not_found": "model_not_found"}
 
 
 def openai_body(code: str, message: str) -> dict[str, dict[str, str | None]]:
     kind = "invalid_request_error" if code in ("invalid_input", "too_large", "not_found") else code
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return {
+        "error": {
+            "message": message,
+            "type": kind,
+            "param": None,
+            "code": OPENAI_CODES.get(code, code),
+        }
+    }
 
 
 # The service's own routes.
@@ -145,8 +157,8 @@ SERVICE = WireFormat(service_body, "Error")
 OIP = WireFormat(oip_body, "OipError", {422: 400})
 # Text Embeddings Inference (service/tei.py): a failed inference is TEI's 424 (backend).
 TEI = WireFormat(tei_body, "TeiError", {500: 424})
-# OpenAI's embeddings API (service/openai_compat.py).
-OPENAI = WireFormat(openai_body, "OpenAIError")
+# OpenAI's embeddings API (service/openai_compat.py): a request it cannot serve is a 400.
+OPENAI = WireFormat(openai_body, "OpenAIError", {422: 400, 413: 400})
 
 
 def _string(description: str) -> dict[str, str]:
@@ -190,7 +202,7 @@ ERROR_SCHEMAS: Mapping[str, dict[str, Any]] = {
             "error": _string("What went wrong."),
             "error_type": {
                 "type": "string",
-                "enum": sorted({*TEI_ERROR_TYPES.values(), "backend"}),
+                "enum": sorted({*TEI_ERROR_TYPES.values(), "Backend", "Empty"}),
             },
         },
     },

@@ -7,7 +7,10 @@ the task's name; ``input`` one text or a list of texts; ``encoding_format`` ``fl
 tokenizer, special tokens included, after truncation). Vectors are the task's embeddings scaled to
 unit length, as OpenAI's are. Predictions go through the one prediction entry point
 (service/predict.py ``Predictor``); errors take OpenAI's ``{"error": {"message", "type", "param",
-"code"}}`` form (service/http_errors.py ``OPENAI``).
+"code"}}`` form and statuses (service/http_errors.py ``OPENAI``): a request that cannot be served
+as sent (an empty list or an empty text, which OpenAI refuses too, too many texts, a task that is
+not an embedding task, an invalid body) is a 400 ``invalid_request_error``, an unknown model a 404
+with code ``model_not_found``, overload a 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ def _unit(vector: list[float]) -> list[float]:
 async def embeddings(body: EmbeddingsRequest, request: Request) -> JSONResponse:
     predictor: Predictor = request.app.state.predictor
     texts = predictor.texts(body.input)
+    for i, text in enumerate(texts):
+        if not text:
+            raise InvalidInput(f"input[{i}] is empty; send non-empty strings")
     heads = predictor.resolve([body.model])
     spec = heads[body.model].spec
     if spec.kind != Kind.EMBEDDING:

@@ -9,28 +9,64 @@ or predicts by the model's kind; for a classifier it always answers one list per
 ``InferenceClient.text_classification`` reads (it takes the first row). Token classification
 answers ``[{"entity_group", "score", "word", "start", "end"}]``, what
 ``InferenceClient.token_classification`` reads. Everything goes through the one prediction entry
-point (service/predict.py ``Predictor``); errors take TEI's ``{"error", "error_type"}`` form and
-statuses (service/http_errors.py ``TEI``): 413 too many texts, 422 invalid input, 424 backend,
-429 overloaded.
+point (service/predict.py ``Predictor``).
+
+Errors take TEI's ``{"error", "error_type"}`` form with TEI's statuses, as its router answers them
+(router/src/http/server.rs ``From<&ErrorType> for StatusCode``; core/src/tokenization.rs):
+400 ``Empty`` for an empty list or an empty text; 413 ``Validation`` for more texts than
+``max_client_batch_size`` or a text over the served length without ``truncate``; 424 ``Backend``
+for what the served model cannot do (``/embed`` on a classifier, ``/predict`` on an embedding
+task, ``raw_scores``); 429 ``Overloaded``; 503 ``Unhealthy``. ``error_type`` is spelled as TEI's
+serializer writes it (the variant name). Cases TEI has no answer of its own for: an unknown task
+is a 404, and a body that fails validation a 422, both ``Validation``. Core errors map through
+service/http_errors.py ``TEI``; the TEI-only cases are ``TeiError``s answered by ``TeiRoute``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from multitask_serve.modelrepo.types import Kind
-from multitask_serve.service.errors import InvalidInput, TooLarge
+from multitask_serve.service.errors import TooLarge
 from multitask_serve.service.http_errors import TEI, route_class
 from multitask_serve.service.predict import Predictor
 from multitask_serve.service.schemas import Texts
 from multitask_serve.service.types import JobResult, TaskResult
 
-router = APIRouter(prefix="/tei", tags=["text embeddings inference"], route_class=route_class(TEI))
+
+class TeiError(Exception):
+    """An answer TEI gives with a status and ErrorType of its own, for a case the core does not
+    single out (an empty input, a model that cannot do what is asked)."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error_type, self.message = status, error_type, message
+
+
+class TeiRoute(route_class(TEI)):  # type: ignore[misc]
+    """TEI's route class: core errors, the body limit and invalid bodies as ``route_class(TEI)``
+    answers them, and ``TeiError``s with their own status and ErrorType."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except TeiError as exc:
+                body = {"error": exc.message, "error_type": exc.error_type}
+                return JSONResponse(body, exc.status)
+
+        return handle
+
+
+router = APIRouter(prefix="/tei", tags=["text embeddings inference"], route_class=TeiRoute)
 
 
 class TeiRequest(BaseModel):
@@ -51,7 +87,7 @@ class EmbedRequest(TeiRequest):
 class PredictRequest(TeiRequest):
     raw_scores: bool = Field(
         False,
-        description="Not supported: only probabilities are served.",
+        description="Not supported (424): heads serve probabilities only.",
         json_schema_extra={"const": False},
     )
 
@@ -67,13 +103,30 @@ class TokenizeRequest(BaseModel):
     add_special_tokens: bool = True
 
 
+def _texts(predictor: Predictor, inputs: str | list[str]) -> list[str]:
+    """The request's texts, refused as TEI refuses them: an empty list or an empty text is
+    ``Empty`` (400); too many texts ``Validation`` (413, from ``Predictor.texts``)."""
+    if inputs == []:
+        raise TeiError(400, "Empty", "`inputs` cannot be empty")
+    texts = predictor.texts(inputs)
+    for i, text in enumerate(texts):
+        if not text:
+            raise TeiError(400, "Empty", f"inputs[{i}] is empty: `inputs` cannot be empty")
+    return texts
+
+
+def _cannot(message: str) -> TeiError:
+    """What the served model cannot do: TEI's ``Backend`` error, 424 Failed Dependency."""
+    return TeiError(424, "Backend", message)
+
+
 async def _run(request: Request, task: str, body: TeiRequest, kinds: set[str]) -> TaskResult:
     predictor: Predictor = request.app.state.predictor
-    texts = predictor.texts(body.inputs)
+    texts = _texts(predictor, body.inputs)
     heads = predictor.resolve([task])
     kind = str(heads[task].spec.kind)
     if kind not in kinds:
-        raise InvalidInput(f"task {task!r} is a {kind} head; this route serves {sorted(kinds)}")
+        raise _cannot(f"task {task!r} is a {kind} head; this route serves {sorted(kinds)}")
     done: JobResult = await predictor.run(heads, texts)
     if not body.truncate and any(done.truncated):
         index = done.truncated.index(True)
@@ -126,7 +179,7 @@ CLASSIFIERS = {str(Kind.SEQUENCE_CLASSIFICATION), str(Kind.ZERO_SHOT)}
 
 def _no_raw_scores(body: PredictRequest) -> None:
     if body.raw_scores:
-        raise InvalidInput("raw_scores=true is not supported: heads serve probabilities only")
+        raise _cannot("raw_scores=true is not supported: heads serve probabilities only")
 
 
 @router.post("/{task}/embed", summary="TEI /embed: one embedding per text")
@@ -162,7 +215,7 @@ async def root(task: str, body: RootRequest, request: Request) -> JSONResponse:
 @router.post("/{task}/tokenize", summary="TEI /tokenize: the tokens the trunk reads")
 async def tokenize(task: str, body: TokenizeRequest, request: Request) -> list[list[dict]]:
     predictor: Predictor = request.app.state.predictor
-    texts = predictor.texts(body.inputs)
+    texts = _texts(predictor, body.inputs)
     predictor.resolve([task])
     return [
         [

@@ -71,6 +71,20 @@ def test_real_clients_answer_as_the_native_route(repo: Path, tmp_path: Path, arc
         with pytest.raises(HfHubHTTPError) as refused:
             hf.feature_extraction("x", model=f"{base}/tei/nope")
         assert refused.value.response.status_code == 404
+        # TEI's statuses and ErrorTypes reach the client: an empty text is Empty (400), a text
+        # over the served length without truncation Validation (413).
+        for call, status, error_type in (
+            (lambda: hf.feature_extraction("", model=f"{base}/tei/embed"), 400, "Empty"),
+            (
+                lambda: hf.feature_extraction("word " * 5000, model=f"{base}/tei/embed"),
+                413,
+                "Validation",
+            ),
+        ):
+            with pytest.raises(HfHubHTTPError) as refused:
+                call()
+            assert refused.value.response.status_code == status
+            assert refused.value.response.json()["error_type"] == error_type
 
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="x")
         # No encoding_format: the SDK asks for base64 and decodes it itself.
@@ -89,7 +103,11 @@ def test_real_clients_answer_as_the_native_route(repo: Path, tmp_path: Path, arc
         assert [m.id for m in client.models.list()] == ["embed"]
         with pytest.raises(openai.NotFoundError):
             client.embeddings.create(model="nope", input="x")
-        with pytest.raises(openai.UnprocessableEntityError) as wrong_kind:
+        # OpenAI's statuses: a request that cannot be served as sent is a 400 (BadRequestError).
+        with pytest.raises(openai.BadRequestError) as wrong_kind:
             client.embeddings.create(model="sentiment", input="x")
         assert "not an embedding task" in wrong_kind.value.message
+        with pytest.raises(openai.BadRequestError) as empty:
+            client.embeddings.create(model="embed", input=["a", ""])
+        assert empty.value.type == "invalid_request_error"
         print("openai: embeddings.create (float, base64), models.list equal /predict")

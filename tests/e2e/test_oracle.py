@@ -3,9 +3,11 @@
 The reference for a (task, text) is what a server answers for that text sent alone, one request at
 a time with nothing else in flight. Several ``mts serve`` processes with different micro-batching
 settings take random waves of concurrent requests (single-task, multi-task and Open Inference
-Protocol; random texts, sizes and duplicates) while admin operations change *other* tasks; every
-answer for a task that exists throughout must equal its reference: labels, entities and spans
-exactly, scores within ``tests.oracle.TOLERANCE``.
+Protocol, TEI's root route and OpenAI's embeddings in float and base64; random texts, sizes and
+duplicates) while admin operations change *other* tasks; every answer for a task that exists
+throughout must equal its reference: labels, entities and spans exactly, scores within
+``tests.oracle.TOLERANCE``. TEI and OpenAI refuse an empty text; a call of theirs holding one must
+get that protocol's refusal (400, ``Empty`` or ``invalid_request_error``) and nothing else.
 
 hypothesis drives it as a state machine, seeded, and shrinks a failure to a minimal program.
 CI runs it for ``ORACLE_SECONDS`` (default 150 s); set it higher to run longer, and
@@ -15,8 +17,10 @@ JSON (calls, answers checked, differences, largest score deviation per head kind
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import math
 import os
 import threading
 import time
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
@@ -85,8 +90,9 @@ texts = st.one_of(
 
 @dataclass(frozen=True)
 class Call:
-    # "task" (/predict/<task>), "multi" (/predict), "v2" (/v2/models/<task>/infer) or "tei"
-    # (/tei/<task>, TEI's root route)
+    # "task" (/predict/<task>), "multi" (/predict), "v2" (/v2/models/<task>/infer), "tei"
+    # (/tei/<task>, TEI's root route), "openai-float" or "openai-base64" (/v1/embeddings with that
+    # encoding_format; embedding tasks only)
     route: str
     tasks: tuple[str, ...]
     inputs: str | tuple[str, ...]
@@ -114,7 +120,16 @@ def calls(tasks: tuple[str, ...]) -> st.SearchStrategy[Call]:
         Call, st.just("v2"), st.sampled_from(STABLE).map(lambda t: (t,)), batch.map(_as_list)
     )
     tei = st.builds(Call, st.just("tei"), st.sampled_from(STABLE).map(lambda t: (t,)), batch)
-    return st.one_of(single, multi, v2, tei)
+    openai = st.builds(
+        Call, st.sampled_from(("openai-float", "openai-base64")), st.just(EMBEDDING), batch
+    )
+    return st.one_of(single, multi, v2, tei, openai)
+
+
+# The stable embedding task: OpenAI's route serves embedding tasks only.
+EMBEDDING = ("embed",)
+# Routes that refuse an empty text, as the protocols they speak do.
+REFUSE_EMPTY = ("tei", "openai-float", "openai-base64")
 
 
 def _as_list(inputs: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -136,6 +151,8 @@ class Figures:
     clients: dict[int, int] = field(default_factory=dict)  # concurrent requests -> waves
     failed_waves: int = 0
     entities: int = 0  # entity spans compared (the NER head tags some texts, not all)
+    refusals_checked: int = 0  # TEI/OpenAI calls holding an empty text, refused as they must be
+    answers_by_route: dict[str, int] = field(default_factory=dict)
     first_failure: dict[str, int] | None = None
 
     def deviation(self, kind: str, value: float) -> None:
@@ -185,6 +202,10 @@ class Harness:
         if call.route == "tei":
             body = {"inputs": call.inputs, "truncate": True, "normalize": False}
             return client.post(f"{server}/tei/{call.tasks[0]}", json=body)
+        if call.route.startswith("openai-"):
+            encoding = call.route.removeprefix("openai-")
+            body = {"model": call.tasks[0], "input": call.inputs, "encoding_format": encoding}
+            return client.post(f"{server}/v1/embeddings", json=body)
         tensor = {"name": "text", "datatype": "BYTES", "shape": [len(call.texts)]}
         body = {"inputs": [{**tensor, "data": call.texts}]}
         return client.post(f"{server}/v2/models/{call.tasks[0]}/infer", json=body)
@@ -272,6 +293,8 @@ class Harness:
             if response.status_code not in (200, 404):
                 return [f"{call}: status {response.status_code} {response.text}"]
             return []
+        if call.route in REFUSE_EMPTY and "" in call.texts:
+            return self.check_refusal(call, response)
         if response.status_code != 200:
             return [f"{call}: status {response.status_code} {response.text}"]
         body = response.json()
@@ -283,6 +306,12 @@ class Harness:
             elif call.route == "tei":
                 refs = [self.references[(task, text)] for text in call.texts]
                 answers = from_tei(self.kinds[task], body, single, refs)
+            elif call.route.startswith("openai-"):
+                refs = [self.references[(task, text)] for text in call.texts]
+                try:
+                    answers = from_openai(body, refs, call.route.removeprefix("openai-"))
+                except ValueError as exc:
+                    return [f"{call}: {exc}"]
             else:
                 part = body if call.route == "task" else body[task]
                 outputs = [part["outputs"]] if single else part["outputs"]
@@ -292,16 +321,61 @@ class Harness:
                 return [f"{call}: {len(answers)} answers for {len(call.texts)} texts"]
             for i, (text, (output, truncated)) in enumerate(zip(call.texts, answers, strict=True)):
                 ref = self.references[(task, text)]
-                found, deviation = compare(self.kinds[task], output, ref["output"])
+                expected = ref["output"]
+                if call.route.startswith("openai-"):  # OpenAI's vectors are unit length
+                    expected = unit(expected)
+                found, deviation = compare(self.kinds[task], output, expected)
                 self.figures.deviation(self.kinds[task], deviation)
                 if truncated != ref["truncated"]:
                     found = f"truncated {truncated} != alone {ref['truncated']}; {found}"
                 self.figures.answers_checked += 1
+                by_route = self.figures.answers_by_route
+                by_route[call.route] = by_route.get(call.route, 0) + 1
                 if self.kinds[task] == "token-classification":
                     self.figures.entities += len(ref["output"])
                 if found:
                     problems.append(f"{call.route} {task} inputs[{i}]={text!r}: {found}")
         return problems
+
+    def check_refusal(self, call: Call, response: httpx.Response) -> list[str]:
+        """A TEI or OpenAI call holding an empty text: that protocol's 400, in its own form."""
+        self.figures.refusals_checked += 1
+        if response.status_code != 400:
+            return [f"{call}: status {response.status_code} for an empty text (400 expected)"]
+        body = response.json()
+        if call.route == "tei":
+            if body.get("error_type") != "Empty":
+                return [f"{call}: TEI refusal {body} is not error_type Empty"]
+        elif body.get("error", {}).get("type") != "invalid_request_error":
+            return [f"{call}: OpenAI refusal {body} is not an invalid_request_error"]
+        return []
+
+
+def unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector] if norm > 0 else vector
+
+
+def from_openai(
+    body: dict[str, Any], refs: list[dict[str, Any]], encoding: str
+) -> list[tuple[Any, bool]]:
+    """Per text (embedding, truncated) from an OpenAI embeddings answer in ``encoding`` (float, or
+    base64 of little-endian float32). Raises ValueError for an answer out of order or in the other
+    encoding.
+
+    OpenAI's answers carry no truncation flag (the route always cuts); the reference's stands in.
+    """
+    outputs: list[Any] = []
+    for i, item in enumerate(body["data"]):
+        if item["index"] != i:
+            raise ValueError(f"data[{i}] has index {item['index']}")
+        vector = item["embedding"]
+        if isinstance(vector, str) != (encoding == "base64"):
+            raise ValueError(f"data[{i}] is not in encoding_format {encoding}")
+        if isinstance(vector, str):
+            vector = np.frombuffer(base64.b64decode(vector), dtype="<f4").tolist()
+        outputs.append(vector)
+    return [(output, ref["truncated"]) for output, ref in zip(outputs, refs, strict=False)]
 
 
 def from_v2(kind: str, body: dict[str, Any], n: int) -> list[tuple[Any, bool]]:
@@ -462,6 +536,8 @@ def test_every_answer_equals_its_text_sent_alone_under_concurrent_traffic(repo, 
                 "calls": figures.calls,
                 "answers_checked": figures.answers_checked,
                 "entity_spans_checked": figures.entities,
+                "answers_checked_by_route": dict(sorted(figures.answers_by_route.items())),
+                "empty_text_refusals_checked": figures.refusals_checked,
                 "differences": len(figures.differences),
                 "first_differences": figures.differences[:5],
                 "failed_waves": figures.failed_waves,
@@ -476,6 +552,8 @@ def test_every_answer_equals_its_text_sent_alone_under_concurrent_traffic(repo, 
             if os.environ.get("ORACLE_RESULTS"):
                 Path(os.environ["ORACLE_RESULTS"]).write_text(json.dumps(summary, indent=1))
     assert figures.answers_checked > 1000, "the oracle checked too little to mean anything"
+    routes = {"task", "multi", "v2", "tei", "openai-float", "openai-base64"}
+    assert set(figures.answers_by_route) == routes, figures.answers_by_route
     assert set(figures.max_deviation) >= {
         "sequence-classification",
         "token-classification",

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from multitask_serve.service.app import create_app
 from tests.conftest import ADMIN_TOKEN, TOPIC_LABELS, make_settings
+from tests.integration.test_inflight_limit import Held
 
 TEXTS = ["john scored a great goal in the final", "the bank rates fell"]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -94,16 +95,31 @@ def test_tei_tokenize_and_info(loaded: TestClient):
     assert "embedding" in loaded.get("/tei/embed/info").json()["model_type"]
 
 
+# TEI's answer per case, from its router: ErrorType -> status in router/src/http/server.rs
+# (Empty 400, Validation 413, Tokenizer 422, Backend 424, Overloaded 429, Unhealthy 503), the
+# empty-batch and batch-size checks of each route, and core/src/tokenization.rs (an empty text;
+# a text over the maximum length without truncate). error_type is the variant name as serde
+# writes it. An unknown task and a malformed body have no TEI answer of their own: 404 and 422.
 @pytest.mark.parametrize(
     ("path", "body", "status", "error_type"),
     [
-        ("/tei/embed/embed", {"inputs": []}, 422, "validation"),
-        ("/tei/embed/embed", {"nope": 1}, 422, "validation"),
-        ("/tei/embed/embed", {"inputs": ["x"] * 100_000}, 413, "validation"),
-        ("/tei/embed/embed", {"inputs": "word " * 5000}, 413, "validation"),
-        ("/tei/embed/predict", {"inputs": "x"}, 422, "validation"),
-        ("/tei/topic-zs/predict", {"inputs": "x", "raw_scores": True}, 422, "validation"),
-        ("/tei/nope/embed", {"inputs": "x"}, 404, "validation"),
+        ("/tei/embed/embed", {"inputs": []}, 400, "Empty"),
+        ("/tei/embed/embed", {"inputs": ""}, 400, "Empty"),
+        ("/tei/embed/embed", {"inputs": ["a", ""]}, 400, "Empty"),
+        ("/tei/embed", {"inputs": []}, 400, "Empty"),
+        ("/tei/topic-zs/predict", {"inputs": []}, 400, "Empty"),
+        ("/tei/embed/tokenize", {"inputs": []}, 400, "Empty"),
+        ("/tei/embed/tokenize", {"inputs": ""}, 400, "Empty"),
+        ("/tei/embed/embed", {"inputs": ["x"] * 65}, 413, "Validation"),
+        ("/tei/topic-zs/predict", {"inputs": ["x"] * 65}, 413, "Validation"),
+        ("/tei/embed/tokenize", {"inputs": ["x"] * 65}, 413, "Validation"),
+        ("/tei/embed/embed", {"inputs": "word " * 5000}, 413, "Validation"),
+        ("/tei/topic-zs", {"inputs": "word " * 5000, "truncate": False}, 413, "Validation"),
+        ("/tei/embed/predict", {"inputs": "x"}, 424, "Backend"),
+        ("/tei/topic-zs/embed", {"inputs": "x"}, 424, "Backend"),
+        ("/tei/topic-zs/predict", {"inputs": "x", "raw_scores": True}, 424, "Backend"),
+        ("/tei/nope/embed", {"inputs": "x"}, 404, "Validation"),
+        ("/tei/embed/embed", {"nope": 1}, 422, "Validation"),
     ],
 )
 def test_tei_errors(client: TestClient, path, body, status, error_type):
@@ -111,6 +127,41 @@ def test_tei_errors(client: TestClient, path, body, status, error_type):
     assert answer.status_code == status, answer.text
     assert set(answer.json()) == {"error", "error_type"}
     assert answer.json()["error_type"] == error_type
+    assert answer.json()["error"]
+
+
+def test_tei_lone_surrogate_is_refused_as_invalid(client: TestClient):
+    # JSON may escape a lone UTF-16 surrogate; it is not text (TEI's JSON parser refuses it too).
+    body = b'{"inputs": "\\ud800"}'
+    json_type = {"content-type": "application/json"}
+    answer = client.post("/tei/embed/embed", content=body, headers=json_type)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error_type"] == "Validation"
+
+
+def test_tei_text_of_spaces_is_not_empty(client: TestClient):
+    # TEI refuses only a text with no characters; one that tokenizes to nothing but the special
+    # tokens is served.
+    answer = client.post("/tei/embed/embed", json={"inputs": [" "]})
+    assert answer.status_code == 200, answer.text
+
+
+def test_overloaded_tei_and_openai_routes_answer_429_in_their_own_form(repo):
+    app = create_app(make_settings(repo, max_in_flight_requests=1), CollectorRegistry())
+    with TestClient(app) as client:
+        held = Held(client)
+        try:
+            first = held.post("/predict/embed", {"inputs": "x"})  # fills the bound
+            tei = client.post("/tei/embed", json={"inputs": "x"})
+            oa = client.post("/v1/embeddings", json={"model": "embed", "input": "x"})
+        finally:
+            held.release.set()
+            held.pool.shutdown(wait=True)
+        assert first.result().status_code == 200
+    assert tei.status_code == 429, tei.text
+    assert tei.json()["error_type"] == "Overloaded" and tei.headers["Retry-After"] == "1"
+    assert oa.status_code == 429, oa.text
+    assert oa.json()["error"]["code"] == "overloaded" and oa.headers["Retry-After"] == "1"
 
 
 def test_tei_truncate_cuts_long_texts(client: TestClient):
@@ -138,29 +189,34 @@ def test_openai_embeddings_equal_the_native_embeddings(client: TestClient):
     assert [m["id"] for m in models["data"]] == ["embed"]
 
 
+# OpenAI answers a request it cannot serve as sent with 400 invalid_request_error (an empty
+# input is "'$.input' is invalid"), and an unknown model with 404, code model_not_found.
 @pytest.mark.parametrize(
-    ("body", "status"),
+    ("body", "status", "code"),
     [
-        ({"model": "topic-zs", "input": "x"}, 422),
-        ({"model": "nope", "input": "x"}, 404),
-        ({"model": "embed", "input": []}, 422),
-        ({"model": "embed", "input": "x", "encoding_format": "int8"}, 422),
-        ({"model": "embed", "input": ["x"] * 100_000}, 413),
-        ({"input": "x"}, 422),
+        ({"model": "topic-zs", "input": "x"}, 400, "invalid_input"),
+        ({"model": "nope", "input": "x"}, 404, "model_not_found"),
+        ({"model": "embed", "input": []}, 400, "invalid_input"),
+        ({"model": "embed", "input": ""}, 400, "invalid_input"),
+        ({"model": "embed", "input": ["a", ""]}, 400, "invalid_input"),
+        ({"model": "embed", "input": "x", "encoding_format": "int8"}, 400, "invalid_input"),
+        ({"model": "embed", "input": ["x"] * 65}, 400, "too_large"),
+        ({"input": "x"}, 400, "invalid_input"),
     ],
 )
-def test_openai_errors(client: TestClient, body, status):
+def test_openai_errors(client: TestClient, body, status, code):
     answer = client.post("/v1/embeddings", json=body)
     assert answer.status_code == status, answer.text
     error = answer.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
+    assert error["code"] == code
 
 
 def test_compatible_routes_share_the_body_limit(repo):
     app = create_app(make_settings(repo, max_body_bytes=1000), CollectorRegistry())
     with TestClient(app) as client:
         tei = client.post("/tei/embed/embed", json={"inputs": "x" * 5000})
-        assert tei.status_code == 413 and tei.json()["error_type"] == "validation"
+        assert tei.status_code == 413 and tei.json()["error_type"] == "Validation"
         oa = client.post("/v1/embeddings", json={"model": "embed", "input": "x" * 5000})
-        assert oa.status_code == 413 and oa.json()["error"]["code"] == "too_large"
+        assert oa.status_code == 400 and oa.json()["error"]["code"] == "too_large"
