@@ -130,7 +130,9 @@ def quantize_cli(*args: str) -> int:
     return mts(["--log-level", "warning", "quantize", *args])
 
 
-def test_mts_quantize_head_stores_an_int8_version_and_rollback_serves_fp32_again(with_fp32_head):
+def test_mts_quantize_head_stores_an_int8_version_and_rollback_serves_fp32_again(
+    with_fp32_head, admin
+):
     repo = ModelRepository(with_fp32_head)
     assert quantize_cli("--repo", str(with_fp32_head), "--head", "sentiment") == 0
     stored = repo.read_head("sentiment")
@@ -145,9 +147,13 @@ def test_mts_quantize_head_stores_an_int8_version_and_rollback_serves_fp32_again
         == 0
     )
     assert repo.versions("sentiment") == [1, 2, 3] and repo.current_version("sentiment") == 2
-    repo.set_current("sentiment", 1)  # what rollback does
     with TestClient(create_app(make_settings(with_fp32_head), CollectorRegistry())) as client:
+        listed = client.get("/admin/heads/sentiment/versions", headers=admin).json()
+        assert [v["precision"] for v in listed["versions"]] == ["fp32", INT8, INT8]
+        r = client.post("/admin/heads/sentiment/rollback", json={"version": 1}, headers=admin)
+        assert r.status_code == 200, r.text
         assert client.post("/predict/sentiment", json={"inputs": "good"}).status_code == 200
+    assert repo.current_version("sentiment") == 1
 
 
 def test_heads_without_trained_weights_are_not_quantized_and_nothing_is_stored(with_fp32_head):
