@@ -33,9 +33,14 @@ from pipelines_vs_ours import real_texts
 from multitask_serve.export.quantize import INT8, quantize_trunk
 from multitask_serve.modelrepo.repository import ModelRepository, StoredHead
 from multitask_serve.modelrepo.types import Kind, TrunkSpec, tap_name
-from multitask_serve.service.sessions import HeadSession, TrunkSession
-from multitask_serve.training.data import is_token_split, load_dataset, read_topic
-from multitask_serve.training.features import encode_texts, encode_tokens, rust_tokenizer
+from multitask_serve.service.sessions import HeadSession, Runtime, TrunkSession
+from multitask_serve.training.data import Split, is_token_split, load_dataset, read_topic
+from multitask_serve.training.features import (
+    Encoded,
+    encode_texts,
+    encode_tokens,
+    rust_tokenizer,
+)
 from multitask_serve.training.train import TrainConfig, cap_eval, score
 
 HEADLINE = {"sentiment": "macro_f1", "topic": "macro_f1", "ner": "entity_f1"}
@@ -83,10 +88,8 @@ def speed(repo: ModelRepository, trunks: dict[str, TrunkSession], repeats: int) 
             )
 
 
-def evaluate_head(
-    repo: ModelRepository, stored: StoredHead, trunk: TrunkSession, spec: TrunkSpec
-) -> dict[str, float]:
-    """The head's test metrics with the taps from ``trunk``, on its build-time test split."""
+def test_split(repo: ModelRepository, stored: StoredHead) -> tuple[Split[Any], Encoded]:
+    """The head's build-time test split (rebuilt from its head.json config), tokenized."""
     config = TrainConfig(**stored.spec.training["config"])
     split = cap_eval(
         load_dataset(config.data, seed=config.split_seed, max_train=config.max_train),
@@ -97,7 +100,14 @@ def evaluate_head(
         raise RuntimeError(f"{stored.spec.task}: test split has {len(split.test)}, not {expected}")
     tokenizer = rust_tokenizer(repo.tokenizer_path.read_bytes(), config.max_length)
     encode = encode_tokens if is_token_split(split) else encode_texts
-    encoded = encode(tokenizer, split.test, split.labels)
+    return split, encode(tokenizer, split.test, split.labels)
+
+
+def evaluate_head(
+    repo: ModelRepository, stored: StoredHead, trunk: TrunkSession, spec: TrunkSpec
+) -> dict[str, float]:
+    """The head's test metrics with the taps from ``trunk``, on its build-time test split."""
+    split, encoded = test_split(repo, stored)
     head = HeadSession(stored.model_path.read_bytes(), stored.spec.output_name, spec.hidden_size)
     tap = tap_name(stored.spec.branch_layer)
     logits: list[Any] = []
@@ -156,7 +166,10 @@ def main() -> None:
             f"{sizes['fp32']:.1f} MiB fp32, {sizes[INT8]:.1f} MiB int8; ORT threads "
             f"{args.threads or 'all cores'}"
         )
-        trunks = {p: TrunkSession(repo.trunk_variant_path(p), args.threads) for p in ("fp32", INT8)}
+        trunks = {
+            p: TrunkSession(repo.trunk_variant_path(p), Runtime(threads=args.threads))
+            for p in ("fp32", INT8)
+        }
         speed(repo, trunks, args.repeats)
         quality(repo, trunks)
 

@@ -27,6 +27,7 @@ from multitask_serve.export.onnx_export import (
     max_abs_diff,
 )
 from multitask_serve.export.onnx_export import session as onnx_session
+from multitask_serve.export.quantize import INT8, HeadSample, quantize_head
 from multitask_serve.export.samples import encode, sample_batches, tokenizer_from_json
 from multitask_serve.modelrepo import graphs
 from multitask_serve.modelrepo.repository import ModelRepository
@@ -34,10 +35,14 @@ from multitask_serve.modelrepo.types import (
     HEAD_HIDDEN_INPUT,
     HEAD_MASK_INPUT,
     KINDS,
+    REFERENCE_PRECISION,
     HeadSpec,
     Kind,
     TrunkSpec,
 )
+
+# What ``classification`` can write: the traced graph, or its int8 copy (export/quantize.py).
+HEAD_PRECISIONS = (REFERENCE_PRECISION, INT8)
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +137,17 @@ class HeadExporter:
         head: Head,
         labels: tuple[str, ...] | list[str],
         training: Mapping[str, Any] | None = None,
+        precision: str = REFERENCE_PRECISION,
     ) -> tuple[HeadSpec, bytes]:
-        """Export a trained head; its branch tap is L minus the number of layers it owns."""
+        """Export a trained head; its branch tap is L minus the number of layers it owns.
+
+        With ``precision="int8"`` the traced fp32 graph (checked against the module) is quantized
+        and checked against that graph on the same sample taps; the int8 copy is returned.
+        """
+        if precision not in HEAD_PRECISIONS:
+            raise ValueError(
+                f"head precision {precision!r}: choose one of {', '.join(HEAD_PRECISIONS)}"
+            )
         if head.classifier.out_features != len(labels):
             raise ValueError(
                 f"{task}: classifier has {head.classifier.out_features} outputs, "
@@ -162,7 +176,13 @@ class HeadExporter:
             parity_max_abs_diff=exported.max_abs_diff,
             training=dict(training or {}),
         )
+        if precision == INT8:
+            return quantize_head(spec, exported.model, self.head_samples(branch))
         return spec, exported.model
+
+    def head_samples(self, layer: int) -> list[HeadSample]:
+        """The sample taps at ``layer`` with their masks, as a head graph is fed them."""
+        return [(taps[layer].numpy(), mask.numpy()) for taps, mask in self._samples]
 
     def embedding(self, task: str = "embed") -> tuple[HeadSpec, bytes]:
         layer = self.trunk_spec.num_layers

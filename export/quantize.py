@@ -1,15 +1,23 @@
-"""An int8 variant of the trunk: ONNX Runtime dynamic quantization with per-channel weights.
+"""int8 graphs: ONNX Runtime dynamic quantization with per-channel weights, trunk and heads.
 
-Weights of every MatMul (and the embedding tables) are stored as int8 with one scale per output
-channel; activations are quantized per batch at run time, so no calibration data is needed. The
-variant is checked against the reference graph on sample texts before it is stored, and recorded
-in trunk.json beside the reference, whose fingerprint heads keep binding to (docs/architecture.md).
+Weights of every MatMul (and the trunk's embedding tables) are stored as int8 with one scale per
+output channel; activations are quantized per batch at run time, so no calibration data is needed.
+
+- The trunk's variant is checked against the reference graph on sample texts before it is stored,
+  and recorded in trunk.json beside the reference, whose fingerprint heads keep binding to
+  (docs/architecture.md).
+- A trained head's int8 copy quantizes the head's own layers and classifier. It keeps the head's
+  signature (float32 taps in, float32 logits out) and trunk fingerprint; head.json records
+  ``precision: int8`` and how far its outputs moved from the fp32 graph on the sample taps, which
+  must stay within ``MAX_PROBABILITY_CHANGE``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +27,16 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from multitask_serve.export.onnx_export import session
 from multitask_serve.export.samples import SAMPLE_TEXTS, tokenizer_from_json
 from multitask_serve.modelrepo.repository import ModelRepository
-from multitask_serve.modelrepo.types import TrunkSpec, TrunkVariant, trunk_fingerprint
+from multitask_serve.modelrepo.types import (
+    HEAD_HIDDEN_INPUT,
+    HEAD_MASK_INPUT,
+    REFERENCE_PRECISION,
+    HeadSpec,
+    TrunkSpec,
+    TrunkVariant,
+    tap_name,
+    trunk_fingerprint,
+)
 
 INT8 = "int8"
 METHOD = "onnxruntime quantize_dynamic, per-channel int8 weights, uint8 activations"
@@ -52,20 +69,25 @@ def quantize_graph(model: bytes) -> bytes:
         return target.read_bytes()
 
 
-def compare_taps(
-    reference: bytes, variant: bytes, spec: TrunkSpec, tokenizer_json: bytes
-) -> tuple[float, float]:
-    """(max abs diff, min cosine) between two trunk graphs over every real token of every tap."""
+def sample_feeds(spec: TrunkSpec, tokenizer_json: bytes) -> Iterator[dict[str, np.ndarray]]:
+    """The trunk's inputs for the sample texts, in two padded batches of different shapes."""
     tokenizer = tokenizer_from_json(tokenizer_json, spec.max_length)
-    worst_diff, worst_cos = 0.0, 1.0
-    ref, var = session(reference), session(variant)
     for texts in (SAMPLE_TEXTS[:3], SAMPLE_TEXTS[3:]):
         encodings = tokenizer.encode_batch(list(texts))
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        feeds = {k: v for k, v in feeds.items() if k in spec.input_names}
-        real = mask.astype(bool)
+        yield {k: v for k, v in feeds.items() if k in spec.input_names}
+
+
+def compare_taps(
+    reference: bytes, variant: bytes, spec: TrunkSpec, tokenizer_json: bytes
+) -> tuple[float, float]:
+    """(max abs diff, min cosine) between two trunk graphs over every real token of every tap."""
+    worst_diff, worst_cos = 0.0, 1.0
+    ref, var = session(reference), session(variant)
+    for feeds in sample_feeds(spec, tokenizer_json):
+        real = feeds["attention_mask"].astype(bool)
         for a, b in zip(ref.run(None, feeds), var.run(None, feeds), strict=True):
             a, b = a[real], b[real]
             worst_diff = max(worst_diff, float(np.abs(a - b).max()))
@@ -96,3 +118,119 @@ def quantize_trunk(repo: ModelRepository) -> TrunkSpec:
         versions={"onnxruntime": onnxruntime.__version__},
     )
     return repo.add_trunk_variant(INT8, variant, model)
+
+
+# -- heads -------------------------------------------------------------------------------------
+# A head's int8 copy may move its logits, but not its answers: over the sample taps no class (or
+# per-token tag) probability may move by more than this from the fp32 graph's. Measured on the
+# default top-2 heads: 0.027 (sentiment) and 0.076 (NER) on the sample taps, 0.058 and 0.122 at
+# worst over their whole test splits (BENCHMARKS.md, int8 heads).
+MAX_PROBABILITY_CHANGE = 0.15
+HEAD_METHOD = "onnxruntime quantize_dynamic of the head's own MatMuls, per-channel int8 weights"
+
+# (hidden at the head's branch tap, attention_mask): what a head graph is fed.
+HeadSample = tuple[np.ndarray, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadParity:
+    """How far a head variant's outputs are from its fp32 graph's, over real rows or tokens."""
+
+    logits_max_abs_diff: float
+    probability_max_abs_diff: float
+    # Share of texts (per-token heads: real tokens) whose highest-scoring label changed.
+    changed_predictions: float
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def compare_heads(
+    reference: bytes, variant: bytes, output: str, samples: Sequence[HeadSample]
+) -> HeadParity:
+    """Run both head graphs on the same taps; padding positions of per-token outputs are ignored."""
+    ref, var = session(reference), session(variant)
+    a_rows, b_rows = [], []
+    for hidden, mask in samples:
+        feeds = {HEAD_HIDDEN_INPUT: hidden, HEAD_MASK_INPUT: mask}
+        a, b = ref.run([output], feeds)[0], var.run([output], feeds)[0]
+        if a.ndim == 3:  # per token: keep the real tokens only
+            a, b = a[mask.astype(bool)], b[mask.astype(bool)]
+        a_rows.append(a)
+        b_rows.append(b)
+    a, b = np.concatenate(a_rows), np.concatenate(b_rows)
+    return HeadParity(
+        logits_max_abs_diff=float(np.abs(a - b).max()),
+        probability_max_abs_diff=float(np.abs(softmax(a) - softmax(b)).max()),
+        changed_predictions=float((a.argmax(-1) != b.argmax(-1)).mean()),
+    )
+
+
+def trunk_head_samples(repo: ModelRepository, layer: int) -> list[HeadSample]:
+    """The repository trunk's taps at ``layer`` on the sample texts, with their masks."""
+    spec = repo.read_trunk_spec()
+    trunk = session(repo.trunk_model_path.read_bytes())
+    return [
+        (trunk.run([tap_name(layer)], feeds)[0], feeds["attention_mask"])
+        for feeds in sample_feeds(spec, repo.tokenizer_path.read_bytes())
+    ]
+
+
+def quantize_head(
+    spec: HeadSpec, model: bytes, samples: Sequence[HeadSample]
+) -> tuple[HeadSpec, bytes]:
+    """The int8 copy of an fp32 trained head, checked against it on ``samples`` (its taps)."""
+    if not spec.traits.trained:
+        raise QuantizationError(
+            f"head {spec.task!r} ({spec.kind}) has no trained weights of its own to quantize"
+        )
+    if spec.precision != REFERENCE_PRECISION:
+        raise QuantizationError(
+            f"head {spec.task!r} is already {spec.precision}; quantize its fp32 version"
+        )
+    quantized = quantize_graph(model)
+    parity = compare_heads(model, quantized, spec.output_name, samples)
+    log.info(
+        "int8 head %s vs fp32: logits max abs diff %.3g, probabilities %.3g, changed %.3f",
+        spec.task,
+        parity.logits_max_abs_diff,
+        parity.probability_max_abs_diff,
+        parity.changed_predictions,
+    )
+    if not parity.probability_max_abs_diff <= MAX_PROBABILITY_CHANGE:
+        raise QuantizationError(
+            f"the int8 copy of head {spec.task!r} moves a probability by "
+            f"{parity.probability_max_abs_diff:.3g} from the fp32 graph's, above "
+            f"{MAX_PROBABILITY_CHANGE}; not stored"
+        )
+    quantization = {
+        "method": HEAD_METHOD,
+        "from_precision": REFERENCE_PRECISION,
+        # The fp32 graph's parity against its PyTorch module; the metrics in ``training`` were
+        # measured with the fp32 head too.
+        "reference_parity_max_abs_diff": spec.parity_max_abs_diff,
+        **dataclasses.asdict(parity),
+        "versions": {"onnxruntime": onnxruntime.__version__},
+    }
+    variant = dataclasses.replace(
+        spec,
+        precision=INT8,
+        parity_max_abs_diff=parity.logits_max_abs_diff,
+        training={**spec.training, "quantization": quantization},
+    )
+    return variant, quantized
+
+
+def quantize_head_for(
+    repo: ModelRepository, spec: HeadSpec, model: bytes
+) -> tuple[HeadSpec, bytes]:
+    """The int8 copy of an exported fp32 head of ``repo``'s trunk, checked on that trunk's taps."""
+    trunk = repo.read_trunk_spec()
+    if spec.trunk_fingerprint != trunk.fingerprint:
+        raise QuantizationError(
+            f"head {spec.task!r} was made for trunk {spec.trunk_fingerprint[:12]}..., "
+            f"{repo.root} holds trunk {trunk.fingerprint[:12]}...: its taps cannot check the copy"
+        )
+    return quantize_head(spec, model, trunk_head_samples(repo, spec.branch_layer))

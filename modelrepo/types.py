@@ -265,13 +265,21 @@ class HeadSpec:
     trunk_fingerprint: str
     labels: tuple[str, ...] = ()
     pooling: str = "mean"
+    # Largest difference of the graph's output from its reference on the sample taps: the PyTorch
+    # module for a reference-precision head, the fp32 graph it was made from for a variant.
     parity_max_abs_diff: float = 0.0
-    # Free-form provenance: strategy, data, seed, config, validation metrics.
+    # Free-form provenance: strategy, data, seed, config, validation metrics (and, for a variant,
+    # how it was made from the fp32 graph: training["quantization"]).
     training: dict[str, Any] = field(default_factory=dict)
+    # The numeric precision of the head's own weights ("fp32", or "int8" for a quantized copy).
+    # Inputs and outputs are float32 whatever it is, so the service serves every precision alike.
+    precision: str = REFERENCE_PRECISION
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         validate_task_name(self.task)
+        if not PRECISION_RE.match(self.precision):
+            raise SpecError(f"head.json: invalid precision {self.precision!r}")
         if not self.traits.labelled and self.labels:
             raise SpecError(f"head.json: an {self.kind} head has no labels")
         if self.traits.labelled and not self.labels:
@@ -334,6 +342,9 @@ class HeadSpec:
             pooling=data.get("pooling", "mean"),
             parity_max_abs_diff=float(data.get("parity_max_abs_diff", 0.0)),
             training=training,
+            precision=_get(data, "precision", str, where)
+            if "precision" in data
+            else REFERENCE_PRECISION,
         )
 
 

@@ -28,7 +28,9 @@ def _needs_train_extra(exc: ImportError) -> None:
     sys.exit(f"this command needs the serve and train extras (pip install '.[serve,train]'): {exc}")
 
 
-def _build(repo: Path, encoder: str | None, train_heads: bool) -> None:
+def _build(
+    repo: Path, encoder: str | None, train_heads: bool, head_precision: str = "fp32"
+) -> None:
     try:
         from multitask_serve.export.build import build_repository
         from multitask_serve.export.encoder import load_encoder
@@ -39,7 +41,7 @@ def _build(repo: Path, encoder: str | None, train_heads: bool) -> None:
     library_bars()
     loaded = load_encoder(encoder) if encoder else None
     if train_heads:
-        build_with_heads(repo, loaded)
+        build_with_heads(repo, loaded, head_precision=head_precision)
     else:
         build_repository(repo, loaded)
 
@@ -79,7 +81,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"{args.repo} holds a complete repository; not rebuilding")
         return 0
     try:
-        _build(args.repo, args.encoder, not args.no_train)
+        _build(args.repo, args.encoder, not args.no_train, args.head_precision)
     except FileExistsError as exc:
         sys.exit(f"mts build: {exc}")
     return 0
@@ -156,12 +158,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     result = train(config, encoder)
-    spec, model = export_run(result, exporter)
+    spec, model = export_run(result, exporter, args.head_precision)
     out = args.out or Path(f"{args.task}-{args.strategy}-seed{args.seed}.tar.gz")
     atomic_write(out.resolve(), pack_head(spec, model))
     print(f"validation {result.validation}\ntest {result.test}")
     print(
-        f"wrote {out}: {spec.kind}, tap {spec.branch_layer}, "
+        f"wrote {out}: {spec.kind}, tap {spec.branch_layer}, {spec.precision}, "
         f"parity {spec.parity_max_abs_diff:.2e}, {result.train_seconds:.0f} s"
     )
     if args.add:
@@ -179,6 +181,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         from multitask_serve.modelrepo.repository import ModelRepository
     except ImportError as exc:
         _needs_train_extra(exc)
+    if args.head or args.archive:
+        return _quantize_head(args)
     spec = quantize_trunk(ModelRepository(args.repo))
     variant = spec.variants[INT8]
     print(
@@ -186,6 +190,40 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         f"{variant.max_abs_diff:.3g}, min cosine {variant.min_cosine:.6f}; serve it with "
         f"MTS_TRUNK_PRECISION={INT8}"
     )
+    return 0
+
+
+def _quantize_head(args: argparse.Namespace) -> int:
+    from multitask_serve.export.quantize import QuantizationError, quantize_head_for
+    from multitask_serve.modelrepo.archive import ArchiveError, pack_head, unpack_head
+    from multitask_serve.modelrepo.atomic import atomic_write
+    from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
+
+    repo = ModelRepository(args.repo)
+    if bool(args.head) == bool(args.archive) or bool(args.archive) != bool(args.out):
+        sys.exit("mts quantize: give --head TASK, or --archive IN.tar.gz with --out OUT.tar.gz")
+    try:
+        if args.archive:
+            # A local file the user names, so no upload limit; 4 GiB bounds a corrupt one.
+            spec, model = unpack_head(args.archive.read_bytes(), 4 << 30)
+        else:
+            stored = repo.read_head(args.head, args.version)
+            spec, model = stored.spec, stored.model_path.read_bytes()
+        spec, model = quantize_head_for(repo, spec, model)
+    except (ArchiveError, RepositoryError, QuantizationError, OSError) as exc:
+        sys.exit(f"mts quantize: {exc}")
+    figures = spec.training["quantization"]
+    done = (
+        f"int8 {spec.task} head: probabilities within {figures['probability_max_abs_diff']:.3g} "
+        f"of the fp32 graph's on the sample texts, logits within {spec.parity_max_abs_diff:.3g}"
+    )
+    if args.archive:
+        atomic_write(args.out.resolve(), pack_head(spec, model))
+        print(f"wrote {args.out}: {done}")
+    else:
+        version = repo.add_head(spec, model, make_current=not args.keep_current)
+        served = "kept the current version" if args.keep_current else "now current"
+        print(f"added {spec.task} version {version} to {args.repo} ({served}): {done}")
     return 0
 
 
@@ -240,6 +278,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only the training-free heads (embed, zero-shot): seconds, not minutes",
     )
+    _head_precision_flag(build, "the trained heads' weights")
     build.set_defaults(func=cmd_build)
 
     serve = sub.add_parser("serve", help="serve a model repository (settings: MTS_* variables)")
@@ -285,14 +324,32 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--out", type=Path, help="archive path (default <task>-<strategy>-seed<n>.tar.gz)"
     )
+    _head_precision_flag(tr, "the head's weights")
     tr.add_argument("--add", action="store_true", help="also store it in --repo as a new version")
     tr.set_defaults(func=cmd_train)
 
     quant = sub.add_parser(
         "quantize",
-        help="add an int8 (dynamic, per-channel) variant of the trunk; heads stay valid",
+        help="add an int8 (dynamic, per-channel) variant of the trunk (heads stay valid), or "
+        "make an int8 copy of a trained head",
     )
     quant.add_argument("--repo", type=Path, default=Path("model-repo"))
+    quant.add_argument(
+        "--head",
+        metavar="TASK",
+        help="quantize this task's fp32 head instead of the trunk and store the copy as a new "
+        "version, made current (rollback serves the fp32 version again)",
+    )
+    quant.add_argument("--version", type=int, help="with --head: the version to quantize")
+    quant.add_argument(
+        "--keep-current", action="store_true", help="with --head: store, but do not serve yet"
+    )
+    quant.add_argument(
+        "--archive",
+        type=Path,
+        help="quantize the head in this archive instead (for --repo's trunk); needs --out",
+    )
+    quant.add_argument("--out", type=Path, help="with --archive: the int8 head's archive")
     quant.set_defaults(func=cmd_quantize)
 
     rep = sub.add_parser("report", help="run every strategy on every task; write reports/")
@@ -312,6 +369,16 @@ def parser() -> argparse.ArgumentParser:
     )
     rep.set_defaults(func=cmd_report)
     return p
+
+
+def _head_precision_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--head-precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help=f"{what}: fp32 (default), or int8: per-channel int8 copies of the head's own layers "
+        "and classifier, checked against the fp32 graph (BENCHMARKS.md, int8 heads)",
+    )
 
 
 # Settings with flags of their own above, or that only make sense in the environment.

@@ -223,6 +223,7 @@ async def versions(task: str, request: Request) -> dict[str, Any]:
                 "kind": str(s.spec.kind),
                 "branch_layer": s.spec.branch_layer,
                 "strategy": s.spec.training.get("strategy"),
+                "precision": s.spec.precision,
                 "labels": list(s.spec.labels),
             }
             for s in stored

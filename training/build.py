@@ -13,6 +13,7 @@ from pathlib import Path
 from multitask_serve.export.build import Report, building, install_training_free
 from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
+from multitask_serve.modelrepo.types import REFERENCE_PRECISION
 from multitask_serve.training.train import TrainConfig, export_run, train
 
 DEFAULT_HEADS = (
@@ -43,6 +44,7 @@ def build_with_heads(
     encoder: Encoder | None = None,
     heads: tuple[TrainConfig, ...] = DEFAULT_HEADS,
     report: Report = print,
+    head_precision: str = REFERENCE_PRECISION,
 ) -> None:
     started = time.perf_counter()
     with building(root) as repo:
@@ -51,12 +53,12 @@ def build_with_heads(
         for i, config in enumerate(heads, start=1):
             t = time.perf_counter()
             result = train(config, encoder)
-            spec, model = export_run(result, exporter)
+            spec, model = export_run(result, exporter, head_precision)
             repo.add_head(spec, model)
             report(
                 f"[train {i}/{len(heads)}] {config.task}: {config.strategy} on "
                 f"{result.data['name']} ({result.data['train']} train), test {_fmt(result.test)}, "
-                f"tap {spec.branch_layer}, parity {spec.parity_max_abs_diff:.2e} "
+                f"tap {spec.branch_layer}, {spec.precision}, parity {spec.parity_max_abs_diff:.2e} "
                 f"({time.perf_counter() - t:.0f} s)"
             )
     report(f"built {root} in {time.perf_counter() - started:.1f} s")

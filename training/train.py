@@ -25,7 +25,7 @@ from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
 from multitask_serve.export.modules import Head, Trunk, top_layers
 from multitask_serve.export.progress import progress
-from multitask_serve.modelrepo.types import KINDS, HeadSpec, Kind
+from multitask_serve.modelrepo.types import KINDS, REFERENCE_PRECISION, HeadSpec, Kind
 from multitask_serve.training import memory
 from multitask_serve.training.data import Split, is_token_split, load_dataset
 from multitask_serve.training.features import (
@@ -323,6 +323,10 @@ def train(
     )
 
 
-def export_run(result: RunResult, exporter: HeadExporter) -> tuple[HeadSpec, bytes]:
+def export_run(
+    result: RunResult, exporter: HeadExporter, precision: str = REFERENCE_PRECISION
+) -> tuple[HeadSpec, bytes]:
     assert result.head is not None
-    return exporter.classification(result.config.task, result.head, result.labels, result.summary())
+    return exporter.classification(
+        result.config.task, result.head, result.labels, result.summary(), precision
+    )

@@ -1,0 +1,310 @@
+"""int8 vs fp32 heads: the shipped top-2 sentiment and NER heads; quality, speed, size, memory.
+
+The int8 head is what ``mts quantize --head`` (and ``mts train --head-precision int8``) makes:
+ONNX Runtime dynamic quantization of the exported fp32 head graph's MatMuls (its two own layers
+and the classifier), per-channel int8 weights. Both ways quantize the same traced fp32 graph, so
+quantizing the repository's stored heads here measures exactly what training would ship.
+
+- Quality: both heads on the test split they were evaluated on at build time (rebuilt from the
+  config their head.json records), fed the same taps; once through the fp32 trunk and once
+  through the int8 trunk (``mts quantize``). Changed predictions: the share of test texts
+  (sentiment) or dataset words (NER) whose predicted label differs from the fp32 head's.
+- Batch dependence: each head on every test text alone (its own rows of the same taps) against
+  the same head on the text inside its batch of 32. ONNX Runtime's dynamic quantization scales a
+  MatMul's activations over the whole batch, so an int8 head's answer moves with its companions.
+- Speed: each head alone through the service's session wrapper (serving options), on the fp32
+  trunk's taps of real texts (tweets and BBC news sentences), batch 1 and 16; fp32 and int8
+  interleaved, the order swapped every round; per round the median of ``--repeats`` runs.
+- Memory: resident memory a fresh process gains by loading the head and running it at batch 16
+  (each precision in its own process, interleaved over the rounds).
+
+    .venv/bin/python bench/int8_heads.py [--repo model-repo] [--rounds 5] [--repeats 30]
+        [--out bench/results/int8-heads.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+from heads_vs_models import median_time
+from int8_trunk import feeds, test_split
+from pipelines_vs_ours import real_texts
+
+from multitask_serve.export.quantize import INT8, quantize_head_for, quantize_trunk, softmax
+from multitask_serve.modelrepo.repository import ModelRepository, StoredHead
+from multitask_serve.modelrepo.types import HeadSpec, Kind, TrunkSpec, tap_name
+from multitask_serve.service.sessions import HeadSession, TrunkSession
+from multitask_serve.training.features import rust_tokenizer
+from multitask_serve.training.train import score
+
+TASKS = {"sentiment": ("accuracy", "macro_f1"), "ner": ("entity_f1",)}
+PRECISIONS = ("fp32", INT8)
+RSS_BATCH = 16
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def predictions(
+    heads: dict[str, HeadSession],
+    stored: StoredHead,
+    encoded: Any,
+    trunk: TrunkSession,
+    spec: TrunkSpec,
+) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
+    """Each head's logits per test example (per real token for NER), from the same taps: in
+    batches of 32 as the service batches, and each text alone (its own rows of the same taps)."""
+    tap = tap_name(stored.spec.branch_layer)
+    per_token = stored.spec.kind is Kind.TOKEN_CLASSIFICATION
+    batched: dict[str, list[np.ndarray]] = {name: [] for name in heads}
+    alone: dict[str, list[np.ndarray]] = {name: [] for name in heads}
+    for start in range(0, len(encoded.ids), 32):
+        rows = encoded.ids[start : start + 32]
+        batch = feeds(spec, rows)
+        hidden = np.asarray(trunk.run(batch, [tap])[tap])
+        for name, head in heads.items():
+            logits = head.run(hidden, batch["attention_mask"])
+            for i, row in enumerate(rows):
+                batched[name].append(logits[i, : len(row)] if per_token else logits[i])
+                own = head.run(
+                    hidden[i : i + 1, : len(row)], batch["attention_mask"][i : i + 1, : len(row)]
+                )
+                alone[name].append(own[0])
+    return batched, alone
+
+
+def probability_moved(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.abs(softmax(x) - softmax(y)).max()) for x, y in zip(a, b, strict=True))
+
+
+def changed_share(
+    stored: StoredHead, a: list[np.ndarray], b: list[np.ndarray], encoded: Any
+) -> float:
+    """Share of texts (NER: dataset words, read where scoring reads them) whose label changed."""
+    if stored.spec.kind is not Kind.TOKEN_CLASSIFICATION:
+        return float(np.mean([x.argmax() != y.argmax() for x, y in zip(a, b, strict=True)]))
+    changed = [
+        x[t].argmax() != y[t].argmax()
+        for x, y, words in zip(a, b, encoded.word_tokens, strict=True)
+        for t in words
+        if t is not None
+    ]
+    return float(np.mean(changed))
+
+
+def quality(
+    repo: ModelRepository,
+    stored: StoredHead,
+    models: dict[str, bytes],
+    trunks: dict[str, TrunkSession],
+) -> dict[str, Any]:
+    split, encoded = test_split(repo, stored)
+    hidden = stored.spec.hidden_size
+    heads = {p: HeadSession(m, stored.spec.output_name, hidden) for p, m in models.items()}
+    result: dict[str, Any] = {"test_examples": len(split.test), "by_trunk": {}}
+    for trunk_precision, trunk in trunks.items():
+        logits, alone = predictions(heads, stored, encoded, trunk, repo.read_trunk_spec())
+        metrics = {
+            p: score(stored.spec.kind, logits[p], split.test, split.labels, encoded.word_tokens)
+            for p in heads
+        }
+        result["by_trunk"][trunk_precision] = {
+            "metrics": metrics,
+            "change_points": {
+                m: 100 * (metrics[INT8][m] - metrics["fp32"][m]) for m in TASKS[stored.spec.task]
+            },
+            "changed_predictions": changed_share(stored, logits["fp32"], logits[INT8], encoded),
+            "probability_max_abs_diff": probability_moved(logits["fp32"], logits[INT8]),
+            # Each text alone vs inside its batch of 32, same head: dynamic quantization scales
+            # activations per batch, so an int8 head's answer depends on its batch companions.
+            "alone_vs_batched": {
+                p: {
+                    "probability_max_abs_diff": probability_moved(logits[p], alone[p]),
+                    "changed_predictions": changed_share(stored, logits[p], alone[p], encoded),
+                }
+                for p in heads
+            },
+        }
+    result["build_time_test"] = stored.spec.training["test"]
+    return result
+
+
+def latency(
+    stored: StoredHead,
+    models: dict[str, bytes],
+    taps: dict[int, tuple[np.ndarray, np.ndarray]],
+    rounds: int,
+    repeats: int,
+) -> dict[str, Any]:
+    heads = {
+        p: HeadSession(m, stored.spec.output_name, stored.spec.hidden_size)
+        for p, m in models.items()
+    }
+    result: dict[str, Any] = {}
+    for batch, (hidden, mask) in taps.items():
+        per_round: dict[str, list[float]] = {p: [] for p in heads}
+        for r in range(rounds):
+            order = PRECISIONS if r % 2 == 0 else PRECISIONS[::-1]
+            for p in order:
+                run = partial(heads[p].run, hidden, mask)
+                per_round[p].append(1000 * median_time(run, repeats))
+        ratios = [a / b for a, b in zip(per_round["fp32"], per_round[INT8], strict=True)]
+        result[f"batch_{batch}"] = {
+            "tokens_padded": int(mask.shape[1]),
+            **{f"{p}_ms": spread(v) for p, v in per_round.items()},
+            "fp32_over_int8": spread(ratios),
+            "ms_per_round": per_round,
+        }
+    return result
+
+
+def rss_child(model: Path, output: str, hidden_size: int) -> None:
+    """In a fresh process: resident memory before and after loading and running one head."""
+
+    def status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise RuntimeError(field)
+
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((RSS_BATCH, 32, hidden_size), dtype=np.float32)
+    mask = np.ones((RSS_BATCH, 32), dtype=np.int64)
+    before = status("VmRSS")
+    head = HeadSession(model.read_bytes(), output, hidden_size)
+    for _ in range(5):
+        head.run(hidden, mask)
+    print(
+        json.dumps({"before_kib": before, "after_kib": status("VmRSS"), "hwm_kib": status("VmHWM")})
+    )
+
+
+def rss(spec: HeadSpec, paths: dict[str, Path], rounds: int) -> dict[str, Any]:
+    per_round: dict[str, list[float]] = {p: [] for p in paths}
+    for r in range(rounds):
+        for p in PRECISIONS if r % 2 == 0 else PRECISIONS[::-1]:
+            cmd = [sys.executable, __file__, "--rss-child", str(paths[p]), spec.output_name]
+            out = subprocess.run(
+                [*cmd, str(spec.hidden_size)], check=True, capture_output=True, text=True
+            ).stdout
+            got = json.loads(out)
+            per_round[p].append((got["after_kib"] - got["before_kib"]) / 1024)
+    return {f"{p}_delta_mib": spread(v) for p, v in per_round.items()} | {
+        "delta_mib_per_round": per_round
+    }
+
+
+def sample_taps(
+    repo: ModelRepository, spec: TrunkSpec, trunk: TrunkSession, layer: int
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    texts = real_texts(64)
+    tokenizer = rust_tokenizer(repo.tokenizer_path.read_bytes(), spec.max_length)
+    encodings = tokenizer.encode_batch(texts)
+    taps = {}
+    for batch in (1, 16):
+        batch_feeds = feeds(spec, [e.ids for e in encodings[:batch]])
+        hidden = trunk.run(batch_feeds, [tap_name(layer)])[tap_name(layer)]
+        taps[batch] = (np.asarray(hidden), batch_feeds["attention_mask"])
+    return taps
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--repo", type=Path, default=Path("model-repo"))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--out", type=Path, default=Path("bench/results/int8-heads.json"))
+    p.add_argument(
+        "--quality-only",
+        action="store_true",
+        help="skip speed and memory (quality does not depend on the machine's load)",
+    )
+    p.add_argument(
+        "--rss-child", nargs=3, metavar=("MODEL", "OUTPUT", "HIDDEN"), help=argparse.SUPPRESS
+    )
+    args = p.parse_args()
+    if args.rss_child:
+        model, output, hidden = args.rss_child
+        rss_child(Path(model), output, int(hidden))
+        return
+    logging.basicConfig(level=logging.WARNING)
+    started, load_start = time.time(), load_average()
+    result: dict[str, Any] = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__,
+            "load_average_start": load_start,
+        },
+        "settings": {
+            "rounds": args.rounds,
+            "repeats": args.repeats,
+            "rss_batch": RSS_BATCH,
+            "quality_only": args.quality_only,
+        },
+        "heads": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        # A copy: the int8 trunk is added to it if the repository has none.
+        shutil.copytree(args.repo, Path(tmp) / "repo")
+        repo = ModelRepository(Path(tmp) / "repo")
+        if INT8 not in repo.read_trunk_spec().variants:
+            quantize_trunk(repo)
+        spec = repo.read_trunk_spec()
+        trunks = {t: TrunkSession(repo.trunk_variant_path(t)) for t in PRECISIONS}
+        for task in TASKS:
+            stored = repo.read_head(task)
+            fp32 = stored.model_path.read_bytes()
+            t = time.perf_counter()
+            int8_spec, int8 = quantize_head_for(repo, stored.spec, fp32)
+            seconds = time.perf_counter() - t
+            models = {"fp32": fp32, INT8: int8}
+            paths = {name: Path(tmp) / f"{task}.{name}.onnx" for name in models}
+            for name, model in models.items():
+                paths[name].write_bytes(model)
+            taps = sample_taps(repo, spec, trunks["fp32"], stored.spec.branch_layer)
+            result["heads"][task] = {
+                "strategy": stored.spec.training["strategy"],
+                "branch_layer": stored.spec.branch_layer,
+                "export_check": int8_spec.training["quantization"] | {"seconds": seconds},
+                "file_mib": {name: len(m) / 2**20 for name, m in models.items()},
+                "quality": quality(repo, stored, models, trunks),
+            }
+            if not args.quality_only:
+                result["heads"][task] |= {
+                    "latency": latency(stored, models, taps, args.rounds, args.repeats),
+                    "rss": rss(stored.spec, paths, min(args.rounds, 3)),
+                }
+            print(json.dumps({task: result["heads"][task]}, indent=1))
+    result["machine"]["load_average_end"] = load_average()
+    result["seconds"] = round(time.time() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
