@@ -21,13 +21,13 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.errors import InvalidInput
 from multitask_serve.service.http_errors import OPENAI, route_class
 from multitask_serve.service.predict import Predictor
+from multitask_serve.service.responses import JSON
 from multitask_serve.service.schemas import Texts
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=route_class(OPENAI))
@@ -49,7 +49,7 @@ def _unit(vector: list[float]) -> list[float]:
 
 
 @router.post("/embeddings", summary="OpenAI embeddings of an embedding task")
-async def embeddings(body: EmbeddingsRequest, request: Request) -> JSONResponse:
+async def embeddings(body: EmbeddingsRequest, request: Request) -> JSON:
     predictor: Predictor = request.app.state.predictor
     texts = predictor.texts(body.input)
     for i, text in enumerate(texts):
@@ -74,7 +74,7 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> JSONResponse:
             embedding = base64.b64encode(np.asarray(unit, dtype="<f4").tobytes()).decode()
         data.append({"object": "embedding", "index": i, "embedding": embedding})
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return JSONResponse({"object": "list", "data": data, "model": body.model, "usage": usage})
+    return JSON({"object": "list", "data": data, "model": body.model, "usage": usage})
 
 
 @router.get("/models", summary="OpenAI model list: the embedding tasks")

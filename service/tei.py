@@ -36,6 +36,7 @@ from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.errors import TooLarge
 from multitask_serve.service.http_errors import TEI, route_class
 from multitask_serve.service.predict import Predictor
+from multitask_serve.service.responses import JSON
 from multitask_serve.service.schemas import Texts
 from multitask_serve.service.types import JobResult, TaskResult
 
@@ -183,33 +184,33 @@ def _no_raw_scores(body: PredictRequest) -> None:
 
 
 @router.post("/{task}/embed", summary="TEI /embed: one embedding per text")
-async def embed(task: str, body: EmbedRequest, request: Request) -> JSONResponse:
+async def embed(task: str, body: EmbedRequest, request: Request) -> JSON:
     result = await _run(request, task, body, {str(Kind.EMBEDDING)})
-    return JSONResponse(_embeddings(result, body.normalize))
+    return JSON(_embeddings(result, body.normalize))
 
 
 @router.post("/{task}/predict", summary="TEI /predict: label scores, highest first")
-async def predict(task: str, body: PredictRequest, request: Request) -> JSONResponse:
+async def predict(task: str, body: PredictRequest, request: Request) -> JSON:
     _no_raw_scores(body)
     result = await _run(request, task, body, CLASSIFIERS)
     rows = _classes(result)
-    return JSONResponse(rows[0] if isinstance(body.inputs, str) else rows)
+    return JSON(rows[0] if isinstance(body.inputs, str) else rows)
 
 
 @router.post("/{task}", summary="TEI's root route: embed or predict by the task's kind")
-async def root(task: str, body: RootRequest, request: Request) -> JSONResponse:
+async def root(task: str, body: RootRequest, request: Request) -> JSON:
     # Answers are written as JSON directly, as /predict does, skipping FastAPI's encoder.
     _no_raw_scores(body)
     result = await _run(
         request, task, body, CLASSIFIERS | {str(Kind.EMBEDDING), str(Kind.TOKEN_CLASSIFICATION)}
     )
     if result.kind == Kind.EMBEDDING:
-        return JSONResponse(_embeddings(result, body.normalize))
+        return JSON(_embeddings(result, body.normalize))
     if result.kind == Kind.TOKEN_CLASSIFICATION:
         entities = _entities(result)
-        return JSONResponse(entities[0] if isinstance(body.inputs, str) else entities)
+        return JSON(entities[0] if isinstance(body.inputs, str) else entities)
     # One list per text even for one text: InferenceClient.text_classification reads row 0.
-    return JSONResponse(_classes(result))
+    return JSON(_classes(result))
 
 
 @router.post("/{task}/tokenize", summary="TEI /tokenize: the tokens the trunk reads")
