@@ -26,18 +26,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.errors import TooLarge
 from multitask_serve.service.http_errors import TEI, route_class
 from multitask_serve.service.predict import Predictor
 from multitask_serve.service.responses import JSON
-from multitask_serve.service.schemas import Texts
 from multitask_serve.service.types import JobResult, TaskResult
 
 
@@ -70,12 +69,27 @@ class TeiRoute(route_class(TEI)):  # type: ignore[misc]
 router = APIRouter(prefix="/tei", tags=["text embeddings inference"], route_class=TeiRoute)
 
 
+# One text or a list of texts, none empty, as documented; an empty one is still read, so that it
+# gets TEI's own answer (400 ``Empty``, ``_texts``) rather than a validation error (413).
+TeiTexts = Annotated[
+    str | list[str],
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+            ]
+        }
+    ),
+]
+
+
 class TeiRequest(BaseModel):
     # TEI ignores fields it does not read (huggingface_hub sends "parameters"), and so do we; the
     # fields it reads take their JSON type only, as TEI's do (0 is no boolean).
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    inputs: Texts = Field(description="One text, or a list of texts.")
+    inputs: TeiTexts = Field(description="One text, or a list of texts.")
     truncate: bool = Field(
         False, description="Cut texts longer than the served length; false: refuse them (413)."
     )
@@ -100,7 +114,7 @@ class RootRequest(EmbedRequest, PredictRequest):
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    inputs: Texts
+    inputs: TeiTexts
     add_special_tokens: bool = True
 
 

@@ -49,7 +49,7 @@ def test_every_error_status_is_documented_with_its_wire_formats_body(document):
         ("/predict", "post", {404, 413, 422, 429, 503}),
         ("/v2/models/{task}/infer", "post", {400, 404, 413, 429, 503}),
         ("/tei/{task}/embed", "post", {404, 413, 422, 424, 429, 503}),
-        ("/v1/embeddings", "post", {404, 413, 422, 429, 503}),
+        ("/v1/embeddings", "post", {400, 404, 429, 503}),
         ("/admin/heads/{task}", "post", {401, 403, 409, 413, 422}),
         ("/admin/heads/{task}", "delete", {401, 403, 404}),
         ("/readyz", "get", {503}),
