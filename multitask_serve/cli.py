@@ -6,8 +6,10 @@ Commands that need torch import it lazily, so ``mts serve`` works from the servi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from multitask_serve.service.logs import configure as configure_logging
@@ -108,21 +110,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     repo = ModelRepository(args.repo)
     encoder = load_encoder(args.encoder)
     exporter = HeadExporter.for_repository(encoder, repo)
-    config = TrainConfig(
-        task=args.task,
-        data=args.data,
-        strategy=args.strategy,
-        seed=args.seed,
-        epochs=args.epochs,
-        max_length=args.max_length,
-        max_train=args.max_train,
-        max_eval=args.max_eval,
-        batch_size=args.batch_size,
-    )
-    result = train(config, encoder)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    try:
+        result = train(config, encoder)
+    except ValueError as exc:  # DataError, an unknown strategy or schedule: the user's input
+        sys.exit(f"mts train: {exc}")
     spec, model = export_run(result, exporter)
     out = args.out or Path(f"{args.task}-{args.strategy}-seed{args.seed}.tar.gz")
     atomic_write(out.resolve(), pack_head(spec, model))
+    for point in result.depth_curve:
+        tap, score = point["branch_layer"], point["score"]
+        print(f"depth {point['depth']} (tap {tap}): validation {score:.4f}")
     print(f"validation {result.validation}\ntest {result.test}")
     print(
         f"wrote {out}: {spec.kind}, tap {spec.branch_layer}, "
@@ -239,12 +238,7 @@ def parser() -> argparse.ArgumentParser:
         help="the repository whose trunk the head is for",
     )
     tr.add_argument("--encoder", help=encoder_help + "; must be the trunk's")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--epochs", type=int)
-    tr.add_argument("--max-length", type=int, default=128)
-    tr.add_argument("--max-train", type=int, help="subsample the training split")
-    tr.add_argument("--max-eval", type=int, help="cap validation and test examples")
-    tr.add_argument("--batch-size", type=int, default=32)
+    _recipe_flags(tr)
     tr.add_argument(
         "--out", type=Path, help="archive path (default <task>-<strategy>-seed<n>.tar.gz)"
     )
@@ -275,6 +269,74 @@ def parser() -> argparse.ArgumentParser:
     )
     rep.set_defaults(func=cmd_report)
     return p
+
+
+def _recipe_flags(tr: argparse.ArgumentParser) -> None:
+    """``mts train``'s recipe: one flag per TrainConfig field, its default the config's.
+
+    Without the training package (a serving install) the flags are left out; ``mts train`` then
+    says which extras it needs.
+    """
+    try:
+        from multitask_serve.training.config import TrainConfig
+    except ImportError:
+        return
+
+    d = TrainConfig(task="", data="")
+    g = tr.add_argument_group("recipe (defaults: the default build's)")
+
+    def add(
+        flag: str, kind: Callable[[str], object], text: str, choices: list[str] | None = None
+    ) -> None:
+        default = getattr(d, flag[2:].replace("-", "_"))
+        g.add_argument(
+            flag, type=kind, default=default, choices=choices, help=f"{text} (default {default})"
+        )
+
+    add("--seed", int, "training seed")
+    add("--split-seed", int, "seed of the train/validation/test split")
+    add("--epochs", int, "most epochs (per depth for progressive); unset: 10 head-only, else 4")
+    add("--batch-size", int, "examples per step")
+    add("--layer-lr", float, "peak learning rate of the top owned layer")
+    add("--lr-decay", float, "each layer below learns at this times the rate above (1: same)")
+    add("--head-lr", float, "peak learning rate of the classifier")
+    add("--warmup", float, "fraction of steps warming up linearly from 0")
+    add("--schedule", str, "after warm-up", choices=["linear", "constant"])
+    add("--grad-clip", _optional_float, "max gradient norm; 'none' to not clip")
+    add("--weight-decay", float, "AdamW weight decay")
+    add(
+        "--patience",
+        _optional_int,
+        "epochs without a validation gain before stopping "
+        "(progressive: before unfreezing one more layer); 'none' never stops early",
+    )
+    add("--tolerance", float, "progressive: serve the shallowest depth within this of the best")
+    add("--max-depth", _optional_int, "progressive: deepest depth tried; unset: every layer")
+    add(
+        "--depth-patience",
+        _optional_int,
+        "progressive: stop after this many deeper depths without a new best; unset: go on",
+    )
+    add("--max-length", int, "tokens per text (longer texts are truncated)")
+    add("--max-train", _optional_int, "subsample the training split")
+    add("--max-eval", _optional_int, "cap validation and test examples")
+    add("--pooling", str, "sequence classification pooling", choices=["mean", "cls"])
+    add("--text-column", str, "text column (CSV) or key (JSON lines)")
+    add("--label-column", str, "label column (CSV) or key (JSON lines)")
+    g.add_argument(
+        "--class-weights",
+        action=argparse.BooleanOptionalAction,
+        default=d.class_weights,
+        help=f"weight the loss by inverse class frequency (default {d.class_weights})",
+    )
+
+
+def _optional_int(value: str) -> int | None:
+    return None if value.lower() == "none" else int(value)
+
+
+def _optional_float(value: str) -> float | None:
+    return None if value.lower() == "none" else float(value)
 
 
 # Settings with flags of their own above, or that only make sense in the environment.

@@ -213,12 +213,16 @@ def _limit(train: list[E], max_train: int | None) -> list[E]:
 
 
 def load_dataset(
-    name: str, seed: int, max_train: int | None = None
+    name: str,
+    seed: int,
+    max_train: int | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
 ) -> Split[TextExample] | Split[TokenExample]:
     """A packaged dataset ("topic", "sentiment", "ner") or a user file, split by `seed`.
 
-    Files ending in .csv/.jsonl/.json are text classification (columns text, label);
-    .conll/.txt/.tsv are token tagging.
+    Files ending in .csv/.jsonl/.json are text classification (columns `text_column`,
+    `label_column`); .conll/.txt/.tsv are token tagging.
     """
     if name == "ner":
         tokens, where = read_ner()
@@ -238,9 +242,8 @@ def load_dataset(
         raise DataError("no such file", path)
     source = str(path.resolve())
     if suffix in TEXT_SUFFIXES:
-        return split_texts(
-            load_text_file(path), seed, name=path.stem, source=source, max_train=max_train
-        )
+        examples = load_text_file(path, text_column, label_column)
+        return split_texts(examples, seed, name=path.stem, source=source, max_train=max_train)
     return split_tokens(load_conll(path), seed, name=path.stem, source=source, max_train=max_train)
 
 

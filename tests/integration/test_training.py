@@ -14,7 +14,8 @@ from multitask_serve.export.modules import Head, top_layers
 from multitask_serve.modelrepo.types import Kind
 from multitask_serve.training.data import TokenExample
 from multitask_serve.training.features import IGNORE, encode_tokens, rust_tokenizer
-from multitask_serve.training.strategies import strategy, unfreeze_next
+from multitask_serve.training.progressive import choose_depth
+from multitask_serve.training.strategies import strategy
 from multitask_serve.training.train import TrainConfig, export_run, train
 
 
@@ -56,7 +57,7 @@ def config(data, strategy_name, **kw) -> TrainConfig:
 
 def test_strategies_only_set_requires_grad(tiny_encoder: Encoder):
     L = tiny_encoder.num_layers
-    for name, trained_layers in [("head-only", 0), ("top-2", 2), ("full", L), ("progressive", 1)]:
+    for name, trained_layers in [("head-only", 0), ("top-2", 2), ("full", L)]:
         strat = strategy(name)
         head = Head(
             Kind.SEQUENCE_CLASSIFICATION,
@@ -69,16 +70,6 @@ def test_strategies_only_set_requires_grad(tiny_encoder: Encoder):
         trainable = [any(p.requires_grad for p in layer.parameters()) for layer in head.layers]
         assert sum(trainable) == trained_layers
         assert trainable == sorted(trainable)  # the trainable ones are the top ones
-    head = Head(
-        Kind.SEQUENCE_CLASSIFICATION, tiny_encoder.hidden_size, 2, top_layers(tiny_encoder, 3)
-    )
-    strategy("progressive").apply(head, L)
-    assert unfreeze_next(head, 1) == 2
-    assert [any(p.requires_grad for p in layer.parameters()) for layer in head.layers] == [
-        False,
-        True,
-        True,
-    ]
     assert strategy("top-5").owned(L) == 5
     with pytest.raises(ValueError, match="unknown strategy"):
         strategy("bottom-2")
@@ -126,12 +117,47 @@ def test_per_task_copies_leave_the_trunk_untouched_and_shared_layers_do_not(
     assert changed and all(".layer.4." in k or ".layer.5." in k for k in changed)
 
 
-def test_progressive_serves_from_the_tap_it_really_starts_at(tiny_encoder, sentiment_csv):
-    result = train(config(sentiment_csv, "progressive", epochs=6), tiny_encoder)
-    trained = {h["trainable_layers"] for h in result.history}
-    assert min(trained) == 1 and max(trained) <= 3
-    assert len(result.head.layers) == tiny_encoder.num_layers - result.branch_layer
-    assert 1 <= len(result.head.layers) <= 3
+def test_progressive_searches_depth_and_serves_the_shallowest_within_tolerance(
+    tiny_encoder, exporter, sentiment_csv
+):
+    result = train(
+        config(sentiment_csv, "progressive", epochs=2, patience=1, max_depth=4), tiny_encoder
+    )
+    curve = result.depth_curve
+    assert [p["depth"] for p in curve] == [1, 2, 3, 4]
+    assert [p["branch_layer"] for p in curve] == [5, 4, 3, 2]
+    # Each depth trained with exactly that many layers unfrozen, in order, deeper over time.
+    assert [h["trainable_layers"] for h in result.history] == sorted(
+        h["trainable_layers"] for h in result.history
+    )
+    assert {h["trainable_layers"] for h in result.history} == {1, 2, 3, 4}
+    depth = choose_depth(curve, 0.01)
+    best = max(p["score"] for p in curve)
+    assert all(p["score"] < best - 0.01 for p in curve if p["depth"] < depth)
+    assert result.branch_layer == tiny_encoder.num_layers - depth
+    assert len(result.head.layers) == depth
+    assert result.validation["macro_f1"] == next(p["score"] for p in curve if p["depth"] == depth)
+    spec, _ = export_run(result, exporter)
+    assert spec.branch_layer == result.branch_layer
+    assert spec.training["depth_curve"] == curve
+
+
+def test_choose_depth_takes_the_shallowest_within_tolerance_of_the_best():
+    curve = [{"depth": d, "score": s} for d, s in [(1, 0.70), (2, 0.795), (3, 0.80), (4, 0.79)]]
+    assert choose_depth(curve, 0.01) == 2
+    assert choose_depth(curve, 0.0) == 3
+    assert choose_depth(curve, 0.2) == 1
+
+
+def test_early_stopping_ends_training_after_patience_epochs_without_a_gain(
+    tiny_encoder, sentiment_csv
+):
+    # A zero learning rate never improves on the first epoch: it stops after 1 + patience.
+    frozen = {"layer_lr": 0.0, "head_lr": 0.0, "epochs": 10}
+    result = train(config(sentiment_csv, "top-1", patience=2, **frozen), tiny_encoder)
+    assert result.epochs_run == 3
+    result = train(config(sentiment_csv, "top-1", patience=None, **frozen), tiny_encoder)
+    assert result.epochs_run == 10
 
 
 def test_word_pieces_align_to_words_as_the_service_decodes_them(tiny_encoder):
