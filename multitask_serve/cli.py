@@ -136,6 +136,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        from multitask_serve.modelrepo.archive import ArchiveError
+        from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
+        from multitask_serve.modelrepo.types import SpecError
+        from multitask_serve.training.evaluate import evaluate_file, write
+    except ImportError as exc:
+        _needs_train_extra(exc)
+    try:
+        result = evaluate_file(
+            args.head,
+            args.data,
+            ModelRepository(args.repo),
+            args.text_column,
+            args.label_column,
+            args.max_length,
+        )
+    except (ValueError, RepositoryError, ArchiveError, SpecError, OSError) as exc:
+        sys.exit(f"mts eval: {exc}")
+    print(f"{result.task} ({result.kind}) on {result.examples} examples of {args.data}")
+    print("  ".join(f"{k} {v:.4f}" for k, v in result.overall.items()))
+    width = max(len(name) for name in [*result.per_label, "label"])
+    print(f"{'label':<{width}}  precision  recall  f1      support")
+    for name, m in result.per_label.items():
+        print(
+            f"{name:<{width}}  {m['precision']:.4f}     {m['recall']:.4f}  {m['f1']:.4f}  "
+            f"{int(m['support'])}"
+        )
+    written = write(result, args.out)
+    if len(written) == 1:
+        print("confusion plot skipped: matplotlib is not installed (pip install matplotlib)")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     try:
         from multitask_serve.export.quantize import INT8, quantize_trunk
@@ -165,7 +200,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         results = json.loads((args.out / "results.json").read_text())
     else:
         tasks = {name: DEFAULT_TASKS[name] for name in args.tasks}
-        scenario = ("sentiment", "topic") if {"sentiment", "topic"} <= set(args.tasks) else None
+        sizes = {k: getattr(args, k) for k in ("max_train", "max_eval") if getattr(args, k)}
+        sizes = {k: None if v == "none" else int(v) for k, v in sizes.items()}
+        tasks = {name: dataclasses.replace(task, **sizes) for name, task in tasks.items()}
+        scenario = ("sentiment", "ner") if {"sentiment", "ner"} <= set(args.tasks) else None
         results = run_report(
             load_encoder(args.encoder), tasks, tuple(args.seeds), scenario=scenario
         )
@@ -245,6 +283,30 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--add", action="store_true", help="also store it in --repo as a new version")
     tr.set_defaults(func=cmd_train)
 
+    ev = sub.add_parser(
+        "eval", help="score a head on a labelled file: per-class metrics, confusion matrix"
+    )
+    ev.add_argument(
+        "--head",
+        required=True,
+        help="a head archive (.tar.gz), a head version directory, or a task served by --repo",
+    )
+    ev.add_argument(
+        "--data", required=True, type=Path, help="a .csv/.jsonl (text,label) or .conll file"
+    )
+    ev.add_argument(
+        "--repo", type=Path, default=Path("model-repo"), help="the repository of the head's trunk"
+    )
+    ev.add_argument("--text-column", default="text")
+    ev.add_argument("--label-column", default="label")
+    ev.add_argument(
+        "--max-length", type=int, help="tokens per text (default: the head's training length)"
+    )
+    ev.add_argument(
+        "--out", type=Path, default=Path("eval"), help="where metrics.json and confusion.png go"
+    )
+    ev.set_defaults(func=cmd_eval)
+
     quant = sub.add_parser(
         "quantize",
         help="add an int8 (dynamic, per-channel) variant of the trunk; heads stay valid",
@@ -256,6 +318,12 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, default=Path("reports"))
     rep.add_argument("--encoder", help=encoder_help)
     rep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    rep.add_argument(
+        "--max-train",
+        help="training examples per task, or 'none' for the full split "
+        "(default: each task's own, sized to keep the report short)",
+    )
+    rep.add_argument("--max-eval", help="validation and test examples per task, or 'none'")
     rep.add_argument(
         "--tasks",
         nargs="+",

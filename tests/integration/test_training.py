@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import copy
+import json
 import random
 
 import pytest
 import torch
 
+from multitask_serve.cli import main as mts
 from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
 from multitask_serve.export.modules import Head, top_layers
+from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.types import Kind
-from multitask_serve.training.data import TokenExample
+from multitask_serve.training.data import TokenExample, load_dataset
 from multitask_serve.training.features import IGNORE, encode_tokens, rust_tokenizer
 from multitask_serve.training.progressive import choose_depth
+from multitask_serve.training.report import ReportTask, scenario_three
 from multitask_serve.training.strategies import strategy
 from multitask_serve.training.train import TrainConfig, export_run, train
 
@@ -186,3 +190,71 @@ def test_ner_head_trains_exports_and_records_its_provenance(
     assert spec.training["config"]["epochs"] == 8
     assert spec.training["validation"]["entity_f1"] == result.validation["entity_f1"]
     assert spec.labels[0] == "O"
+
+
+def test_scenario_three_private_copies_change_nothing_shared_layers_move_task_a(
+    tiny_encoder, sentiment_csv, ner_conll
+):
+    a = ReportTask(str(sentiment_csv), max_length=32, epochs=3)
+    b = ReportTask(str(ner_conll), max_length=32, epochs=3, layer_lr=5e-3, head_lr=1e-2)
+    s3 = scenario_three(tiny_encoder, a, b, k=2)
+    copies, shared = s3["copies"], s3["shared"]
+    assert copies["a_logits_max_abs_change"] == 0.0
+    assert copies["a_predictions_changed"] == 0.0
+    assert copies["a_after"] == s3["a_before"]
+    assert shared["a_logits_max_abs_change"] > 0.0
+    assert 0.0 <= shared["a_predictions_changed"] <= 1.0
+    assert "entity_f1" in copies["b_test"] and "entity_f1" in shared["b_test"]
+
+
+def test_mts_eval_scores_an_archive_on_a_user_file_as_training_scored_it(
+    tiny_encoder, exporter, built_repo, sentiment_csv, ner_conll, tmp_path
+):
+    fast = {"epochs": 4, "layer_lr": 1e-3, "head_lr": 1e-2}
+    result = train(config(sentiment_csv, "top-1", **fast), tiny_encoder)
+    archive = tmp_path / "s.tar.gz"
+    archive.write_bytes(pack_head(*export_run(result, exporter)))
+    split = load_dataset(str(sentiment_csv), seed=0)
+    test_file = tmp_path / "test.csv"
+    test_file.write_text("label,text\n" + "".join(f"{e.label},{e.text}\n" for e in split.test))
+    out = tmp_path / "eval"
+    argv = ["eval", "--head", str(archive), "--data", str(test_file), "--repo", str(built_repo)]
+    assert mts([*argv, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # The ONNX graphs agree with the PyTorch head that training scored on the same examples.
+    assert metrics["overall"]["accuracy"] == pytest.approx(result.test["accuracy"], abs=1e-9)
+    assert metrics["overall"]["macro_f1"] == pytest.approx(result.test["macro_f1"], abs=1e-9)
+    matrix = metrics["confusion"]
+    assert sum(map(sum, matrix)) == len(split.test)
+    assert sum(matrix[i][i] for i in range(len(matrix))) / len(split.test) == pytest.approx(
+        metrics["overall"]["accuracy"]
+    )
+    per = metrics["per_label"]
+    assert set(per) == {"neg", "pos"}
+    assert sum(m["support"] for m in per.values()) == len(split.test)
+    mean_f1 = sum(m["f1"] for m in per.values()) / 2
+    assert mean_f1 == pytest.approx(metrics["overall"]["macro_f1"])
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    ner = train(config(ner_conll, "top-1", **fast), tiny_encoder)
+    ner_archive = tmp_path / "n.tar.gz"
+    ner_archive.write_bytes(pack_head(*export_run(ner, exporter)))
+    argv = ["eval", "--head", str(ner_archive), "--data", str(ner_conll), "--repo", str(built_repo)]
+    assert mts([*argv, "--out", str(tmp_path / "ner")]) == 0
+    ner_metrics = json.loads((tmp_path / "ner" / "metrics.json").read_text())
+    assert set(ner_metrics["per_label"]) <= {"PER", "LOC"}
+    assert ner_metrics["confusion_labels"] == ["O", "LOC", "PER"]
+    assert "entity_f1" in ner_metrics["overall"]
+    # A file of the wrong kind for the head is a clear error, not a traceback.
+    with pytest.raises(SystemExit, match=r"token-classification head reads a \.conll"):
+        mts(
+            [
+                "eval",
+                "--head",
+                str(ner_archive),
+                "--data",
+                str(test_file),
+                "--repo",
+                str(built_repo),
+            ]
+        )
