@@ -79,7 +79,7 @@ def test_a_12_layer_encoder_exports_trains_top_2_and_serves_what_it_trained(tmp_
     build_repository(root, encoder, {}, report=lambda _: None)
     repo = ModelRepository(root)
     trunk = repo.read_trunk_spec()
-    assert trunk.num_layers == 12 and len(trunk.tap_names()) == 13
+    assert trunk.num_layers == 12 and len(trunk.tap_names) == 13
 
     rng = random.Random(0)
     rows = ["text,label"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import tarfile
 
 import pytest
 import torch
@@ -258,3 +259,27 @@ def test_mts_eval_scores_an_archive_on_a_user_file_as_training_scored_it(
                 str(built_repo),
             ]
         )
+
+
+def test_mts_train_flags_reach_the_run_and_head_json(
+    tiny_encoder_dir, built_repo, sentiment_csv, tmp_path
+):
+    data = tmp_path / "renamed.csv"
+    data.write_text(sentiment_csv.read_text().replace("text,label", "sentence,polarity", 1))
+    out = tmp_path / "h.tar.gz"
+    argv = ["train", "--task", "r", "--data", str(data), "--repo", str(built_repo)]
+    argv += ["--encoder", str(tiny_encoder_dir), "--out", str(out), "--strategy", "top-2"]
+    argv += ["--text-column", "sentence", "--label-column", "polarity", "--epochs", "2"]
+    argv += ["--lr-decay", "0.5", "--warmup", "0", "--schedule", "constant", "--grad-clip", "none"]
+    argv += ["--class-weights", "--patience", "none", "--pooling", "cls", "--max-length", "24"]
+    assert mts(argv) == 0
+    with tarfile.open(out) as tar:
+        spec = json.loads(tar.extractfile("head.json").read())
+    recorded = spec["training"]["config"]
+    assert recorded["lr_decay"] == 0.5 and recorded["warmup"] == 0.0
+    assert recorded["schedule"] == "constant" and recorded["grad_clip"] is None
+    assert recorded["class_weights"] is True and recorded["patience"] is None
+    assert recorded["text_column"] == "sentence" and recorded["max_length"] == 24
+    assert spec["pooling"] == "cls" and spec["training"]["epochs_run"] == 2
+    with pytest.raises(SystemExit, match="expected a header with a 'text' column"):
+        mts([a for a in argv if a not in ("--text-column", "sentence")])
