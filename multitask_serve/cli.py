@@ -6,10 +6,12 @@ Commands that need torch import it lazily, so ``mts serve`` works from the servi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from multitask_serve.service.logs import configure as configure_logging
@@ -146,21 +148,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     repo = ModelRepository(args.repo)
     encoder = load_encoder(args.encoder)
     exporter = HeadExporter.for_repository(encoder, repo)
-    config = TrainConfig(
-        task=args.task,
-        data=args.data,
-        strategy=args.strategy,
-        seed=args.seed,
-        epochs=args.epochs,
-        max_length=args.max_length,
-        max_train=args.max_train,
-        max_eval=args.max_eval,
-        batch_size=args.batch_size,
-    )
-    result = train(config, encoder)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    try:
+        result = train(config, encoder)
+    except ValueError as exc:  # DataError, an unknown strategy or schedule: the user's input
+        sys.exit(f"mts train: {exc}")
     spec, model = export_run(result, exporter, args.head_precision)
     out = args.out or Path(f"{args.task}-{args.strategy}-seed{args.seed}.tar.gz")
     atomic_write(out.resolve(), pack_head(spec, model))
+    for point in result.depth_curve:
+        tap, score = point["branch_layer"], point["score"]
+        print(f"depth {point['depth']} (tap {tap}): validation {score:.4f}")
     print(f"validation {result.validation}\ntest {result.test}")
     print(
         f"wrote {out}: {spec.kind}, tap {spec.branch_layer}, {spec.precision}, "
@@ -172,6 +171,41 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"added {args.task} version {version} to {args.repo} (served after a restart; "
             f"or upload {out} to a running service's /admin/heads/{args.task})"
         )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        from multitask_serve.modelrepo.archive import ArchiveError
+        from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
+        from multitask_serve.modelrepo.types import SpecError
+        from multitask_serve.training.evaluate import evaluate_file, write
+    except ImportError as exc:
+        _needs_train_extra(exc)
+    try:
+        result = evaluate_file(
+            args.head,
+            args.data,
+            ModelRepository(args.repo),
+            args.text_column,
+            args.label_column,
+            args.max_length,
+        )
+    except (ValueError, RepositoryError, ArchiveError, SpecError, OSError) as exc:
+        sys.exit(f"mts eval: {exc}")
+    print(f"{result.task} ({result.kind}) on {result.examples} examples of {args.data}")
+    print("  ".join(f"{k} {v:.4f}" for k, v in result.overall.items()))
+    width = max(len(name) for name in [*result.per_label, "label"])
+    print(f"{'label':<{width}}  precision  recall  f1      support")
+    for name, m in result.per_label.items():
+        print(
+            f"{name:<{width}}  {m['precision']:.4f}     {m['recall']:.4f}  {m['f1']:.4f}  "
+            f"{int(m['support'])}"
+        )
+    written = write(result, args.out)
+    if len(written) == 1:
+        print("confusion plot skipped: matplotlib is not installed (pip install matplotlib)")
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -240,7 +274,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         results = json.loads((args.out / "results.json").read_text())
     else:
         tasks = {name: DEFAULT_TASKS[name] for name in args.tasks}
-        scenario = ("sentiment", "topic") if {"sentiment", "topic"} <= set(args.tasks) else None
+        sizes = {k: getattr(args, k) for k in ("max_train", "max_eval") if getattr(args, k)}
+        sizes = {k: None if v == "none" else int(v) for k, v in sizes.items()}
+        tasks = {name: dataclasses.replace(task, **sizes) for name, task in tasks.items()}
+        scenario = ("sentiment", "ner") if {"sentiment", "ner"} <= set(args.tasks) else None
         results = run_report(
             load_encoder(args.encoder), tasks, tuple(args.seeds), scenario=scenario
         )
@@ -315,18 +352,37 @@ def parser() -> argparse.ArgumentParser:
         help="the repository whose trunk the head is for",
     )
     tr.add_argument("--encoder", help=encoder_help + "; must be the trunk's")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--epochs", type=int)
-    tr.add_argument("--max-length", type=int, default=128)
-    tr.add_argument("--max-train", type=int, help="subsample the training split")
-    tr.add_argument("--max-eval", type=int, help="cap validation and test examples")
-    tr.add_argument("--batch-size", type=int, default=32)
+    _recipe_flags(tr)
     tr.add_argument(
         "--out", type=Path, help="archive path (default <task>-<strategy>-seed<n>.tar.gz)"
     )
     _head_precision_flag(tr, "the head's weights")
     tr.add_argument("--add", action="store_true", help="also store it in --repo as a new version")
     tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser(
+        "eval", help="score a head on a labelled file: per-class metrics, confusion matrix"
+    )
+    ev.add_argument(
+        "--head",
+        required=True,
+        help="a head archive (.tar.gz), a head version directory, or a task served by --repo",
+    )
+    ev.add_argument(
+        "--data", required=True, type=Path, help="a .csv/.jsonl (text,label) or .conll file"
+    )
+    ev.add_argument(
+        "--repo", type=Path, default=Path("model-repo"), help="the repository of the head's trunk"
+    )
+    ev.add_argument("--text-column", default="text")
+    ev.add_argument("--label-column", default="label")
+    ev.add_argument(
+        "--max-length", type=int, help="tokens per text (default: the head's training length)"
+    )
+    ev.add_argument(
+        "--out", type=Path, default=Path("eval"), help="where metrics.json and confusion.png go"
+    )
+    ev.set_defaults(func=cmd_eval)
 
     quant = sub.add_parser(
         "quantize",
@@ -357,6 +413,12 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--encoder", help=encoder_help)
     rep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     rep.add_argument(
+        "--max-train",
+        help="training examples per task, or 'none' for the full split "
+        "(default: each task's own, sized to keep the report short)",
+    )
+    rep.add_argument("--max-eval", help="validation and test examples per task, or 'none'")
+    rep.add_argument(
         "--tasks",
         nargs="+",
         default=["sentiment", "topic", "ner"],
@@ -379,6 +441,74 @@ def _head_precision_flag(p: argparse.ArgumentParser, what: str) -> None:
         help=f"{what}: fp32 (default), or int8: per-channel int8 copies of the head's own layers "
         "and classifier, checked against the fp32 graph (BENCHMARKS.md, int8 heads)",
     )
+
+
+def _recipe_flags(tr: argparse.ArgumentParser) -> None:
+    """``mts train``'s recipe: one flag per TrainConfig field, its default the config's.
+
+    Without the training package (a serving install) the flags are left out; ``mts train`` then
+    says which extras it needs.
+    """
+    try:
+        from multitask_serve.training.config import TrainConfig
+    except ImportError:
+        return
+
+    d = TrainConfig(task="", data="")
+    g = tr.add_argument_group("recipe (defaults: the default build's)")
+
+    def add(
+        flag: str, kind: Callable[[str], object], text: str, choices: list[str] | None = None
+    ) -> None:
+        default = getattr(d, flag[2:].replace("-", "_"))
+        g.add_argument(
+            flag, type=kind, default=default, choices=choices, help=f"{text} (default {default})"
+        )
+
+    add("--seed", int, "training seed")
+    add("--split-seed", int, "seed of the train/validation/test split")
+    add("--epochs", int, "most epochs (per depth for progressive); unset: 10 head-only, else 4")
+    add("--batch-size", int, "examples per step")
+    add("--layer-lr", float, "peak learning rate of the top owned layer")
+    add("--lr-decay", float, "each layer below learns at this times the rate above (1: same)")
+    add("--head-lr", float, "peak learning rate of the classifier")
+    add("--warmup", float, "fraction of steps warming up linearly from 0")
+    add("--schedule", str, "after warm-up", choices=["linear", "constant"])
+    add("--grad-clip", _optional_float, "max gradient norm; 'none' to not clip")
+    add("--weight-decay", float, "AdamW weight decay")
+    add(
+        "--patience",
+        _optional_int,
+        "epochs without a validation gain before stopping "
+        "(progressive: before unfreezing one more layer); 'none' never stops early",
+    )
+    add("--tolerance", float, "progressive: serve the shallowest depth within this of the best")
+    add("--max-depth", _optional_int, "progressive: deepest depth tried; unset: every layer")
+    add(
+        "--depth-patience",
+        _optional_int,
+        "progressive: stop after this many deeper depths without a new best; unset: go on",
+    )
+    add("--max-length", int, "tokens per text (longer texts are truncated)")
+    add("--max-train", _optional_int, "subsample the training split")
+    add("--max-eval", _optional_int, "cap validation and test examples")
+    add("--pooling", str, "sequence classification pooling", choices=["mean", "cls"])
+    add("--text-column", str, "text column (CSV) or key (JSON lines)")
+    add("--label-column", str, "label column (CSV) or key (JSON lines)")
+    g.add_argument(
+        "--class-weights",
+        action=argparse.BooleanOptionalAction,
+        default=d.class_weights,
+        help=f"weight the loss by inverse class frequency (default {d.class_weights})",
+    )
+
+
+def _optional_int(value: str) -> int | None:
+    return None if value.lower() == "none" else int(value)
+
+
+def _optional_float(value: str) -> float | None:
+    return None if value.lower() == "none" else float(value)
 
 
 # Settings with flags of their own above, or that only make sense in the environment.

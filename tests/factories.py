@@ -58,13 +58,13 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def write_tiny_encoder(directory: Path, seed: int) -> Path:
-    """A 6-layer, 32-wide random BERT saved as a Hugging Face directory."""
+def write_tiny_encoder(directory: Path, seed: int, layers: int = TINY_LAYERS) -> Path:
+    """A 6-layer (by default), 32-wide random BERT saved as a Hugging Face directory."""
     tokenizer = tiny_tokenizer()
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=TINY_HIDDEN,
-        num_hidden_layers=TINY_LAYERS,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,

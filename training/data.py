@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -75,9 +76,22 @@ def is_token_split(split: Split[Any]) -> TypeGuard[Split[TokenExample]]:
     return isinstance(split.train[0], TokenExample)
 
 
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_RETWEET = re.compile(r"^\s*rt\b:?", re.IGNORECASE)
+_MENTION = re.compile(r"@\w+")
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
 def normalise_text(text: str) -> str:
-    """The key under which near-identical texts count as duplicates."""
-    return " ".join(text.lower().split())
+    """The key under which near-identical texts count as duplicates and share a split.
+
+    Retweets, links, mentions, case and punctuation do not make a new text:
+    "RT @bob: Great flight!! http://t.co/x" and "great flight" share a key. A text that is
+    nothing but those keeps its lower-cased, space-collapsed self as the key.
+    """
+    key = _MENTION.sub(" ", _RETWEET.sub(" ", _URL.sub(" ", text)))
+    key = " ".join(_NOT_WORD.sub(" ", key.lower()).split())
+    return key or " ".join(text.lower().split())
 
 
 def split_texts(
@@ -213,12 +227,16 @@ def _limit(train: list[E], max_train: int | None) -> list[E]:
 
 
 def load_dataset(
-    name: str, seed: int, max_train: int | None = None
+    name: str,
+    seed: int,
+    max_train: int | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
 ) -> Split[TextExample] | Split[TokenExample]:
     """A packaged dataset ("topic", "sentiment", "ner") or a user file, split by `seed`.
 
-    Files ending in .csv/.jsonl/.json are text classification (columns text, label);
-    .conll/.txt/.tsv are token tagging.
+    Files ending in .csv/.jsonl/.json are text classification (columns `text_column`,
+    `label_column`); .conll/.txt/.tsv are token tagging.
     """
     if name == "ner":
         tokens, where = read_ner()
@@ -238,10 +256,19 @@ def load_dataset(
         raise DataError("no such file", path)
     source = str(path.resolve())
     if suffix in TEXT_SUFFIXES:
-        return split_texts(
-            load_text_file(path), seed, name=path.stem, source=source, max_train=max_train
-        )
-    return split_tokens(load_conll(path), seed, name=path.stem, source=source, max_train=max_train)
+        examples = load_text_file(path, text_column, label_column)
+        labels = sorted({e.label for e in examples})
+        if len(labels) < 2:
+            raise DataError(
+                f"every example has the label {labels[0]!r} ({label_column!r}): a classifier "
+                "needs at least two labels; is the label column the right one?",
+                path,
+            )
+        return split_texts(examples, seed, name=path.stem, source=source, max_train=max_train)
+    sentences = load_conll(path)
+    if all(tag == "O" for e in sentences for tag in e.tags):
+        raise DataError("every tag is O: a tagger needs B-/I- entity tags to learn", path)
+    return split_tokens(sentences, seed, name=path.stem, source=source, max_train=max_train)
 
 
 def _provenance(name: str, where: Path) -> str:

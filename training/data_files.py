@@ -89,19 +89,42 @@ def _read_csv(
             raise DataError(f"expected a header with a {column!r} column, got: {got}", path, 1)
     text_at, label_at = header.index(text_column), header.index(label_column)
     examples = []
+    end = reader.line_num
     for row in reader:
+        # A record may span lines (a quoted field with line breaks): report where it began.
+        start, end = end + 1, reader.line_num
         if not row:
             continue
-        line = reader.line_num
+        if end > start:
+            _check_multiline(row, len(header), path, start, end)
         if len(row) != len(header):
             expected = f"{len(header)} columns ({', '.join(header)})"
-            raise DataError(f"expected {expected}, got {len(row)}", path, line)
+            raise DataError(f"expected {expected}, got {len(row)}", path, start)
         examples.append(
-            _example(row[text_at], row[label_at], text_column, label_column, path, line)
+            _example(row[text_at], row[label_at], text_column, label_column, path, start)
         )
     if not examples:
         raise DataError("expected examples after the header row, got none", path)
     return examples
+
+
+def _check_multiline(row: list[str], columns: int, path: Path, start: int, end: int) -> None:
+    """A record from ``start`` to ``end``: refuse it where a quote opened on ``start`` was never
+    closed (wrong column count) or swallowed lines that read as rows of their own."""
+    swallowed = [
+        piece
+        for field in row
+        for piece in field.split("\n")[1:]
+        if len(next(csv.reader([piece]), [])) == columns
+    ]
+    if len(row) != columns or swallowed:
+        raise DataError(
+            f"a quoted field opened on this line runs on to line {end}"
+            + (f", taking in {swallowed[0]!r} as text" if swallowed else "")
+            + ": is a closing quote missing?",
+            path,
+            start,
+        )
 
 
 def _read_jsonl(path: Path, text_column: str, label_column: str) -> list[TextExample]:
@@ -151,7 +174,7 @@ def load_conll(path: str | Path, encoding: str = "utf-8-sig") -> list[TokenExamp
     tokens: list[str] = []
     tags: list[str] = []
     for number, raw in enumerate([*_read(path, encoding).split("\n"), ""], start=1):
-        parts = raw.split()
+        parts = _columns(raw)
         if not parts or parts[0] == "-DOCSTART-":
             if tokens:
                 sentences.append(TokenExample(tuple(tokens), tuple(tags)))
@@ -161,14 +184,35 @@ def load_conll(path: str | Path, encoding: str = "utf-8-sig") -> list[TokenExamp
             raise DataError(
                 f"expected a token and a tag, got one column: {raw.strip()!r}", path, number
             )
-        tag = parts[-1]
+        token, tag = parts[0], parts[-1]
         if tag != "O" and not _TAG.fullmatch(tag):
             raise DataError(f"expected a BIO tag (O, B-X or I-X), got {tag!r}", path, number)
-        tokens.append(parts[0])
+        if any(c.isspace() for c in token):
+            raise DataError(
+                f"token {token!r} contains a space: put one token per line (e.g. 'New<TAB>B-LOC' "
+                "then 'York<TAB>I-LOC')",
+                path,
+                number,
+            )
+        tokens.append(token)
         tags.append(tag)
     if not sentences:
         raise DataError("file is empty; expected token/tag lines", path)
     return sentences
+
+
+def _columns(raw: str) -> list[str]:
+    """A CoNLL line's columns: tab-separated where the line has tabs (a token may then hold a
+    space, which is refused with its line), else whitespace-separated (CoNLL-2003's four)."""
+    line = raw.rstrip("\r\n")
+    if not line.strip():
+        return []
+    if "\t" in line:
+        columns = [c.strip() for c in line.split("\t")]
+        while columns and not columns[-1]:
+            columns.pop()
+        return columns
+    return line.split()
 
 
 def package_dir(module: str, pypi_name: str) -> Path:

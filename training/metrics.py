@@ -50,3 +50,47 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) 
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"entity_precision": precision, "entity_recall": recall, "entity_f1": f1}
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+
+
+def per_class(
+    gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support (gold count) per label."""
+    pairs = list(zip(gold, pred, strict=True))
+    return {
+        label: _prf(
+            sum(g == label and p == label for g, p in pairs),
+            sum(g != label and p == label for g, p in pairs),
+            sum(g == label and p != label for g, p in pairs),
+        )
+        for label in labels
+    }
+
+
+def per_entity_type(
+    gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]
+) -> dict[str, dict[str, float]]:
+    """Entity-level (exact span and type) precision, recall, F1 and support per entity type."""
+    counts: dict[str, list[int]] = {}
+    for g, p in zip(gold, pred, strict=True):
+        gc, pc = chunks(g), chunks(p)
+        for chunk in gc | pc:
+            c = counts.setdefault(chunk[0], [0, 0, 0])
+            c[0 if chunk in gc and chunk in pc else 1 if chunk in pc else 2] += 1
+    return {kind: _prf(*counts[kind]) for kind in sorted(counts)}
+
+
+def confusion(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
+    """Counts: row = gold label, column = predicted label, in ``labels`` order."""
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for g, p in zip(gold, pred, strict=True):
+        matrix[index[g]][index[p]] += 1
+    return matrix

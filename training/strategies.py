@@ -1,8 +1,8 @@
 """Freezing strategies: one table, each a small function that only sets ``requires_grad``.
 
 A head owns copies of the top ``owned`` layers and reads trunk tap ``L - owned``; the strategy
-decides which of those copies (and always the classifier) train. ``progressive`` owns up to
-``limit`` copies but starts with the top one trainable; ``unfreeze_next`` opens one more.
+decides which of those copies (and always the classifier) train. ``progressive`` is a depth
+search (``training.progressive``): it starts with the top layer and may go down to all ``L``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from multitask_serve.export.modules import Head
-
-PROGRESSIVE_LIMIT = 3
 
 
 def train_top(head: Head, trainable: int) -> None:
@@ -56,7 +54,7 @@ STRATEGIES: dict[str, Strategy] = {
     "top-3": _top(3),
     "progressive": Strategy(
         "progressive",
-        owned=lambda L: min(PROGRESSIVE_LIMIT, L),
+        owned=lambda L: L,
         initial=lambda L: 1,
         progressive=True,
     ),
@@ -74,10 +72,3 @@ def strategy(name: str) -> Strategy:
         return _top(int(match.group(1)))
     known = ", ".join([*STRATEGIES, "top-<k>"])
     raise ValueError(f"unknown strategy {name!r} (known: {known})")
-
-
-def unfreeze_next(head: Head, trainable: int) -> int:
-    """Progressive unfreezing: one more owned layer trains. Returns the new count."""
-    trainable = min(trainable + 1, len(head.layers))
-    train_top(head, trainable)
-    return trainable

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import copy
+import json
 import random
+import tarfile
 
 import pytest
 import torch
 
+from multitask_serve.cli import main as mts
 from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
 from multitask_serve.export.modules import Head, top_layers
+from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.types import Kind
-from multitask_serve.training.data import TokenExample
+from multitask_serve.training.data import TokenExample, load_dataset
 from multitask_serve.training.features import IGNORE, encode_tokens, rust_tokenizer
-from multitask_serve.training.strategies import strategy, unfreeze_next
+from multitask_serve.training.progressive import choose_depth
+from multitask_serve.training.report import ReportTask, scenario_three
+from multitask_serve.training.strategies import strategy
 from multitask_serve.training.train import TrainConfig, export_run, train
 
 
@@ -56,7 +62,7 @@ def config(data, strategy_name, **kw) -> TrainConfig:
 
 def test_strategies_only_set_requires_grad(tiny_encoder: Encoder):
     L = tiny_encoder.num_layers
-    for name, trained_layers in [("head-only", 0), ("top-2", 2), ("full", L), ("progressive", 1)]:
+    for name, trained_layers in [("head-only", 0), ("top-2", 2), ("full", L)]:
         strat = strategy(name)
         head = Head(
             Kind.SEQUENCE_CLASSIFICATION,
@@ -69,16 +75,6 @@ def test_strategies_only_set_requires_grad(tiny_encoder: Encoder):
         trainable = [any(p.requires_grad for p in layer.parameters()) for layer in head.layers]
         assert sum(trainable) == trained_layers
         assert trainable == sorted(trainable)  # the trainable ones are the top ones
-    head = Head(
-        Kind.SEQUENCE_CLASSIFICATION, tiny_encoder.hidden_size, 2, top_layers(tiny_encoder, 3)
-    )
-    strategy("progressive").apply(head, L)
-    assert unfreeze_next(head, 1) == 2
-    assert [any(p.requires_grad for p in layer.parameters()) for layer in head.layers] == [
-        False,
-        True,
-        True,
-    ]
     assert strategy("top-5").owned(L) == 5
     with pytest.raises(ValueError, match="unknown strategy"):
         strategy("bottom-2")
@@ -126,12 +122,47 @@ def test_per_task_copies_leave_the_trunk_untouched_and_shared_layers_do_not(
     assert changed and all(".layer.4." in k or ".layer.5." in k for k in changed)
 
 
-def test_progressive_serves_from_the_tap_it_really_starts_at(tiny_encoder, sentiment_csv):
-    result = train(config(sentiment_csv, "progressive", epochs=6), tiny_encoder)
-    trained = {h["trainable_layers"] for h in result.history}
-    assert min(trained) == 1 and max(trained) <= 3
-    assert len(result.head.layers) == tiny_encoder.num_layers - result.branch_layer
-    assert 1 <= len(result.head.layers) <= 3
+def test_progressive_searches_depth_and_serves_the_shallowest_within_tolerance(
+    tiny_encoder, exporter, sentiment_csv
+):
+    result = train(
+        config(sentiment_csv, "progressive", epochs=2, patience=1, max_depth=4), tiny_encoder
+    )
+    curve = result.depth_curve
+    assert [p["depth"] for p in curve] == [1, 2, 3, 4]
+    assert [p["branch_layer"] for p in curve] == [5, 4, 3, 2]
+    # Each depth trained with exactly that many layers unfrozen, in order, deeper over time.
+    assert [h["trainable_layers"] for h in result.history] == sorted(
+        h["trainable_layers"] for h in result.history
+    )
+    assert {h["trainable_layers"] for h in result.history} == {1, 2, 3, 4}
+    depth = choose_depth(curve, 0.01)
+    best = max(p["score"] for p in curve)
+    assert all(p["score"] < best - 0.01 for p in curve if p["depth"] < depth)
+    assert result.branch_layer == tiny_encoder.num_layers - depth
+    assert len(result.head.layers) == depth
+    assert result.validation["macro_f1"] == next(p["score"] for p in curve if p["depth"] == depth)
+    spec, _ = export_run(result, exporter)
+    assert spec.branch_layer == result.branch_layer
+    assert spec.training["depth_curve"] == curve
+
+
+def test_choose_depth_takes_the_shallowest_within_tolerance_of_the_best():
+    curve = [{"depth": d, "score": s} for d, s in [(1, 0.70), (2, 0.795), (3, 0.80), (4, 0.79)]]
+    assert choose_depth(curve, 0.01) == 2
+    assert choose_depth(curve, 0.0) == 3
+    assert choose_depth(curve, 0.2) == 1
+
+
+def test_early_stopping_ends_training_after_patience_epochs_without_a_gain(
+    tiny_encoder, sentiment_csv
+):
+    # A zero learning rate never improves on the first epoch: it stops after 1 + patience.
+    frozen = {"layer_lr": 0.0, "head_lr": 0.0, "epochs": 10}
+    result = train(config(sentiment_csv, "top-1", patience=2, **frozen), tiny_encoder)
+    assert result.epochs_run == 3
+    result = train(config(sentiment_csv, "top-1", patience=None, **frozen), tiny_encoder)
+    assert result.epochs_run == 10
 
 
 def test_word_pieces_align_to_words_as_the_service_decodes_them(tiny_encoder):
@@ -160,3 +191,95 @@ def test_ner_head_trains_exports_and_records_its_provenance(
     assert spec.training["config"]["epochs"] == 8
     assert spec.training["validation"]["entity_f1"] == result.validation["entity_f1"]
     assert spec.labels[0] == "O"
+
+
+def test_scenario_three_private_copies_change_nothing_shared_layers_move_task_a(
+    tiny_encoder, sentiment_csv, ner_conll
+):
+    a = ReportTask(str(sentiment_csv), max_length=32, epochs=3)
+    b = ReportTask(str(ner_conll), max_length=32, epochs=3, layer_lr=5e-3, head_lr=1e-2)
+    s3 = scenario_three(tiny_encoder, a, b, k=2)
+    copies, shared = s3["copies"], s3["shared"]
+    assert copies["a_logits_max_abs_change"] == 0.0
+    assert copies["a_predictions_changed"] == 0.0
+    assert copies["a_after"] == s3["a_before"]
+    assert shared["a_logits_max_abs_change"] > 0.0
+    assert 0.0 <= shared["a_predictions_changed"] <= 1.0
+    assert "entity_f1" in copies["b_test"] and "entity_f1" in shared["b_test"]
+
+
+def test_mts_eval_scores_an_archive_on_a_user_file_as_training_scored_it(
+    tiny_encoder, exporter, built_repo, sentiment_csv, ner_conll, tmp_path
+):
+    fast = {"epochs": 4, "layer_lr": 1e-3, "head_lr": 1e-2}
+    result = train(config(sentiment_csv, "top-1", **fast), tiny_encoder)
+    archive = tmp_path / "s.tar.gz"
+    archive.write_bytes(pack_head(*export_run(result, exporter)))
+    split = load_dataset(str(sentiment_csv), seed=0)
+    test_file = tmp_path / "test.csv"
+    test_file.write_text("label,text\n" + "".join(f"{e.label},{e.text}\n" for e in split.test))
+    out = tmp_path / "eval"
+    argv = ["eval", "--head", str(archive), "--data", str(test_file), "--repo", str(built_repo)]
+    assert mts([*argv, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # The ONNX graphs agree with the PyTorch head that training scored on the same examples.
+    assert metrics["overall"]["accuracy"] == pytest.approx(result.test["accuracy"], abs=1e-9)
+    assert metrics["overall"]["macro_f1"] == pytest.approx(result.test["macro_f1"], abs=1e-9)
+    matrix = metrics["confusion"]
+    assert sum(map(sum, matrix)) == len(split.test)
+    assert sum(matrix[i][i] for i in range(len(matrix))) / len(split.test) == pytest.approx(
+        metrics["overall"]["accuracy"]
+    )
+    per = metrics["per_label"]
+    assert set(per) == {"neg", "pos"}
+    assert sum(m["support"] for m in per.values()) == len(split.test)
+    mean_f1 = sum(m["f1"] for m in per.values()) / 2
+    assert mean_f1 == pytest.approx(metrics["overall"]["macro_f1"])
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    ner = train(config(ner_conll, "top-1", **fast), tiny_encoder)
+    ner_archive = tmp_path / "n.tar.gz"
+    ner_archive.write_bytes(pack_head(*export_run(ner, exporter)))
+    argv = ["eval", "--head", str(ner_archive), "--data", str(ner_conll), "--repo", str(built_repo)]
+    assert mts([*argv, "--out", str(tmp_path / "ner")]) == 0
+    ner_metrics = json.loads((tmp_path / "ner" / "metrics.json").read_text())
+    assert set(ner_metrics["per_label"]) <= {"PER", "LOC"}
+    assert ner_metrics["confusion_labels"] == ["O", "LOC", "PER"]
+    assert "entity_f1" in ner_metrics["overall"]
+    # A file of the wrong kind for the head is a clear error, not a traceback.
+    with pytest.raises(SystemExit, match=r"token-classification head reads a \.conll"):
+        mts(
+            [
+                "eval",
+                "--head",
+                str(ner_archive),
+                "--data",
+                str(test_file),
+                "--repo",
+                str(built_repo),
+            ]
+        )
+
+
+def test_mts_train_flags_reach_the_run_and_head_json(
+    tiny_encoder_dir, built_repo, sentiment_csv, tmp_path
+):
+    data = tmp_path / "renamed.csv"
+    data.write_text(sentiment_csv.read_text().replace("text,label", "sentence,polarity", 1))
+    out = tmp_path / "h.tar.gz"
+    argv = ["train", "--task", "r", "--data", str(data), "--repo", str(built_repo)]
+    argv += ["--encoder", str(tiny_encoder_dir), "--out", str(out), "--strategy", "top-2"]
+    argv += ["--text-column", "sentence", "--label-column", "polarity", "--epochs", "2"]
+    argv += ["--lr-decay", "0.5", "--warmup", "0", "--schedule", "constant", "--grad-clip", "none"]
+    argv += ["--class-weights", "--patience", "none", "--pooling", "cls", "--max-length", "24"]
+    assert mts(argv) == 0
+    with tarfile.open(out) as tar:
+        spec = json.loads(tar.extractfile("head.json").read())
+    recorded = spec["training"]["config"]
+    assert recorded["lr_decay"] == 0.5 and recorded["warmup"] == 0.0
+    assert recorded["schedule"] == "constant" and recorded["grad_clip"] is None
+    assert recorded["class_weights"] is True and recorded["patience"] is None
+    assert recorded["text_column"] == "sentence" and recorded["max_length"] == 24
+    assert spec["pooling"] == "cls" and spec["training"]["epochs_run"] == 2
+    with pytest.raises(SystemExit, match="expected a header with a 'text' column"):
+        mts([a for a in argv if a not in ("--text-column", "sentence")])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from multitask_serve.training.report_md import cheapest_at_target, render
+from multitask_serve.training.report_md import cheapest_at_target, depth_curves, render
 
 
 def row(f1: float, ratio: float | None, params: int = 1000) -> dict:
@@ -57,23 +57,56 @@ def test_rendered_report_states_scenario_three_and_orders_strategies(tmp_path):
         },
         "scenario3": {
             "task_a": "sentiment",
-            "task_b": "topic",
+            "task_b": "ner",
             "k": 2,
             "a_before": {"macro_f1": 0.6},
             "copies": {
                 "a_after": {"macro_f1": 0.6},
-                "b_test": {"macro_f1": 0.9},
+                "b_test": {"entity_f1": 0.5},
                 "a_logits_max_abs_change": 0.0,
+                "a_predictions_changed": 0.0,
             },
             "shared": {
                 "a_after": {"macro_f1": 0.4},
-                "b_test": {"macro_f1": 0.91},
+                "b_test": {"entity_f1": 0.52},
                 "a_logits_max_abs_change": 2.5,
+                "a_predictions_changed": 0.25,
             },
         },
     }
     text = render(results, tmp_path).read_text()
-    assert "drops to 0.400 (-0.200" in text and "exactly 0" in text
+    assert "drops to 0.400 (-0.200; 25.0% of its test predictions change" in text
+    assert "exactly 0" in text and "entity_f1 0.500 (shared: 0.520)" in text
     assert text.index("| frozen") < text.index("| head-only") < text.index("| full")
     assert "0.610 ± 0.014" in text
     assert (tmp_path / "sentiment.png").stat().st_size > 1000
+
+
+def test_the_cheapest_strategy_is_chosen_on_validation_not_test():
+    def scored(val: float, test: float, ratio: float) -> dict:
+        r = row(test, ratio)
+        r["validation"] = {"accuracy": val, "macro_f1": val}
+        return r
+
+    t = task(
+        **{
+            # top-1 looks good on test but not on validation: it must not be picked.
+            "top-1": [scored(0.90, 0.99, 0.17)],
+            "top-2": [scored(0.98, 0.97, 0.33)],
+            "full": [scored(1.0, 1.0, 1.0)],
+        }
+    )
+    assert cheapest_at_target(t).startswith("**top-2** is the cheapest")
+
+
+def test_progressive_depth_curves_are_listed_with_the_served_depth():
+    r = row(0.8, 0.2)
+    r["branch_layer"] = 4
+    r["depth_curve"] = [
+        {"depth": d, "branch_layer": 6 - d, "score": s} for d, s in [(1, 0.7), (2, 0.8), (3, 0.805)]
+    ]
+    lines = depth_curves(task(progressive=[r]))
+    assert lines[0] == (
+        "- Progressive, seed run 1: validation by depth 1: 0.700, 2: 0.800, 3: 0.805; "
+        "served depth 2."
+    )

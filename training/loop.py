@@ -1,0 +1,210 @@
+"""The pieces of a training run: cached tap sources, one epoch, fitting with early stopping on
+validation, prediction and scoring. ``training.train`` (fixed depth) and ``training.progressive``
+(depth search) are both made of these.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from multitask_serve.export.encoder import Encoder
+from multitask_serve.export.modules import Head, Trunk
+from multitask_serve.export.progress import progress
+from multitask_serve.modelrepo.types import KINDS, Kind
+from multitask_serve.training import recipe
+from multitask_serve.training.config import TrainConfig
+from multitask_serve.training.data import Split, is_token_split
+from multitask_serve.training.features import (
+    Encoded,
+    TapSource,
+    encode_texts,
+    encode_tokens,
+)
+from multitask_serve.training.metrics import accuracy, entity_scores, macro_f1
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def encode_split(split: Split[Any], tokenizer: Any) -> tuple[Encoded, Encoded, Encoded]:
+    fn = encode_tokens if is_token_split(split) else encode_texts
+    return tuple(
+        fn(tokenizer, part, split.labels) for part in (split.train, split.validation, split.test)
+    )  # type: ignore[return-value]
+
+
+def tap_source(
+    encoder: Encoder, trunk: Trunk, branch: int, encoded: Encoded, config: TrainConfig, name: str
+) -> TapSource:
+    return TapSource(
+        trunk,
+        branch,
+        encoded,
+        encoder.hidden_size,
+        config.batch_size,
+        encoder.uses_token_type_ids,
+        config.cache_limit_mb << 20,
+        desc=f"{name} tap {branch}",
+    )
+
+
+def predict(head: Head, source: TapSource) -> list[torch.Tensor]:
+    """Per example: class logits (sequence) or per-token logits (token classification)."""
+    head.eval()
+    out: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for batch in source.batches(shuffle=False):
+            logits = head(batch.hidden, batch.mask)
+            for row, i in enumerate(batch.index):
+                out[i] = (
+                    logits[row, : int(batch.mask[row].sum())] if logits.dim() == 3 else logits[row]
+                )
+    return [out[i] for i in range(len(out))]
+
+
+def evaluate(
+    head: Head, source: TapSource, examples: list[Any], labels: tuple[str, ...]
+) -> dict[str, float]:
+    return score(head.kind, predict(head, source), examples, labels, source.encoded.word_tokens)
+
+
+def score(
+    kind: Kind,
+    logits: Sequence[Any],
+    examples: list[Any],
+    labels: tuple[str, ...],
+    word_tokens: list[list[int | None]] | None = None,
+) -> dict[str, float]:
+    """Test metrics from per-example logits (torch or numpy), whichever graph produced them."""
+    if KINDS[kind].per_token:
+        assert word_tokens is not None
+        gold, pred = [], []
+        for example, rows, words in zip(examples, logits, word_tokens, strict=True):
+            ids = rows.argmax(-1).tolist()
+            pred.append([labels[ids[t]] if t is not None else "O" for t in words])
+            gold.append(list(example.tags))
+        return entity_scores(gold, pred)
+    gold_ids = [labels.index(e.label) for e in examples]
+    pred_ids = [int(row.argmax()) for row in logits]
+    return {
+        "accuracy": accuracy(gold_ids, pred_ids),
+        "macro_f1": macro_f1(gold_ids, pred_ids, len(labels)),
+    }
+
+
+def main_score(metrics: dict[str, float]) -> float:
+    """The one number early stopping and depth choice compare: entity F1 or macro-F1."""
+    return metrics.get("entity_f1", metrics.get("macro_f1", 0.0))
+
+
+@dataclass
+class Best:
+    score: float
+    state: dict[str, torch.Tensor]
+    validation: dict[str, float]
+    epoch: int
+
+
+@dataclass
+class FitData:
+    """What a fit reads: the frozen trunk, the tap its head branches at, encoded train and
+    validation examples, and the split they came from."""
+
+    encoder: Encoder
+    trunk: Trunk
+    train: Encoded
+    validation: Encoded
+    split: Split[Any]
+
+
+def fit(
+    head: Head,
+    data: FitData,
+    config: TrainConfig,
+    epochs: int,
+    generator: torch.Generator,
+    history: list[dict[str, Any]],
+    trainable: int,
+    desc: str,
+) -> Best:
+    """Train ``head``'s trainable parameters (it reads tap L - its layers) for up to ``epochs``,
+    stopping after ``config.patience`` epochs without a validation gain; returns the best
+    epoch's state."""
+    split, branch = data.split, data.encoder.num_layers - len(head.layers)
+    train_src = tap_source(data.encoder, data.trunk, branch, data.train, config, "train")
+    val_src = tap_source(data.encoder, data.trunk, branch, data.validation, config, "validation")
+    opt = recipe.optimizer(
+        head, config.layer_lr, config.head_lr, config.lr_decay, config.weight_decay
+    )
+    steps = epochs * -(-len(train_src.encoded.ids) // config.batch_size)
+    sched = recipe.scheduler(opt, steps, config.warmup, config.schedule)
+    weights = (
+        recipe.class_weights(train_src.encoded.labels, len(split.labels))
+        if config.class_weights
+        else None
+    )
+    loss_fn = recipe.loss_function(weights)
+    best: Best | None = None
+    stale = 0
+    bar = progress(range(epochs), desc, per_step=True)
+    for epoch in bar:
+        loss = _epoch(head, train_src, opt, sched, loss_fn, config.grad_clip, generator, epoch)
+        val = evaluate(head, val_src, split.validation, split.labels)
+        history.append(
+            {
+                "epoch": len(history) + 1,
+                "loss": round(loss, 4),
+                "trainable_layers": trainable,
+                **{k: round(v, 4) for k, v in val.items()},
+            }
+        )
+        bar.set_postfix(loss=f"{loss:.3f}", val=f"{main_score(val):.3f}", layers=trainable)
+        if best is None or main_score(val) > best.score:
+            best = Best(main_score(val), copy.deepcopy(head.state_dict()), val, len(history))
+            stale = 0
+            continue
+        stale += 1
+        if config.patience is not None and stale >= config.patience:
+            break
+    assert best is not None
+    return best
+
+
+def _epoch(
+    head: Head,
+    source: TapSource,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: nn.Module,
+    grad_clip: float | None,
+    generator: torch.Generator,
+    epoch: int,
+) -> float:
+    head.train()
+    total, count = 0.0, 0
+    params = [p for group in opt.param_groups for p in group["params"]]
+    batches = list(source.batches(shuffle=True, generator=generator))
+    for batch in progress(batches, f"epoch {epoch + 1}"):
+        logits = head(batch.hidden, batch.mask)
+        loss = loss_fn(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        sched.step()
+        total += float(loss.detach()) * len(batch.index)
+        count += len(batch.index)
+    return total / max(count, 1)
