@@ -60,7 +60,9 @@ def create_app(
         cpu_arena=settings.cpu_arena,
     )
     runtime.check()
-    trunk = TrunkSession(trunk_path, runtime, "fp16" if fp16 else "fp32")
+    trunk = TrunkSession(
+        trunk_path, runtime, "fp16" if fp16 else "fp32", segmented=settings.trunk_segments
+    )
     encoder = TextEncoder(repo.tokenizer_path, max_length, trunk_spec.input_names)
     group_cost = settings.batch_group_cost_tokens
     engine = Engine(trunk_spec, trunk, encoder, metrics, runtime, group_cost)

@@ -53,7 +53,7 @@ class Runtime:
     # Let each session's intra-op workers spin after a run instead of sleeping. Off: see options().
     spinning: bool = False
     # ONNX Runtime's CPU memory arena: keeps the largest activations seen for reuse.
-    cpu_arena: bool = False
+    cpu_arena: bool = True
 
     @property
     def bound(self) -> bool:
@@ -159,8 +159,13 @@ class TrunkSession:
     """
 
     def __init__(
-        self, model_path: Path, runtime: Runtime = CPU, precision: Precision = "fp32"
+        self,
+        model_path: Path,
+        runtime: Runtime = CPU,
+        precision: Precision = "fp32",
+        segmented: bool = True,
     ) -> None:
+        """``segmented=False`` runs the trunk whole, every layer for every batch (as a baseline)."""
         self._runtime = runtime
         self._model_path = model_path
         self._precision = precision
@@ -168,6 +173,9 @@ class TrunkSession:
         self._whole: ort.InferenceSession | None = None
         self._plan = _Plan((), ())
         self.input_names, self.output_names = self._cut(None)
+        if not segmented:
+            self._whole = self._session(self._model_path.read_bytes())
+            self._plan = _Plan((), ())
 
     def _session(self, model: bytes) -> ort.InferenceSession:
         # fp16 is made per segment from the fp32 graph, float32 at every cut: the casts there are

@@ -24,10 +24,13 @@ class Settings(BaseSettings):
     # ONNX Runtime threads per session run; 0 lets ORT use every core. One process per pod in
     # Kubernetes, so the pod's CPU limit is the number to put here.
     intra_op_threads: int = 0
-    # ONNX Runtime's CPU memory arena keeps the largest activations it has seen for reuse: one
-    # 32 x 128-token batch left MiniLM's trunk at 473 MiB resident with it, 186 MiB without.
-    # Off by default; latency and memory of both in BENCHMARKS.md.
-    cpu_arena: bool = False
+    # ONNX Runtime's CPU memory arena keeps the largest activations it has seen for reuse. Off
+    # returns them after each run: 10% less resident memory, 1 ms more at concurrency 1 (measured
+    # side by side, bench/results/targets-cpu.json); more with long texts in big batches.
+    cpu_arena: bool = True
+    # Cut the trunk at the taps heads read and run each text only as deep as its heads need.
+    # False runs every layer for every batch (the comparison in BENCHMARKS.md).
+    trunk_segments: bool = True
     # Where the trunk and heads run. cuda needs the gpu extra (onnxruntime-gpu); the trunk's taps
     # then stay on the device between trunk and heads (IO binding).
     device: Literal["cpu", "cuda"] = "cpu"
@@ -51,8 +54,9 @@ class Settings(BaseSettings):
     # total, are read into memory.
     max_body_bytes: int = 1 << 20
     max_upload_bytes: int = 512 << 20
-    # uvicorn's event loop and HTTP/1.1 parser. "auto" takes uvloop and httptools (the serve
-    # extra installs both): measured in BENCHMARKS.md against asyncio and h11, the pure-Python pair.
+    # uvicorn's event loop and HTTP/1.1 parser. "auto" takes uvloop and httptools where installed
+    # (the serve extra does not install them: side by side, asyncio and h11 answered single-text
+    # requests as fast or faster here, bench/results/targets-cpu.json).
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     http_parser: Literal["auto", "h11", "httptools"] = "auto"
     # Micro-batching: concurrent requests (any tasks) share one trunk run. A batch closes at
