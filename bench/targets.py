@@ -10,7 +10,7 @@ Sides:
 - pipelines: three Hugging Face pipelines in one FastAPI process (bench/baseline_app.py);
 - ours, ours int8: ``mts serve`` on the three trained heads (sentiment top-2, topic head-only,
   NER top-2), fp32 trunk and int8 trunk;
-- ours (asyncio, h11): the same, on uvicorn's pure-Python event loop and HTTP parser;
+- ours, CPU arena off: the same with ``MTS_CPU_ARENA=false``;
 - ours, batch limit 1: the same with ``MTS_BATCH_MAX_TEXTS=1``, against raw ORT at batch 1;
 - raw: tokenize, trunk (as deep as the head reads) and head in this process with the service's
   session wrappers, no HTTP, warmed, with ONNX Runtime's thread spinning on and off (the faster
@@ -55,7 +55,7 @@ LATENCY_TASK = "sentiment"
 RAW_RUNTIMES = {
     "service defaults": Runtime(),
     "spinning on": Runtime(spinning=True),
-    "CPU arena on": Runtime(cpu_arena=True),
+    "CPU arena off": Runtime(cpu_arena=False),
     "1 intra-op thread": Runtime(threads=1),
 }
 
@@ -155,11 +155,8 @@ def main() -> None:
             "pipelines": ([sys.executable, "bench/baseline_app.py", "--models", str(models)], {}),
             "ours": (mts, {}),
             "ours int8": (mts, {"MTS_TRUNK_PRECISION": INT8}),
-            "ours (asyncio, h11)": (mts, {"MTS_EVENT_LOOP": "asyncio", "MTS_HTTP_PARSER": "h11"}),
             "ours, batch limit 1": (mts, {"MTS_BATCH_MAX_TEXTS": "1"}),
-            "ours, CPU arena on": (mts, {"MTS_CPU_ARENA": "true"}),
-            "ours, glibc mmap threshold 128 KiB": (mts, {"MALLOC_MMAP_THRESHOLD_": "131072"}),
-            "ours, 1 intra-op thread": (mts, {"MTS_INTRA_OP_THREADS": "1"}),
+            "ours, CPU arena off": (mts, {"MTS_CPU_ARENA": "false"}),
         }
         env = {"HF_HUB_OFFLINE": "1", "MTS_LOG_LEVEL": "warning"}
         sides = {}
@@ -217,19 +214,9 @@ def main() -> None:
             http("mixed, 1 text", side, "mixed", 1, args.connections)
             http("all tasks, 1 text", side, "all tasks", 1, args.connections)
             http("all tasks, 8 texts", side, "all tasks", 8, args.connections)
-        for side in (
-            "ours",
-            "ours (asyncio, h11)",
-            "ours, CPU arena on",
-            "ours, glibc mmap threshold 128 KiB",
-            "ours, 1 intra-op thread",
-        ):
+        for side in ("ours", "ours, CPU arena off"):
             http("concurrency 1, 1 text", side, LATENCY_TASK, 1, 1)
-        for side in (
-            "ours, CPU arena on",
-            "ours, glibc mmap threshold 128 KiB",
-            "ours, 1 intra-op thread",
-        ):
+        for side in ("ours, CPU arena off",):
             http("mixed, 1 text", side, "mixed", 1, args.connections)
             http("all tasks, 8 texts", side, "all tasks", 8, args.connections)
         http("1 text, batch 1", "ours, batch limit 1", LATENCY_TASK, 1, args.connections)
@@ -242,13 +229,7 @@ def main() -> None:
         for warm_up in warm_ups:
             warm_up()
         memory: dict[str, dict[str, list[float]]] = {}
-        for side in (
-            "pipelines",
-            "ours",
-            "ours int8",
-            "ours, CPU arena on",
-            "ours, glibc mmap threshold 128 KiB",
-        ):
+        for side in ("pipelines", "ours", "ours int8", "ours, CPU arena off"):
             memory[side] = {"warm": [memory_mb(sides[side].pid)["VmRSS"]]}
         rounds: dict[tuple[str, str], list[dict[str, float]]] = {}
         for r in range(args.rounds):
@@ -372,14 +353,6 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         ratio(per_round("16 texts", "ours", "texts_per_s"), raw16),
         0.9,
     )
-    lean = [
-        a - b
-        for a, b in zip(
-            per_round("concurrency 1, 1 text", "ours (asyncio, h11)", "p50_ms"),
-            per_round("concurrency 1, 1 text", "ours", "p50_ms"),
-            strict=True,
-        )
-    ]
     variants: dict[str, Any] = {}
     for (key, side), _ in rounds.items():
         if side in ("ours", "pipelines", "ours int8") or side.startswith("raw"):
@@ -412,7 +385,6 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         "raw_best": raw_best,
         "variants_vs_ours": variants,
         "targets": targets,
-        "uvloop_httptools_saves_ms_p50": summary(lean),
         "measured": measured,
     }
 
