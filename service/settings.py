@@ -25,8 +25,8 @@ class Settings(BaseSettings):
     # Kubernetes, so the pod's CPU limit is the number to put here.
     intra_op_threads: int = 0
     # ONNX Runtime's CPU memory arena keeps the largest activations it has seen for reuse. Off
-    # returns them after each run: 10% less resident memory, 1 ms more at concurrency 1 (measured
-    # side by side, bench/results/targets-cpu.json); more with long texts in big batches.
+    # returns them after each run: 0.88x the resident memory, speed within noise (BENCHMARKS.md);
+    # more memory saved with long texts in big batches.
     cpu_arena: bool = True
     # Cut the trunk at the taps heads read and run each text only as deep as its heads need.
     # False runs every layer for every batch (the comparison in BENCHMARKS.md).
