@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -22,11 +21,9 @@ from pathlib import Path
 
 import wrk
 from baseline_app import TASKS
-from pipelines_vs_ours import real_texts
+from pipelines_vs_ours import real_texts, three_heads
 from process import free_port, server
 from targets import machine, summary
-
-from multitask_serve.modelrepo.repository import ModelRepository
 
 
 def main() -> None:
@@ -56,13 +53,7 @@ def main() -> None:
     }
     figures: dict[str, dict[str, list[dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        repo = Path(tmp) / "repo"
-        shutil.copytree(args.repo, repo)
-        stored = ModelRepository(repo)
-        for task in stored.tasks():
-            if task not in TASKS:
-                stored.remove_task(task)
-        heads = {t: stored.read_head(t).spec for t in TASKS}
+        repo, heads = three_heads(args.repo, Path(tmp), int8=False)
         sides = {}
         for name, segments in (("depth-aware", "true"), ("whole trunk", "false")):
             port = free_port()

@@ -35,6 +35,7 @@ from process import Server, free_port, memory_mb, server
 from multitask_serve.export.encoder import default_encoder_path
 from multitask_serve.export.quantize import INT8, quantize_trunk
 from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.modelrepo.types import HeadSpec
 from multitask_serve.training.data import read_ner, read_sentiment, read_topic
 
 TARGETS = {"all tasks": 5.0, "mixed": 3.0}
@@ -55,6 +56,20 @@ def real_texts(n: int, seed: int = 0) -> list[str]:
     )
     rng.shuffle(texts)
     return texts
+
+
+def three_heads(source: Path, work: Path, int8: bool = True) -> tuple[Path, dict[str, HeadSpec]]:
+    """A copy of repository ``source`` under ``work`` holding only the three trained heads (and,
+    with ``int8``, the int8 trunk variant); returns its path and the heads' specs."""
+    repo = work / "repo"
+    shutil.copytree(source, repo)
+    stored = ModelRepository(repo)
+    for task in stored.tasks():
+        if task not in TASKS:
+            stored.remove_task(task)
+    if int8 and INT8 not in stored.read_trunk_spec().variants:
+        quantize_trunk(stored)
+    return repo, {task: stored.read_head(task).spec for task in TASKS}
 
 
 def make_loads(texts: list[str], per_request: int) -> dict[str, Callable[[int], Request]]:
@@ -125,15 +140,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        repo = work / "repo"
-        shutil.copytree(args.repo, repo)
-        stored = ModelRepository(repo)
-        for task in stored.tasks():
-            if task not in TASKS:
-                stored.remove_task(task)
-        if INT8 not in stored.read_trunk_spec().variants:
-            quantize_trunk(stored)
-        heads = {task: stored.read_head(task).spec for task in TASKS}
+        repo, heads = three_heads(args.repo, work)
         models = work / "models"
         prepare_models(models, {t: h.labels for t, h in heads.items()}, default_encoder_path())
         sides = {

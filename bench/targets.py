@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -42,11 +41,11 @@ import numpy as np
 import wrk
 from baseline_app import TASKS, prepare_models
 from http_vs_ort import RawPipeline
-from pipelines_vs_ours import real_texts
+from pipelines_vs_ours import real_texts, three_heads
 from process import free_port, memory_mb, server
 
 from multitask_serve.export.encoder import default_encoder_path
-from multitask_serve.export.quantize import INT8, quantize_trunk
+from multitask_serve.export.quantize import INT8
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.service.sessions import Runtime
 
@@ -139,15 +138,8 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        repo = work / "repo"
-        shutil.copytree(args.repo, repo)
+        repo, heads = three_heads(args.repo, work)
         stored = ModelRepository(repo)
-        for task in stored.tasks():
-            if task not in TASKS:
-                stored.remove_task(task)
-        if INT8 not in stored.read_trunk_spec().variants:
-            quantize_trunk(stored)
-        heads = {task: stored.read_head(task).spec for task in TASKS}
         models = work / "models"
         prepare_models(models, {t: h.labels for t, h in heads.items()}, default_encoder_path())
         mts = [sys.executable, "-m", "multitask_serve", "serve", "--repo", str(repo)]
