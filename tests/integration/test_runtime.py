@@ -93,6 +93,16 @@ def test_fp16_trunk_keeps_its_signature_and_stays_close(built_repo):
     assert 0 < worst < 1e-2
 
 
+def test_a_session_made_from_bytes_does_not_keep_them(built_repo):
+    """ORT's Python wrapper would hold the serialised graph for the session's life (a second
+    copy of the trunk's weights); the runtime lets it go."""
+    model = (built_repo / "trunk" / "model.onnx").read_bytes()
+    session = CPU.session(model)
+    assert getattr(session, "_model_bytes", None) is None
+    feeds = {i.name: np.ones((1, 3), dtype=np.int64) for i in session.get_inputs()}
+    assert session.run(None, feeds)[0].shape[:2] == (1, 3)  # still runs
+
+
 def test_fp16_needs_cuda(tmp_path):
     with pytest.raises(ValidationError, match="needs MTS_DEVICE=cuda"):
         make_settings(tmp_path, trunk_precision="fp16")

@@ -161,3 +161,20 @@ def test_rows_go_only_as_deep_as_their_own_heads(trunk, monkeypatch):
             assert held == sorted(held) and wanted <= set(held)
             # A row's layers run on fewer rows, the same padded width: the same values.
             np.testing.assert_array_equal(hidden, expected[tap][held])
+
+
+def test_an_unsegmented_trunk_is_one_whole_graph_and_never_cut(trunk, monkeypatch):
+    spec, path, whole = trunk
+
+    def no_cut(*args: object) -> None:
+        raise AssertionError("an unsegmented trunk cut a segment")
+
+    monkeypatch.setattr(graphs, "trunk_segment", no_cut)
+    session = TrunkSession(path, segmented=False)
+    assert session.cuts == ()
+    names = [tap_name(spec.num_layers - 2), tap_name(spec.num_layers)]
+    feeds = feeds_for(spec, np.random.default_rng(1), 3, 9)
+    got = session.run(feeds, names)
+    assert session.cuts == ()
+    for name, expected in zip(names, whole.run(names, feeds), strict=True):
+        np.testing.assert_array_equal(got[name], expected)
