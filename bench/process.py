@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -146,6 +148,26 @@ def serving(
         yield url
     finally:
         stop(proc)
+
+
+@contextlib.contextmanager
+def serving_copy(
+    repo: Path, token: str, env: Mapping[str, str] | None = None, *, prefix: str = "mts-"
+) -> Iterator[tuple[str, httpx.Client]]:
+    """``serving`` a temporary copy of ``repo`` (so admin calls leave ``repo`` as it was) with
+    ``MTS_ADMIN_TOKEN=token``; yields its URL and a client that sends the token. The server log
+    is in the copy's temporary directory, named ``prefix...``; both go after the block."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        copy = Path(tmp) / "repo"
+        shutil.copytree(repo, copy)
+        settings = {"MTS_ADMIN_TOKEN": token, **(env or {})}
+        with (
+            serving(copy, Path(tmp) / "server.log", settings) as url,
+            httpx.Client(
+                base_url=url, timeout=120, headers={"Authorization": f"Bearer {token}"}
+            ) as admin,
+        ):
+            yield url, admin
 
 
 @contextlib.contextmanager

@@ -21,17 +21,14 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
 import onnxruntime
 
 from bench.loadgen import Request, measure
-from bench.process import serving
+from bench.process import serving_copy
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.repository import ModelRepository
 
@@ -77,53 +74,45 @@ def main() -> None:
     args = parser.parse_args()
     texts = (TEXTS * args.texts)[: args.texts]
     request: Request = (f"/predict/{args.task}", {"inputs": texts}, len(texts))
-    with tempfile.TemporaryDirectory(prefix="shadow-cost-") as tmp:
-        repo = Path(tmp) / "repo"
-        shutil.copytree(args.repo, repo)
-        archives = {
-            "none": None,
-            "top-2 shadow": args.top2.read_bytes()
-            if args.top2
-            else served_archive(repo, args.task),
-            "head-only shadow": args.head_only.read_bytes(),
-        }
-        samples: dict[str, list[dict[str, float]]] = {name: [] for name in archives}
-        env = {"MTS_ADMIN_TOKEN": TOKEN, "MTS_INTRA_OP_THREADS": args.threads}
-        with serving(repo, Path(tmp) / "server.log", env) as url:
-            admin = httpx.Client(
-                base_url=url, timeout=120, headers={"Authorization": f"Bearer {TOKEN}"}
-            )
-            shadow = f"/admin/heads/{args.task}/shadow"
-            candidates = {}
-            for round_ in range(args.rounds + 1):  # round 0 warms every condition up
-                for name, archive in archives.items():
-                    if archive is None:
-                        admin.delete(shadow)  # 404 when none is set
-                    else:
-                        r = admin.post(f"{shadow}?replace=true", content=archive)
-                        r.raise_for_status()
-                        candidates[name] = {
-                            k: r.json()[k] for k in ("version", "kind", "branch_layer")
-                        }
-                    run = measure(url, lambda _: request, args.seconds, args.in_flight)
-                    report = admin.get(shadow).json() if archive is not None else {}
-                    if round_ == 0:
-                        continue
-                    samples[name].append(
-                        {
-                            "texts_per_s": run.texts_per_s,
-                            "p50_ms": run.percentile_ms(50),
-                            "p99_ms": run.percentile_ms(99),
-                            "shadow_texts_compared": report.get("texts_seen", 0),
-                            "shadow_texts_skipped": report.get("texts_skipped", 0),
-                            "served_head_ms_per_batch": (
-                                report.get("latency_ms_per_batch", {}).get("served")
-                            ),
-                            "candidate_ms_per_batch": (
-                                report.get("latency_ms_per_batch", {}).get("candidate")
-                            ),
-                        }
-                    )
+    archives = {
+        "none": None,
+        "top-2 shadow": args.top2.read_bytes()
+        if args.top2
+        else served_archive(args.repo, args.task),
+        "head-only shadow": args.head_only.read_bytes(),
+    }
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in archives}
+    env = {"MTS_INTRA_OP_THREADS": args.threads}
+    with serving_copy(args.repo, TOKEN, env, prefix="shadow-cost-") as (url, admin):
+        shadow = f"/admin/heads/{args.task}/shadow"
+        candidates = {}
+        for round_ in range(args.rounds + 1):  # round 0 warms every condition up
+            for name, archive in archives.items():
+                if archive is None:
+                    admin.delete(shadow)  # 404 when none is set
+                else:
+                    r = admin.post(f"{shadow}?replace=true", content=archive)
+                    r.raise_for_status()
+                    candidates[name] = {k: r.json()[k] for k in ("version", "kind", "branch_layer")}
+                run = measure(url, lambda _: request, args.seconds, args.in_flight)
+                report = admin.get(shadow).json() if archive is not None else {}
+                if round_ == 0:
+                    continue
+                samples[name].append(
+                    {
+                        "texts_per_s": run.texts_per_s,
+                        "p50_ms": run.percentile_ms(50),
+                        "p99_ms": run.percentile_ms(99),
+                        "shadow_texts_compared": report.get("texts_seen", 0),
+                        "shadow_texts_skipped": report.get("texts_skipped", 0),
+                        "served_head_ms_per_batch": (
+                            report.get("latency_ms_per_batch", {}).get("served")
+                        ),
+                        "candidate_ms_per_batch": (
+                            report.get("latency_ms_per_batch", {}).get("candidate")
+                        ),
+                    }
+                )
     base = {k: statistics.median(s[k] for s in samples["none"]) for k in ("texts_per_s", "p99_ms")}
     conditions: dict[str, Any] = {}
     for name, runs in samples.items():

@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.process import serving
+from bench.process import serving_copy
 from multitask_serve.modelrepo.archive import unpack_head_file
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.training.data import load_dataset
@@ -70,23 +68,17 @@ def main() -> None:
     test = load_dataset(args.data, args.seed).test[: args.max_eval]
     texts, gold = [e.text for e in test], [e.label for e in test]
     predicted: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="shadow-report-") as tmp:
-        repo = Path(tmp) / "repo"
-        shutil.copytree(args.repo, repo)
-        served = ModelRepository(repo).read_head(task)
-        with serving(repo, Path(tmp) / "server.log", {"MTS_ADMIN_TOKEN": TOKEN}) as url:
-            admin = httpx.Client(
-                base_url=url, timeout=120, headers={"Authorization": f"Bearer {TOKEN}"}
-            )
-            path = f"/admin/heads/{task}/shadow"
-            admin.post(path, content=archive).raise_for_status()
-            started = time.perf_counter()
-            for i in range(0, len(texts), args.texts):
-                r = admin.post(f"/predict/{task}", json={"inputs": texts[i : i + args.texts]})
-                r.raise_for_status()
-                predicted += [o["label"] for o in r.json()["outputs"]]
-                report = wait_compared(admin, path, min(i + args.texts, len(texts)))
-            seconds = time.perf_counter() - started
+    served = ModelRepository(args.repo).read_head(task)
+    with serving_copy(args.repo, TOKEN, prefix="shadow-report-") as (_, admin):
+        path = f"/admin/heads/{task}/shadow"
+        admin.post(path, content=archive).raise_for_status()
+        started = time.perf_counter()
+        for i in range(0, len(texts), args.texts):
+            r = admin.post(f"/predict/{task}", json={"inputs": texts[i : i + args.texts]})
+            r.raise_for_status()
+            predicted += [o["label"] for o in r.json()["outputs"]]
+            report = wait_compared(admin, path, min(i + args.texts, len(texts)))
+        seconds = time.perf_counter() - started
     result = {
         "what": __doc__.split("\n")[0],
         "task": task,

@@ -26,7 +26,8 @@ def test_the_wheel_installs_exactly_one_top_level_package(tmp_path):
     modules = {name for name in names if name.endswith(".py")}
     for part in ("service/engine.py", "export/trunk.py", "training/train.py", "modelrepo/types.py"):
         assert f"multitask_serve/{part}" in modules
-    assert "multitask_serve/cli.py" in modules
+    for part in ("__init__", "common", "serve", "build", "train", "report"):
+        assert f"multitask_serve/cli/{part}.py" in modules
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "mts = multitask_serve.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

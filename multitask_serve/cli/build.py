@@ -1,0 +1,142 @@
+"""``mts build`` (the trunk and the default heads) and ``mts quantize`` (int8 trunk or head).
+
+Both need the train extra; they import it when they run, so the parser builds without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from multitask_serve.cli.common import (
+    ENCODER_HELP,
+    head_precision_flag,
+    is_built,
+    needs_train_extra,
+)
+
+
+def _build(
+    repo: Path, encoder: str | None, train_heads: bool, head_precision: str = "fp32"
+) -> None:
+    try:
+        from multitask_serve.export.build import build_repository
+        from multitask_serve.export.encoder import load_encoder
+        from multitask_serve.export.progress import library_bars
+        from multitask_serve.training.build import build_with_heads
+    except ImportError as exc:
+        needs_train_extra(exc)
+    library_bars()
+    loaded = load_encoder(encoder) if encoder else None
+    if train_heads:
+        build_with_heads(repo, loaded, head_precision=head_precision)
+    else:
+        build_repository(repo, loaded)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    if args.if_missing and is_built(args.repo):
+        print(f"{args.repo} holds a complete repository; not rebuilding")
+        return 0
+    try:
+        _build(args.repo, args.encoder, not args.no_train, args.head_precision)
+    except FileExistsError as exc:
+        sys.exit(f"mts build: {exc}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    try:
+        from multitask_serve.export.quantize import INT8, quantize_trunk
+        from multitask_serve.modelrepo.repository import ModelRepository
+    except ImportError as exc:
+        needs_train_extra(exc)
+    if args.head or args.archive:
+        return _quantize_head(args)
+    spec = quantize_trunk(ModelRepository(args.repo))
+    variant = spec.variants[INT8]
+    print(
+        f"wrote {args.repo / 'trunk' / variant.file}: taps vs fp32 max abs diff "
+        f"{variant.max_abs_diff:.3g}, min cosine {variant.min_cosine:.6f}; serve it with "
+        f"MTS_TRUNK_PRECISION={INT8}"
+    )
+    return 0
+
+
+def _quantize_head(args: argparse.Namespace) -> int:
+    from multitask_serve.export.quantize import QuantizationError, quantize_head_for
+    from multitask_serve.modelrepo.archive import ArchiveError, pack_head, unpack_head
+    from multitask_serve.modelrepo.atomic import atomic_write
+    from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
+
+    repo = ModelRepository(args.repo)
+    if bool(args.head) == bool(args.archive) or bool(args.archive) != bool(args.out):
+        sys.exit("mts quantize: give --head TASK, or --archive IN.tar.gz with --out OUT.tar.gz")
+    try:
+        if args.archive:
+            # A local file the user names, so no upload limit; 4 GiB bounds a corrupt one.
+            spec, model = unpack_head(args.archive.read_bytes(), 4 << 30)
+        else:
+            stored = repo.read_head(args.head, args.version)
+            spec, model = stored.spec, stored.model_path.read_bytes()
+        spec, model = quantize_head_for(repo, spec, model)
+    except (ArchiveError, RepositoryError, QuantizationError, OSError) as exc:
+        sys.exit(f"mts quantize: {exc}")
+    figures = spec.training["quantization"]
+    done = (
+        f"int8 {spec.task} head: probabilities within {figures['probability_max_abs_diff']:.3g} "
+        f"of the fp32 graph's on the sample texts, logits within {spec.parity_max_abs_diff:.3g}"
+    )
+    if args.archive:
+        atomic_write(args.out.resolve(), pack_head(spec, model))
+        print(f"wrote {args.out}: {done}")
+    else:
+        version = repo.add_head(spec, model, make_current=not args.keep_current)
+        served = "kept the current version" if args.keep_current else "now current"
+        print(f"added {spec.task} version {version} to {args.repo} ({served}): {done}")
+    return 0
+
+
+def add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    build = sub.add_parser("build", help="export the trunk and build the default heads")
+    build.add_argument("--repo", type=Path, default=Path("model-repo"))
+    build.add_argument("--encoder", help=ENCODER_HELP)
+    build.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing if --repo holds a complete repository (it may be an empty directory)",
+    )
+    build.add_argument(
+        "--no-train",
+        action="store_true",
+        help="only the training-free heads (embed, zero-shot): seconds, not minutes",
+    )
+    head_precision_flag(build, "the trained heads' weights")
+    build.set_defaults(func=cmd_build)
+
+
+def add_quantize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    quant = sub.add_parser(
+        "quantize",
+        help="add an int8 (dynamic, per-channel) variant of the trunk (heads stay valid), or "
+        "make an int8 copy of a trained head",
+    )
+    quant.add_argument("--repo", type=Path, default=Path("model-repo"))
+    quant.add_argument(
+        "--head",
+        metavar="TASK",
+        help="quantize this task's fp32 head instead of the trunk and store the copy as a new "
+        "version, made current (rollback serves the fp32 version again)",
+    )
+    quant.add_argument("--version", type=int, help="with --head: the version to quantize")
+    quant.add_argument(
+        "--keep-current", action="store_true", help="with --head: store, but do not serve yet"
+    )
+    quant.add_argument(
+        "--archive",
+        type=Path,
+        help="quantize the head in this archive instead (for --repo's trunk); needs --out",
+    )
+    quant.add_argument("--out", type=Path, help="with --archive: the int8 head's archive")
+    quant.set_defaults(func=cmd_quantize)

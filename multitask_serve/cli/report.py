@@ -1,0 +1,62 @@
+"""``mts report``: run every freezing strategy on every task and write reports/.
+
+Needs the train extra, imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from multitask_serve.cli.common import ENCODER_HELP, needs_train_extra
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        from multitask_serve.export.encoder import load_encoder
+        from multitask_serve.training.report import DEFAULT_TASKS, run_report, write_results
+        from multitask_serve.training.report_md import render
+    except ImportError as exc:
+        needs_train_extra(exc)
+    if args.render_only:
+        import json
+
+        results = json.loads((args.out / "results.json").read_text())
+    else:
+        tasks = {name: DEFAULT_TASKS[name] for name in args.tasks}
+        sizes = {k: getattr(args, k) for k in ("max_train", "max_eval") if getattr(args, k)}
+        sizes = {k: None if v == "none" else int(v) for k, v in sizes.items()}
+        tasks = {name: dataclasses.replace(task, **sizes) for name, task in tasks.items()}
+        scenario = ("sentiment", "ner") if {"sentiment", "ner"} <= set(args.tasks) else None
+        results = run_report(
+            load_encoder(args.encoder), tasks, tuple(args.seeds), scenario=scenario
+        )
+        write_results(results, args.out)
+    print(f"wrote {render(results, args.out)}")
+    return 0
+
+
+def add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rep = sub.add_parser("report", help="run every strategy on every task; write reports/")
+    rep.add_argument("--out", type=Path, default=Path("reports"))
+    rep.add_argument("--encoder", help=ENCODER_HELP)
+    rep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    rep.add_argument(
+        "--max-train",
+        help="training examples per task, or 'none' for the full split "
+        "(default: each task's own, sized to keep the report short)",
+    )
+    rep.add_argument("--max-eval", help="validation and test examples per task, or 'none'")
+    rep.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["sentiment", "topic", "ner"],
+        choices=["sentiment", "topic", "ner"],
+    )
+    rep.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-render REPORT.md and plots from an existing results.json",
+    )
+    rep.set_defaults(func=cmd_report)
