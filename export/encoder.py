@@ -69,6 +69,11 @@ def default_encoder_path() -> Path:
 
 def _max_length(path: Path, model: PreTrainedModel, tokenizer_max: int) -> int:
     positions = int(getattr(model.config, "max_position_embeddings", 512))
+    embeddings = getattr(model, "embeddings", None)
+    if hasattr(embeddings, "create_position_ids_from_input_ids"):
+        # RoBERTa and its kin number positions from padding_idx + 1 (roberta-base: 514 rows hold
+        # 512 tokens); a longer input would index past the table.
+        positions -= int(getattr(embeddings, "padding_idx", 0) or 0) + 1
     # sentence-transformers directories state the length the encoder was trained for.
     st_config = path / "sentence_bert_config.json"
     if st_config.is_file():

@@ -50,7 +50,18 @@ class Trunk(nn.Module):
         embeddings = encoder.model.embeddings
         assert isinstance(embeddings, nn.Module)
         self.embeddings = embeddings
+        # ELECTRA with embedding_size != hidden_size (ELECTRA-small) projects its embeddings up to
+        # the layers' width outside ``embeddings``; its tap 0 is the projected state.
+        project = getattr(encoder.model, "embeddings_project", None)
+        self.project = project if isinstance(project, nn.Module) else nn.Identity()
         self.layers = encoder.layers
+
+    def embed(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Tap 0: the hidden state the first layer reads."""
+        kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.project(self.embeddings(input_ids=input_ids, **kwargs))
 
     def forward(
         self,
@@ -58,8 +69,7 @@ class Trunk(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        hidden = self.embeddings(input_ids=input_ids, **kwargs)
+        hidden = self.embed(input_ids, token_type_ids)
         return (hidden, *run_layers(self.layers, hidden, attention_mask))
 
 

@@ -136,9 +136,9 @@ class TapSource:
         rows = [torch.tensor(self.encoded.ids[i]) for i in index]
         ids = _pad(rows, 0)
         mask = _mask([len(r) for r in rows], ids.shape[1])
-        kwargs = {"token_type_ids": torch.zeros_like(ids)} if self.types else {}
+        types = torch.zeros_like(ids) if self.types else None
         with torch.no_grad():
-            hidden = self.trunk.embeddings(input_ids=ids, **kwargs)
+            hidden = self.trunk.embed(ids, types)
             if self.branch:
                 hidden = run_layers(self.trunk.layers[: self.branch], hidden, mask)[-1]
         return hidden, mask
