@@ -1,6 +1,6 @@
 """``TrainConfig``: everything one training run is made of; head.json stores it whole.
 
-Every field is also an ``mts train`` flag (multitask_serve/cli.py). The defaults are the recipe
+Every field is also an ``mts train`` flag (multitask_serve/cli/train.py). The defaults are the recipe
 the default build was tuned with (docs/training.md says how they were chosen).
 """
 
