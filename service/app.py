@@ -98,6 +98,7 @@ def create_app(
         settings.max_queued_texts,
         settings.max_queue_wait_seconds,
         shadow,
+        settings.batch_inline_max_tokens,
     )
     # Head loads (validation, session, probe inference) run here, off the request threads, at
     # most max_concurrent_loads at a time, at a lower CPU priority than serving.

@@ -66,6 +66,7 @@ class Batcher:
         max_queued_texts: int = 1024,
         max_queue_wait_s: float = 0.0,
         shadow: ShadowRunner | None = None,
+        inline_max_tokens: int = 0,
     ) -> None:
         self._engine, self._metrics = engine, metrics
         self._shadow = shadow  # None: no task is ever shadowed
@@ -75,6 +76,10 @@ class Batcher:
         self._queued = 0  # texts waiting, touched only on the event loop
         self._max_texts, self._max_tokens, self._max_wait = max_texts, max_tokens, max_wait_s
         self._max_length = max_length
+        # With no wait to build batches, a small request that finds the worker idle is the next
+        # batch on its own: it runs on the event loop, without two thread hand-offs (0: never).
+        self._inline_max_tokens = inline_max_tokens if max_wait_s == 0 else 0
+        self._inline_candidates = 0  # requests deciding whether they are alone (see _alone)
         self._queue: asyncio.Queue[Entry] | None = None
         self._worker: asyncio.Task[None] | None = None
         # One inference thread: a trunk run already uses every core (intra-op threads).
@@ -164,6 +169,13 @@ class Batcher:
                     f"the queue would take {wait:.2f} s to reach this request (limit "
                     f"{self._max_queue_wait:g} s); retry shortly"
                 )
+        if (
+            self._outstanding == 0
+            and len(texts) <= self._max_texts
+            and self._estimate(texts) <= self._inline_max_tokens
+            and await self._alone()
+        ):
+            return self._run_inline(Job(heads, texts))
         self._queued += len(texts)
         loop = asyncio.get_running_loop()
         chunks = [texts[i : i + self._max_texts] for i in range(0, len(texts), self._max_texts)]
@@ -189,6 +201,49 @@ class Batcher:
             truncated=[t for p in parts for t in p.truncated],
             tokens=[n for p in parts for n in p.tokens],
         )
+
+    async def _alone(self) -> bool:
+        """Whether this request is the only work there is, once every request that arrived with
+        it has reached the batcher: requests read together (say, while the loop was busy) must
+        still share a batch, through the worker, instead of running inline one by one."""
+        self._inline_candidates += 1
+        try:
+            await asyncio.sleep(0)  # one loop turn: requests ready now get this far too
+        finally:
+            self._inline_candidates -= 1
+        return self._inline_candidates == 0 and self._outstanding == 0
+
+    def _run_inline(self, job: Job) -> JobResult:
+        """The batch an idle worker would run next, this request alone, run here on the loop.
+
+        Nothing is queued and no batch is running (``_outstanding`` is 0), so this is the only
+        inference under way, as on the inference thread; requests that arrive meanwhile wait in
+        their sockets, as they would wait in the queue, and the worker takes them afterwards.
+        The event loop answers nothing else meanwhile, which ``inline_max_tokens`` bounds to a
+        few milliseconds of work. Measured at concurrency 1 (BENCHMARKS.md): 0.67 ms less per
+        single-text request than the hand-off to the inference thread and back.
+        """
+        started = time.perf_counter()
+        self._metrics.queue_seconds.observe(0.0)
+        shadows = self._shadow.current() if self._shadow is not None else {}
+        results, works = self._infer([job], shadows)
+        self._paced(len(job.texts), started)
+        if works and self._shadow is not None:
+            self._shadow.submit(works)
+        return results[0]
+
+    def _infer(
+        self, jobs: list[Job], shadows: Mapping[str, LoadedHead]
+    ) -> tuple[list[JobResult], list[ShadowWork]]:
+        if shadows:
+            return self._engine.predict_shadowed(jobs, shadows)
+        return self._engine.predict_many(jobs), []  # the plain path, as if shadows did not exist
+
+    def _paced(self, texts: int, started: float) -> None:
+        """Fold a finished batch into the recent throughput (``max_queue_wait_s`` reads it)."""
+        pace = texts / max(time.perf_counter() - started, 1e-6)
+        previous = self._texts_per_s
+        self._texts_per_s = pace if previous is None else 0.8 * previous + 0.2 * pace
 
     async def check(self, probe: Callable[[], object], timeout: float) -> bool:
         """Readiness through the worker: ``probe`` queues like a request and runs in its turn.
@@ -302,10 +357,7 @@ class Batcher:
                 for entry in batch:
                     self._metrics.queue_seconds.observe(started - entry.enqueued)
                 await self._execute(loop, batch)
-                texts = sum(len(e.job.texts) for e in batch)
-                pace = texts / max(time.perf_counter() - started, 1e-6)
-                previous = self._texts_per_s
-                self._texts_per_s = pace if previous is None else 0.8 * previous + 0.2 * pace
+                self._paced(sum(len(e.job.texts) for e in batch), started)
             self._outstanding -= len(gathered)
             self._progress = time.perf_counter()
             self._progressed.set()
@@ -325,16 +377,8 @@ class Batcher:
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[Entry]) -> None:
         shadows = self._shadow.current() if self._shadow is not None else {}
         jobs = [e.job for e in batch]
-        works: list[ShadowWork] = []
         try:
-            if shadows:
-                results, works = await loop.run_in_executor(
-                    self._executor, self._engine.predict_shadowed, jobs, shadows
-                )
-            else:  # the plain path, as if shadows did not exist
-                results = await loop.run_in_executor(
-                    self._executor, self._engine.predict_many, jobs
-                )
+            results, works = await loop.run_in_executor(self._executor, self._infer, jobs, shadows)
         except Exception as exc:
             if len(batch) > 1:
                 # One request's input must not fail the others that shared its batch: run each

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     batch_max_texts: int = 32
     batch_max_tokens: int = 8192
     batch_max_wait_ms: float = 0.0
+    # With batch_max_wait_ms 0, a request of at most this many estimated tokens that finds
+    # nothing queued and no batch running is run at once on the event loop thread, instead of
+    # being handed to the inference thread and back: 0.67 ms less per single-text request at
+    # concurrency 1 (BENCHMARKS.md); under load batches form as before. Meanwhile the event loop
+    # answers nothing else (health checks included), so the bound keeps that to a few ms of
+    # work; should such a run hang, probes time out instead of answering 503. 0: always hand over.
+    batch_inline_max_tokens: int = 256
     # A micro-batch runs as length groups, each padded to its own longest text, when that saves
     # more padded tokens than this many per extra run (the fixed cost of a trunk + heads run, in
     # tokens). Unset: 32 on the CPU (measured, bench/length_groups.py), never split on cuda,

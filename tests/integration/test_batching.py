@@ -4,6 +4,7 @@ outputs inside a mixed batch match its outputs alone within the stated tolerance
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -59,6 +60,53 @@ def test_concurrent_requests_for_different_tasks_share_one_trunk_run(repo):
         diffs.append(np.max(np.abs(flat(done.results[task].outputs) - flat(alone[task, text]))))
     print(f"alone vs inside a mixed batch of 6 requests: max abs diff {max(diffs):.2e}")
     assert max(diffs) <= 1e-5
+
+
+def test_a_small_request_alone_runs_on_the_event_loop_and_requests_read_together_share_a_batch(
+    repo, monkeypatch
+):
+    app = create_app(make_settings(repo), CollectorRegistry())
+    engine, metrics = app.state.engine, app.state.metrics
+    heads = app.state.registry.resolve(["embed", "topic-zs"])
+    runs: list[tuple[str, int]] = []  # (thread, jobs) per batch the engine ran
+    predict_many = engine.predict_many
+
+    def spy(jobs):
+        runs.append((threading.current_thread().name, len(jobs)))
+        return predict_many(jobs)
+
+    monkeypatch.setattr(engine, "predict_many", spy)
+    long_text = "word " * 400  # about 500 estimated tokens
+
+    def batches(requests, max_wait_s=0.0, inline_max_tokens=256):
+        async def main():
+            batcher = Batcher(
+                engine,
+                metrics,
+                max_texts=32,
+                max_tokens=8192,
+                max_wait_s=max_wait_s,
+                max_length=512,
+                inline_max_tokens=inline_max_tokens,
+            )
+            batcher.start()
+            try:
+                await asyncio.gather(*(batcher.submit({t: heads[t]}, [x]) for t, x in requests))
+            finally:
+                await batcher.stop()
+
+        runs.clear()
+        asyncio.run(main())
+        return list(runs)
+
+    loop, worker = threading.current_thread().name, "inference_0"  # asyncio.run's loop is here
+    one = [("embed", "ok")]
+    six = [(task, text) for task in heads for text in TEXTS]
+    assert batches(one) == [(loop, 1)]
+    assert batches(six) == [(worker, 6)]  # read together: one batch, through the worker
+    assert batches([("embed", long_text)]) == [(worker, 1)]  # past the bound
+    assert batches(one, max_wait_s=0.01) == [(worker, 1)]  # a wait asks for bigger batches
+    assert batches(one, inline_max_tokens=0) == [(worker, 1)]
 
 
 def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order(repo):

@@ -52,9 +52,10 @@ class Gate:
 
 
 def app_with(repo: Path, **overrides: object) -> FastAPI:
-    return create_app(
-        make_settings(repo, readiness_timeout_seconds=TIMEOUT_S, **overrides), CollectorRegistry()
-    )
+    """Requests always go through the worker here (no inline runs on the event loop): what
+    readiness watches. A hang in an inline run is the last test's."""
+    settings = {"readiness_timeout_seconds": TIMEOUT_S, "batch_inline_max_tokens": 0}
+    return create_app(make_settings(repo, **{**settings, **overrides}), CollectorRegistry())
 
 
 @pytest.fixture
@@ -271,3 +272,24 @@ def test_readyz_says_shutting_down_while_draining_even_with_a_healthy_worker(cli
     assert r.status_code == 503
     assert r.json()["error"]["message"] == "shutting down: finishing in-flight requests"
     assert sample(client, "mts_readiness_probes_total", outcome="ok") == 0
+
+
+def test_a_hang_in_a_request_run_inline_holds_every_answer_until_it_ends(repo, monkeypatch):
+    """The cost of inline runs (``batch_inline_max_tokens``): the event loop runs the inference,
+    so while it hangs nothing is answered, probes included; Kubernetes counts a probe that times
+    out as failed, where the worker's hang gets a 503 (the tests above)."""
+    app = app_with(repo, batch_inline_max_tokens=256)
+    gate = Gate(app.state.engine)
+    monkeypatch.setattr(app.state.engine, "predict_many", gate)
+    gate.opened.clear()
+    with TestClient(app) as client, ThreadPoolExecutor(2) as pool:
+        try:
+            held = pool.submit(client.post, "/predict/embed", json={"inputs": "a"})
+            assert gate.entered.wait(10)
+            health = pool.submit(client.get, "/healthz")
+            time.sleep(TIMEOUT_S)
+            assert not health.done() and not held.done()
+        finally:
+            gate.opened.set()
+        assert held.result(timeout=30).status_code == 200
+        assert health.result(timeout=30).status_code == 200
