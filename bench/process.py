@@ -194,6 +194,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_idle(pid: int, timeout: float = 60.0, interval: float = 0.25) -> float:
+    """Wait until a process stops using CPU (under 10% of a core over ``interval``): a server
+    still working through requests a load generator left in flight would take the cores from
+    whatever is measured next. Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(pid)
+        time.sleep(interval)
+        if cpu_seconds(pid) - before < 0.1 * interval:
+            break
+    return time.monotonic() - started
+
+
 def memory_mb(pid: int) -> dict[str, float]:
     """VmRSS (resident now) and VmHWM (peak resident) of a process, in MiB."""
     fields = {}

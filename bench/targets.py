@@ -11,6 +11,8 @@ Sides:
 - ours, ours int8: ``mts serve`` on the three trained heads (sentiment top-2, topic head-only,
   NER top-2), fp32 trunk and int8 trunk;
 - ours, CPU arena off: the same with ``MTS_CPU_ARENA=false``;
+- ours, no inline runs: the same with ``MTS_BATCH_INLINE_MAX_TOKENS=0`` (every batch handed to the
+  inference thread, as before inline runs);
 - ours, batch limit 1: the same with ``MTS_BATCH_MAX_TEXTS=1``, against raw ORT at batch 1;
 - raw: tokenize, trunk (as deep as the head reads) and head in this process with the service's
   session wrappers, no HTTP, warmed, with ONNX Runtime's thread spinning on and off (the faster
@@ -42,7 +44,7 @@ import wrk
 from baseline_app import TASKS, prepare_models
 from http_vs_ort import RawPipeline
 from pipelines_vs_ours import real_texts, three_heads
-from process import free_port, memory_mb, server
+from process import free_port, memory_mb, server, wait_idle
 
 from multitask_serve.export.encoder import default_encoder_path
 from multitask_serve.export.quantize import INT8
@@ -149,6 +151,7 @@ def main() -> None:
             "ours int8": (mts, {"MTS_TRUNK_PRECISION": INT8}),
             "ours, batch limit 1": (mts, {"MTS_BATCH_MAX_TEXTS": "1"}),
             "ours, CPU arena off": (mts, {"MTS_CPU_ARENA": "false"}),
+            "ours, no inline runs": (mts, {"MTS_BATCH_INLINE_MAX_TOKENS": "0"}),
         }
         env = {"HF_HUB_OFFLINE": "1", "MTS_LOG_LEVEL": "warning"}
         sides = {}
@@ -197,17 +200,30 @@ def main() -> None:
 
             def measure() -> dict[str, float]:
                 r = wrk.run(sides[side].url, reqs, args.seconds, connections)
-                return {"texts_per_s": r.texts_per_s, "p50_ms": r.latency_ms["p50"]}
+                # Requests still in flight when wrk stops (seconds of work for the pipelines'
+                # 8-text requests) must not run into the next measurement.
+                settled = wait_idle(sides[side].pid)
+                return {
+                    "texts_per_s": r.texts_per_s,
+                    "p50_ms": r.latency_ms["p50"],
+                    "settle_s": settled,
+                }
 
             plan.append((key, side, measure))
-            warm_ups.append(lambda: wrk.run(sides[side].url, reqs, 2, connections))
+
+            def warm_up() -> None:
+                wrk.run(sides[side].url, reqs, 2, connections)
+                wait_idle(sides[side].pid)
+
+            warm_ups.append(warm_up)
 
         for side in ("pipelines", "ours", "ours int8"):
             http("mixed, 1 text", side, "mixed", 1, args.connections)
             http("all tasks, 1 text", side, "all tasks", 1, args.connections)
             http("all tasks, 8 texts", side, "all tasks", 8, args.connections)
-        for side in ("ours", "ours, CPU arena off"):
+        for side in ("ours", "ours, CPU arena off", "ours, no inline runs"):
             http("concurrency 1, 1 text", side, LATENCY_TASK, 1, 1)
+        http("mixed, 1 text", "ours, no inline runs", "mixed", 1, args.connections)
         for side in ("ours, CPU arena off",):
             http("mixed, 1 text", side, "mixed", 1, args.connections)
             http("all tasks, 8 texts", side, "all tasks", 8, args.connections)

@@ -1,7 +1,7 @@
 """``TrainConfig``: everything one training run is made of; head.json stores it whole.
 
-Every field is also an ``mts train`` flag (multitask_serve/cli/train.py). The defaults are the recipe
-the default build was tuned with (docs/training.md says how they were chosen).
+Every field is also an ``mts train`` flag (multitask_serve/cli/train.py). The defaults are the
+recipe the default build was tuned with (docs/training.md says how they were chosen).
 """
 
 from __future__ import annotations

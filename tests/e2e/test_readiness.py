@@ -1,4 +1,6 @@
-"""Readiness of a real ``mts serve`` whose inference hangs: /readyz fails within the bound."""
+"""Readiness of a real ``mts serve`` whose inference hangs: /readyz fails within the bound when
+the hang is on the inference thread; probes time out when it is in a run inline on the event loop
+(a small request at an idle server, ``MTS_BATCH_INLINE_MAX_TOKENS``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from bench.process import start_server
 from tests.conftest import SERVER_ENV
@@ -37,21 +40,29 @@ sys.exit(main())
 """
 
 
+def hang(url: str) -> None:
+    """Send the request that hangs, from a thread; the server is killed with it still held."""
+
+    def send() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{url}/predict/embed", json={"inputs": HANG_TEXT}, timeout=30)
+
+    threading.Thread(target=send, daemon=True).start()
+
+
 def test_readyz_of_a_real_server_fails_within_the_timeout_when_its_inference_hangs(repo, tmp_path):
-    env = {**SERVER_ENV, "MTS_READINESS_TIMEOUT_SECONDS": str(TIMEOUT_S)}
+    env = {
+        **SERVER_ENV,
+        "MTS_READINESS_TIMEOUT_SECONDS": str(TIMEOUT_S),
+        "MTS_BATCH_INLINE_MAX_TOKENS": "0",  # every batch on the inference thread
+    }
     proc, url = start_server(repo, tmp_path / "server.log", env, python=("-c", SERVE_WITH_A_HANG))
     try:
         with httpx.Client(base_url=url, timeout=10) as http:
             assert http.post("/predict/embed", json={"inputs": "a"}).status_code == 200
             assert http.get("/readyz").json()["probe"] == "ran"
             sent = time.monotonic()
-
-            def hang() -> None:
-                # The server is killed below with the request still held.
-                with contextlib.suppress(httpx.HTTPError):
-                    httpx.post(f"{url}/predict/embed", json={"inputs": HANG_TEXT}, timeout=30)
-
-            threading.Thread(target=hang, daemon=True).start()
+            hang(url)
             answers = []
             while time.monotonic() - sent < TIMEOUT_S + 5:
                 r = http.get("/readyz")
@@ -72,5 +83,26 @@ def test_readyz_of_a_real_server_fails_within_the_timeout_when_its_inference_han
             assert 'mts_readiness_probes_total{outcome="stuck"}' in metrics
     finally:
         # A hung inference thread cannot be stopped: SIGTERM would wait on it forever.
+        proc.kill()
+        proc.wait()
+
+
+def test_a_hang_in_an_inline_run_holds_the_probes_until_they_time_out(repo, tmp_path):
+    """The default: a one-text request at an idle server runs inline on the event loop, so its
+    hang holds /healthz and /readyz too. Kubernetes counts a probe that times out as failed:
+    readiness takes the pod out of its Service, liveness restarts it (k8s/deployment.yaml). An
+    inline run is at most MTS_BATCH_INLINE_MAX_TOKENS of work (milliseconds), so one that
+    outlasts a probe's timeout is a hang, not a long batch."""
+    env = {**SERVER_ENV, "MTS_READINESS_TIMEOUT_SECONDS": str(TIMEOUT_S)}
+    proc, url = start_server(repo, tmp_path / "server.log", env, python=("-c", SERVE_WITH_A_HANG))
+    try:
+        with httpx.Client(base_url=url, timeout=2 * TIMEOUT_S) as http:
+            assert http.post("/predict/embed", json={"inputs": "a"}).status_code == 200
+            hang(url)
+            time.sleep(0.5)  # the request has reached the engine
+            for path in ("/healthz", "/readyz"):
+                with pytest.raises(httpx.ReadTimeout):
+                    http.get(path)
+    finally:
         proc.kill()
         proc.wait()

@@ -78,17 +78,10 @@ def test_a_small_request_alone_runs_on_the_event_loop_and_requests_read_together
     monkeypatch.setattr(engine, "predict_many", spy)
     long_text = "word " * 400  # about 500 estimated tokens
 
-    def batches(requests, max_wait_s=0.0, inline_max_tokens=256):
+    def batches(requests, max_wait_s=0.0, inline=256):
         async def main():
-            batcher = Batcher(
-                engine,
-                metrics,
-                max_texts=32,
-                max_tokens=8192,
-                max_wait_s=max_wait_s,
-                max_length=512,
-                inline_max_tokens=inline_max_tokens,
-            )
+            # 32 texts, 8192 tokens, the wait, 512 tokens per text at most
+            batcher = Batcher(engine, metrics, 32, 8192, max_wait_s, 512, 1024, 0.0, None, inline)
             batcher.start()
             try:
                 await asyncio.gather(*(batcher.submit({t: heads[t]}, [x]) for t, x in requests))
@@ -106,7 +99,7 @@ def test_a_small_request_alone_runs_on_the_event_loop_and_requests_read_together
     assert batches(six) == [(worker, 6)]  # read together: one batch, through the worker
     assert batches([("embed", long_text)]) == [(worker, 1)]  # past the bound
     assert batches(one, max_wait_s=0.01) == [(worker, 1)]  # a wait asks for bigger batches
-    assert batches(one, inline_max_tokens=0) == [(worker, 1)]
+    assert batches(one, inline=0) == [(worker, 1)]
 
 
 def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order(repo):
