@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     # Kubernetes, so the pod's CPU limit is the number to put here.
     intra_op_threads: int = 0
     # ONNX Runtime's CPU memory arena keeps the largest activations it has seen for reuse. Off
-    # returns them after each run: 0.88x the resident memory, speed within noise (BENCHMARKS.md);
+    # returns them after each run: 0.85x the resident memory, 0.98-1.03x the speed (BENCHMARKS.md);
     # more memory saved with long texts in big batches.
     cpu_arena: bool = True
     # Cut the trunk at the taps heads read and run each text only as deep as its heads need.
