@@ -220,7 +220,7 @@ class Batcher:
         inference under way, as on the inference thread; requests that arrive meanwhile wait in
         their sockets, as they would wait in the queue, and the worker takes them afterwards.
         The event loop answers nothing else meanwhile, which ``inline_max_tokens`` bounds to a
-        few milliseconds of work. Measured at concurrency 1 (BENCHMARKS.md): 0.67 ms less per
+        few milliseconds of work. Measured at concurrency 1 (BENCHMARKS.md): 0.3-0.7 ms less per
         single-text request than the hand-off to the inference thread and back.
         """
         started = time.perf_counter()

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = 0.0
     # With batch_max_wait_ms 0, a request of at most this many estimated tokens that finds
     # nothing queued and no batch running is run at once on the event loop thread, instead of
-    # being handed to the inference thread and back: 0.67 ms less per single-text request at
+    # being handed to the inference thread and back: 0.3-0.7 ms less per single-text request at
     # concurrency 1 (BENCHMARKS.md); under load batches form as before. Meanwhile the event loop
     # answers nothing else (health checks included), so the bound keeps that to a few ms of
     # work; should such a run hang, probes time out instead of answering 503. 0: always hand over.
