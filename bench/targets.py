@@ -28,14 +28,11 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +40,7 @@ import numpy as np
 import wrk
 from baseline_app import TASKS, prepare_models
 from http_vs_ort import RawPipeline
+from machine import machine
 from pipelines_vs_ours import real_texts, three_heads
 from process import free_port, memory_mb, server, wait_idle
 
@@ -59,39 +57,6 @@ RAW_RUNTIMES = {
     "CPU arena off": Runtime(cpu_arena=False),
     "1 intra-op thread": Runtime(threads=1),
 }
-
-
-def machine() -> dict[str, Any]:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in (
-        "onnxruntime",
-        "torch",
-        "transformers",
-        "tokenizers",
-        "fastapi",
-        "uvicorn",
-        "uvloop",
-        "httptools",
-        "orjson",
-    ):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "versions": versions,
-        "commit": commit,
-    }
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -294,6 +259,9 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     def ratio(a: list[float], b: list[float]) -> list[float]:
         return [x / y if y else float("nan") for x, y in zip(a, b, strict=True)]
 
+    def difference(a: list[float], b: list[float]) -> list[float]:
+        return [x - y for x, y in zip(a, b, strict=True)]
+
     raw_best = {
         key: max(
             (f"raw, {name}" for name in RAW_RUNTIMES),
@@ -346,12 +314,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     raw_p50 = per_round("raw 1 text", raw_best["raw 1 text"], "p50_ms")
     target(
         "concurrency 1: HTTP p50 - raw ORT p50 (ms)",
-        [
-            h - r
-            for h, r in zip(
-                per_round("concurrency 1, 1 text", "ours", "p50_ms"), raw_p50, strict=True
-            )
-        ],
+        difference(per_round("concurrency 1, 1 text", "ours", "p50_ms"), raw_p50),
         1.0,
         at_most=True,
     )
@@ -373,14 +336,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                     )
                 ),
                 "p50_ms_minus_ours": summary(
-                    [
-                        a - b
-                        for a, b in zip(
-                            per_round(key, side, "p50_ms"),
-                            per_round(key, "ours", "p50_ms"),
-                            strict=True,
-                        )
-                    ]
+                    difference(per_round(key, side, "p50_ms"), per_round(key, "ours", "p50_ms"))
                 ),
             }
     for side in memory:
