@@ -28,7 +28,8 @@ import numpy as np
 
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import tap_name
-from multitask_serve.service.sessions import HeadSession, Runtime, TrunkSession
+from multitask_serve.service.sessions import HeadSession, Runtime
+from multitask_serve.service.trunk import TrunkSession
 from multitask_serve.service.types import Job
 
 TASKS = ("sentiment", "topic", "ner")

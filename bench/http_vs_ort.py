@@ -24,7 +24,8 @@ from process import serving as mts_serving
 from tokenizers import Tokenizer
 
 from multitask_serve.modelrepo.repository import ModelRepository
-from multitask_serve.service.sessions import CPU, HeadSession, Runtime, TrunkSession
+from multitask_serve.service.sessions import CPU, HeadSession, Runtime
+from multitask_serve.service.trunk import TrunkSession
 
 TEXTS = [
     "The central bank raised interest rates by half a point on Thursday.",

@@ -48,7 +48,8 @@ from pipelines_vs_ours import real_texts
 from multitask_serve.export.quantize import INT8, quantize_head_for, quantize_trunk, softmax
 from multitask_serve.modelrepo.repository import ModelRepository, StoredHead
 from multitask_serve.modelrepo.types import HeadSpec, Kind, TrunkSpec, tap_name
-from multitask_serve.service.sessions import HeadSession, TrunkSession
+from multitask_serve.service.sessions import HeadSession
+from multitask_serve.service.trunk import TrunkSession
 from multitask_serve.training.features import rust_tokenizer
 from multitask_serve.training.train import score
 

@@ -33,7 +33,8 @@ from pipelines_vs_ours import real_texts
 from multitask_serve.export.quantize import INT8, quantize_trunk
 from multitask_serve.modelrepo.repository import ModelRepository, StoredHead
 from multitask_serve.modelrepo.types import Kind, TrunkSpec, tap_name
-from multitask_serve.service.sessions import HeadSession, Runtime, TrunkSession
+from multitask_serve.service.sessions import HeadSession, Runtime
+from multitask_serve.service.trunk import TrunkSession
 from multitask_serve.training.data import Split, is_token_split, load_dataset, read_topic
 from multitask_serve.training.features import (
     Encoded,

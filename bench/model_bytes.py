@@ -28,13 +28,14 @@ import numpy as np
 
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.service import sessions
+from multitask_serve.service.trunk import TrunkSession
 
 if sys.argv[2] == "kept":
     sessions._forget_model_bytes = lambda session: None
 repo = ModelRepository(Path(sys.argv[1]))
 spec = repo.read_trunk_spec()
 heads = [repo.read_head(task) for task in repo.tasks()]
-trunk = sessions.TrunkSession(repo.trunk_model_path)
+trunk = TrunkSession(repo.trunk_model_path)
 trunk.prepare({h.spec.branch_layer for h in heads})
 loaded = [
     sessions.HeadSession(h.model_path.read_bytes(), h.spec.output_name, spec.hidden_size)

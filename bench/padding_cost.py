@@ -22,7 +22,7 @@ from pipelines_vs_ours import real_texts
 
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import tap_name
-from multitask_serve.service.sessions import TrunkSession
+from multitask_serve.service.trunk import TrunkSession
 from multitask_serve.training.features import rust_tokenizer
 
 

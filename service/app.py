@@ -28,10 +28,11 @@ from multitask_serve.service.observability import RequestCounter, RequestId
 from multitask_serve.service.openapi import document_errors
 from multitask_serve.service.predict import Predictor
 from multitask_serve.service.registry import HeadRegistry
-from multitask_serve.service.sessions import Runtime, TrunkSession
+from multitask_serve.service.sessions import Runtime
 from multitask_serve.service.settings import Settings
 from multitask_serve.service.shadow import ShadowRunner
 from multitask_serve.service.tokenize import TextEncoder
+from multitask_serve.service.trunk import TrunkSession
 
 log = logging.getLogger(__name__)
 

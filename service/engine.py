@@ -19,9 +19,10 @@ from multitask_serve.service.errors import InvalidInput
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.postprocess import decode
 from multitask_serve.service.registry import LoadedHead
-from multitask_serve.service.sessions import CPU, HeadSession, RowPicker, Runtime, Tap, TrunkSession
+from multitask_serve.service.sessions import CPU, HeadSession, RowPicker, Runtime, Tap
 from multitask_serve.service.shadow import ShadowWork
 from multitask_serve.service.tokenize import TextEncoder, Token
+from multitask_serve.service.trunk import TrunkSession
 from multitask_serve.service.types import Job, JobResult, Output, TaskResult, TokenizedBatch
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog."

@@ -76,8 +76,9 @@ def test_real_trunk_segments_are_bit_identical_to_the_whole_graph(default_repo):
     import onnxruntime as ort
 
     from multitask_serve.modelrepo.types import tap_name
-    from multitask_serve.service.sessions import CPU, TrunkSession
+    from multitask_serve.service.sessions import CPU
     from multitask_serve.service.tokenize import TextEncoder
+    from multitask_serve.service.trunk import TrunkSession
 
     repo = ModelRepository(default_repo)
     spec = repo.read_trunk_spec()

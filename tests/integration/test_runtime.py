@@ -18,7 +18,8 @@ from multitask_serve.modelrepo.archive import unpack_head
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import tap_name
 from multitask_serve.service.app import create_app
-from multitask_serve.service.sessions import CPU, Runtime, RuntimeUnavailable, TrunkSession
+from multitask_serve.service.sessions import CPU, Runtime, RuntimeUnavailable
+from multitask_serve.service.trunk import TrunkSession
 from multitask_serve.service.types import Job
 from tests.conftest import make_settings
 

@@ -15,7 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from multitask_serve.modelrepo import graphs
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import tap_name
-from multitask_serve.service.sessions import CPU, Runtime, TrunkSession
+from multitask_serve.service.sessions import CPU, Runtime
+from multitask_serve.service.trunk import TrunkSession
 
 
 def feeds_for(spec, rng, rows, width):
