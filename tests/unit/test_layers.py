@@ -1,9 +1,9 @@
 """The serving core knows no HTTP, and no route module imports another.
 
-The core (errors, engine, batcher, registry, shadow, sessions, tokenize, postprocess, types, and
-the one prediction entry point, predict) is what every wire format calls; only the HTTP side
-(routes, oip, admin, limits, observability, http_errors, openapi, responses, app, server) may
-import the web framework.
+The core (errors, engine, batcher, registry, shadow, sessions, trunk, tokenize, postprocess,
+types, and the one prediction entry point, predict) is what every wire format calls; only the
+HTTP side (routes, oip, admin, limits, observability, http_errors, openapi, responses, app,
+server) may import the web framework.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ CORE = (
     "registry",
     "shadow",
     "sessions",
+    "trunk",
     "tokenize",
     "postprocess",
     "types",
