@@ -25,6 +25,9 @@ class TrainConfig:
     # Most epochs (per depth for progressive). None: 10 for head-only (cheap), 4 otherwise.
     epochs: int | None = None
     batch_size: int = 32
+    # Batch examples of similar length together (each 50 batches' worth of shuffled examples is
+    # sorted by length; the batches' order stays random): less padding to compute.
+    group_by_length: bool = True
     # The top owned layer's peak rate; each layer below it gets lr_decay times the one above
     # (ULMFiT's discriminative rates; 1.0 = one rate for all layers).
     layer_lr: float = 1e-4

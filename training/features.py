@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer
 
-from multitask_serve.export.modules import Trunk, run_layers
+from multitask_serve.export.modules import Trunk, mean_pool, run_layers
 from multitask_serve.export.progress import progress
 from multitask_serve.export.samples import tokenizer_from_json
 from multitask_serve.training.data import TextExample, TokenExample
@@ -102,8 +102,20 @@ def _mask(lengths: list[int], width: int) -> torch.Tensor:
     return (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
 
 
+# Length grouping: each run of this many batches' worth of shuffled examples is sorted by length
+# before it is cut into batches (Hugging Face's ``group_by_length`` uses the same 50).
+GROUP_BATCHES = 50
+
+
 class TapSource:
-    """Yields batches of the branch tap for a data split, computed once and kept if it fits."""
+    """Yields batches of the branch tap for a data split, computed once and kept if it fits.
+
+    ``pooling`` (a sequence head that owns no layers: head-only) keeps each example's pooled
+    vector instead of its token states, as a one-token sequence the head's pooling returns
+    unchanged. Training batches are shuffled; with ``group_by_length`` examples of similar length
+    share a batch (less padding computed), the batches' order still random. Prediction batches
+    go shortest first; answers are keyed by example index.
+    """
 
     def __init__(
         self,
@@ -115,10 +127,14 @@ class TapSource:
         uses_token_types: bool,
         cache_limit_bytes: int,
         desc: str = "",
+        pooling: str | None = None,
+        group_by_length: bool = True,
     ) -> None:
         self.trunk, self.branch, self.encoded = trunk, branch, encoded
         self.batch_size = batch_size
         self.types = uses_token_types
+        self.pooling = pooling
+        self.group_by_length = group_by_length
         tokens = sum(len(ids) for ids in encoded.ids)
         self.cached: list[torch.Tensor] | None = None
         if tokens * hidden_size * 4 <= cache_limit_bytes:
@@ -128,9 +144,19 @@ class TapSource:
             chunks = [order[i : i + 64] for i in range(0, len(order), 64)]
             for chunk in progress(chunks, desc or f"tap {branch} cache"):
                 taps, mask = self._run(chunk)
+                if pooling is not None:
+                    taps = self._pool(taps, mask)[:, None]
+                    mask = torch.ones(mask.shape[0], 1, dtype=mask.dtype)
                 for row, i in enumerate(chunk):
                     cached[i] = taps[row, : int(mask[row].sum())].clone()
             self.cached = [cached[i] for i in range(len(encoded.ids))]
+
+    def _pool(self, taps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "mean":
+            return mean_pool(taps, mask)
+        if self.pooling == "cls":
+            return taps[:, 0]
+        raise ValueError(f"unknown pooling {self.pooling!r}")
 
     def _run(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [torch.tensor(self.encoded.ids[i]) for i in index]
@@ -144,16 +170,37 @@ class TapSource:
         return hidden, mask
 
     def batches(self, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
-        n = len(self.encoded.ids)
-        order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
-        for start in range(0, n, self.batch_size):
-            index = order[start : start + self.batch_size]
+        for index in self._order(shuffle, generator):
             if self.cached is not None:
                 hidden = _pad([self.cached[i] for i in index], 0.0)
                 mask = _mask([self.cached[i].shape[0] for i in index], hidden.shape[1])
             else:
                 hidden, mask = self._run(index)
+                if self.pooling is not None:
+                    hidden = self._pool(hidden, mask)[:, None]
+                    mask = torch.ones(mask.shape[0], 1, dtype=mask.dtype)
             yield Batch(hidden, mask, self._labels(index, mask.shape[1]), index)
+
+    def _order(self, shuffle: bool, generator: torch.Generator | None) -> list[list[int]]:
+        """Example indices, batch by batch."""
+        n, size = len(self.encoded.ids), self.batch_size
+        length = (
+            (lambda i: self.cached[i].shape[0])  # type: ignore[index]
+            if self.cached is not None
+            else (lambda i: len(self.encoded.ids[i]))
+        )
+        if not shuffle:
+            order = sorted(range(n), key=length)
+            return [order[i : i + size] for i in range(0, n, size)]
+        order = torch.randperm(n, generator=generator).tolist()
+        if not self.group_by_length:
+            return [order[i : i + size] for i in range(0, n, size)]
+        batches = []
+        for start in range(0, n, size * GROUP_BATCHES):
+            group = sorted(order[start : start + size * GROUP_BATCHES], key=length)
+            batches += [group[i : i + size] for i in range(0, len(group), size)]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[i] for i in shuffled]
 
     def _labels(self, index: list[int], width: int) -> torch.Tensor:
         labels = self.encoded.labels

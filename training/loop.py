@@ -46,8 +46,11 @@ def encode_split(split: Split[Any], tokenizer: Any) -> tuple[Encoded, Encoded, E
 
 
 def tap_source(
-    encoder: Encoder, trunk: Trunk, branch: int, encoded: Encoded, config: TrainConfig, name: str
+    encoder: Encoder, trunk: Trunk, head: Head, encoded: Encoded, config: TrainConfig, name: str
 ) -> TapSource:
+    """What ``head`` reads for ``encoded``: its branch tap, pooled once where it owns no layers."""
+    branch = encoder.num_layers - len(head.layers)
+    pooled = not len(head.layers) and head.pooling != "none"
     return TapSource(
         trunk,
         branch,
@@ -57,6 +60,8 @@ def tap_source(
         encoder.uses_token_type_ids,
         config.cache_limit_mb << 20,
         desc=f"{name} tap {branch}",
+        pooling=head.pooling if pooled else None,
+        group_by_length=config.group_by_length,
     )
 
 
@@ -80,6 +85,32 @@ def evaluate(
     return score(head.kind, predict(head, source), examples, labels, source.encoded.word_tokens)
 
 
+def decode(
+    kind: Kind,
+    logits: Sequence[Any],
+    examples: list[Any],
+    labels: tuple[str, ...],
+    word_tokens: list[list[int | None]] | None = None,
+) -> tuple[list[Any], list[Any]]:
+    """Gold and predicted answers: class ids per example, or BIO tags per word for tagging."""
+    if KINDS[kind].per_token:
+        assert word_tokens is not None
+        gold, pred = [], []
+        for example, rows, words in zip(examples, logits, word_tokens, strict=True):
+            ids = rows.argmax(-1).tolist()
+            pred.append([labels[ids[t]] if t is not None else "O" for t in words])
+            gold.append(list(example.tags))
+        return gold, pred
+    return [labels.index(e.label) for e in examples], [int(row.argmax()) for row in logits]
+
+
+def measure(kind: Kind, gold: list[Any], pred: list[Any], num_labels: int) -> dict[str, float]:
+    """Metrics of decoded answers (``decode``)."""
+    if KINDS[kind].per_token:
+        return entity_scores(gold, pred)
+    return {"accuracy": accuracy(gold, pred), "macro_f1": macro_f1(gold, pred, num_labels)}
+
+
 def score(
     kind: Kind,
     logits: Sequence[Any],
@@ -88,20 +119,7 @@ def score(
     word_tokens: list[list[int | None]] | None = None,
 ) -> dict[str, float]:
     """Test metrics from per-example logits (torch or numpy), whichever graph produced them."""
-    if KINDS[kind].per_token:
-        assert word_tokens is not None
-        gold, pred = [], []
-        for example, rows, words in zip(examples, logits, word_tokens, strict=True):
-            ids = rows.argmax(-1).tolist()
-            pred.append([labels[ids[t]] if t is not None else "O" for t in words])
-            gold.append(list(example.tags))
-        return entity_scores(gold, pred)
-    gold_ids = [labels.index(e.label) for e in examples]
-    pred_ids = [int(row.argmax()) for row in logits]
-    return {
-        "accuracy": accuracy(gold_ids, pred_ids),
-        "macro_f1": macro_f1(gold_ids, pred_ids, len(labels)),
-    }
+    return measure(kind, *decode(kind, logits, examples, labels, word_tokens), len(labels))
 
 
 def main_score(metrics: dict[str, float]) -> float:
@@ -142,9 +160,9 @@ def fit(
     """Train ``head``'s trainable parameters (it reads tap L - its layers) for up to ``epochs``,
     stopping after ``config.patience`` epochs without a validation gain; returns the best
     epoch's state."""
-    split, branch = data.split, data.encoder.num_layers - len(head.layers)
-    train_src = tap_source(data.encoder, data.trunk, branch, data.train, config, "train")
-    val_src = tap_source(data.encoder, data.trunk, branch, data.validation, config, "validation")
+    split = data.split
+    train_src = tap_source(data.encoder, data.trunk, head, data.train, config, "train")
+    val_src = tap_source(data.encoder, data.trunk, head, data.validation, config, "validation")
     opt = recipe.optimizer(
         head, config.layer_lr, config.head_lr, config.lr_decay, config.weight_decay
     )

@@ -30,7 +30,7 @@ from multitask_serve.export.modules import Trunk, mean_pool
 from multitask_serve.export.samples import encode, tokenizer_from_json
 from multitask_serve.export.trunk import export_trunk
 from multitask_serve.modelrepo.graphs import zero_shot_graph
-from multitask_serve.training import memory
+from multitask_serve.training import bootstrap, memory
 from multitask_serve.training.data import Split, is_token_split, load_dataset
 from multitask_serve.training.features import TapSource, encode_texts, rust_tokenizer
 from multitask_serve.training.metrics import accuracy, macro_f1
@@ -71,15 +71,26 @@ ZERO_SHOT = {
 class ReportTask:
     data: str
     max_length: int
+    # Most epochs for top-k and full, and per depth for progressive (head-only: 10).
     epochs: int
     max_train: int | None = None
     max_eval: int | None = None
     layer_lr: float = 1e-4
     head_lr: float = 2e-3
+    # Progressive: stop after this many deeper depths without a new best (None: go to full depth).
+    depth_patience: int | None = None
 
 
-# Sized so that the whole report (3 seeds) fits well under an hour on a 2-core CPU.
+# Realistic data: 8,000 training tweets for sentiment, the full training splits of topic and NER,
+# every validation and test example; sized to fit ~90 minutes for 3 seeds on a 2-core CPU.
 DEFAULT_TASKS = {
+    "sentiment": ReportTask("sentiment", max_length=48, epochs=2, max_train=8000, depth_patience=1),
+    "topic": ReportTask("topic", max_length=96, epochs=2, depth_patience=1),
+    "ner": ReportTask("ner", max_length=48, epochs=4, layer_lr=2e-4, head_lr=5e-3),
+}
+# ``mts report --quick``: a small sample of each task, for a look in about 40 minutes. Its
+# differences between strategies mostly sit inside the test noise the report prints.
+QUICK_TASKS = {
     "sentiment": ReportTask("sentiment", max_length=48, epochs=3, max_train=800, max_eval=400),
     "topic": ReportTask("topic", max_length=96, epochs=3, max_train=300, max_eval=150),
     "ner": ReportTask("ner", max_length=48, epochs=5, max_train=800, layer_lr=2e-4, head_lr=5e-3),
@@ -118,6 +129,7 @@ def zero_shot_run(
     gold = [labels.index(e.label) for e in split.test]
     return {
         "test": {"accuracy": accuracy(gold, pred), "macro_f1": macro_f1(gold, pred, len(labels))},
+        "outcomes": bootstrap.class_outcomes(gold, pred),
         "trainable_params": 0,
         "train_seconds": time.perf_counter() - started,
         "peak_rss_mb": memory.peak_rss_mb(),
@@ -200,6 +212,15 @@ def scenario_three(
     def max_change(logits: list[torch.Tensor]) -> float:
         return max(float((x - y).abs().max()) for x, y in zip(logits, logits_before, strict=True))
 
+    gold_a = [split_a.labels.index(e.label) for e in split_a.test]
+    counts = bootstrap.draws(len(gold_a))
+
+    def a_change(logits: list[torch.Tensor]) -> dict[str, float | bool]:
+        """A's macro-F1 change, paired bootstrap interval on A's test set."""
+        runs = [bootstrap.class_outcomes(gold_a, [int(x.argmax()) for x in ls]) for ls in (logits,)]
+        before = [bootstrap.class_outcomes(gold_a, [int(x.argmax()) for x in logits_before])]
+        return bootstrap.difference(runs, before, counts, len(split_a.labels))
+
     def changed(logits: list[torch.Tensor]) -> float:
         """Share of A's test predictions (argmax labels) that differ from before B trained."""
         pairs = zip(logits, logits_before, strict=True)
@@ -215,12 +236,14 @@ def scenario_three(
             "b_test": copies_b.test,
             "a_logits_max_abs_change": max_change(logits_copies),
             "a_predictions_changed": changed(logits_copies),
+            "a_change": a_change(logits_copies),
         },
         "shared": {
             "a_after": after_shared,
             "b_test": shared_b.test,
             "a_logits_max_abs_change": max_change(logits_shared),
             "a_predictions_changed": changed(logits_shared),
+            "a_change": a_change(logits_shared),
         },
     }
 
@@ -242,13 +265,14 @@ def run_report(
         split = _split(task)
         meter = CostMeter(trunk_model, _cost_batch(exporter, split))
         rows: dict[str, list[dict[str, Any]]] = {}
+        runs: dict[str, list[np.ndarray]] = {}  # per strategy, per seed: test outcomes
         for strat in strategies:
             if strat == "frozen":
                 if is_token_split(split) or name not in ZERO_SHOT:
                     continue
                 row = zero_shot_run(encoder, split, ZERO_SHOT[name], task.max_length)
                 row["serving_ratio"] = meter.head_ratio(row.pop("graph"), encoder.num_layers)
-                rows[strat] = [row]
+                rows[strat], runs[strat] = [row], [row.pop("outcomes")]
                 progress(f"{name} frozen: {rows[strat][0]['test']}")
                 continue
             rows[strat] = []
@@ -263,11 +287,12 @@ def run_report(
                     max_eval=task.max_eval,
                     layer_lr=task.layer_lr,
                     head_lr=task.head_lr,
-                    epochs=None
-                    if strategy(strat).owned(12) == 0 or strategy(strat).progressive
-                    else task.epochs,
+                    epochs=None if strategy(strat).owned(12) == 0 else task.epochs,
+                    depth_patience=task.depth_patience,
                 )
                 result = train(config, encoder, split)
+                assert result.test_outcomes is not None
+                runs.setdefault(strat, []).append(result.test_outcomes)
                 row = _row(result)
                 if seed == seeds[0]:
                     spec, model = export_run(result, exporter)
@@ -284,6 +309,7 @@ def run_report(
             "sizes": [len(split.train), len(split.validation), len(split.test)],
             "trunk_seconds": meter.trunk_seconds(),
             "rows": rows,
+            "bootstrap": intervals(runs, len(split.labels), len(split.test)),
         }
     if scenario is not None:
         a, b = (tasks[scenario[0]], tasks[scenario[1]])
@@ -291,6 +317,24 @@ def run_report(
         progress(f"scenario 3: {json.dumps(results['scenario3'])}")
     results["total_seconds"] = time.perf_counter() - started
     return results
+
+
+def intervals(runs: dict[str, list[np.ndarray]], num_labels: int, n: int) -> dict[str, Any]:
+    """Per strategy: its seed-mean test metric with a bootstrap interval, and its difference from
+    full fine-tuning on the same resamples."""
+    counts = bootstrap.draws(n)
+    out: dict[str, Any] = {
+        "resamples": bootstrap.RESAMPLES,
+        "level": bootstrap.LEVEL,
+        "intervals": {s: bootstrap.interval(r, counts, num_labels) for s, r in runs.items()},
+    }
+    if "full" in runs:
+        out["vs_full"] = {
+            s: bootstrap.difference(r, runs["full"], counts, num_labels)
+            for s, r in runs.items()
+            if s != "full"
+        }
+    return out
 
 
 def _cost_batch(exporter: HeadExporter, split: Split[Any]) -> dict[str, np.ndarray]:

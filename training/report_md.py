@@ -45,9 +45,12 @@ def task_table(name: str, task: dict[str, Any]) -> list[str]:
         if metric == "macro_f1"
         else ["entity_precision", "entity_recall", "entity_f1"]
     )
+    boot = task.get("bootstrap")
+    level = f"{boot['level']:.0%}" if boot else ""
     head = [
         "strategy",
         *cols,
+        *([f"{metric} seed mean, {level} CI", f"vs full, {level} CI"] if boot else []),
         "% of full",
         "trainable params",
         "train s",
@@ -61,6 +64,8 @@ def task_table(name: str, task: dict[str, Any]) -> list[str]:
         for col in cols:
             m, s = _stats(rows, col)
             cells.append(f"{m:.3f} ± {s:.3f}" if len(rows) > 1 else f"{m:.3f}")
+        if boot:
+            cells += [_ci(boot["intervals"].get(strat)), _vs(boot.get("vs_full", {}).get(strat))]
         m = _stats(rows, metric)[0]
         cells.append(f"{100 * m / full:.1f}%" if full and full > 0 else "-")
         cells.append(_fmt_params(_mean(rows, "trainable_params")))
@@ -72,6 +77,18 @@ def task_table(name: str, task: dict[str, Any]) -> list[str]:
         cells.append(", ".join(str(t) for t in taps))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _ci(ci: dict[str, float] | None) -> str:
+    return "-" if ci is None else f"{ci['mean']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+
+
+def _vs(diff: dict[str, Any] | None) -> str:
+    """A difference from full and its interval; "noise" when the interval holds 0."""
+    if diff is None:
+        return "-"
+    verdict = "noise" if diff["within_noise"] else "lower" if diff["high"] < 0 else "higher"
+    return f"{diff['difference']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}] {verdict}"
 
 
 def _validation(rows: list[dict[str, Any]], metric: str) -> float:
@@ -158,8 +175,9 @@ def narrative(results: dict[str, Any]) -> list[str]:
         full = _stats(rows["full"], metric)[0]
         if full <= 0:
             continue
+        vs_full = task.get("bootstrap", {}).get("vs_full", {})
         parts = [
-            f"{s} {100 * _stats(rows[s], metric)[0] / full:.1f}%"
+            f"{s} {100 * _stats(rows[s], metric)[0] / full:.1f}%" + _noise(vs_full.get(s))
             for s in ("head-only", "top-1", "top-2", "top-3", "progressive")
             if s in rows
         ]
@@ -190,7 +208,8 @@ def narrative(results: dict[str, Any]) -> list[str]:
             f"- **Scenario 3, freeze one head while another task trains**: task A ({s3['task_a']}, "
             f"head-only) scores macro-F1 {before:.3f}. Task B ({s3['task_b']}) then trains top-"
             f"{s3['k']}. With the top layers *shared and unfrozen*, A's frozen head drops to "
-            f"{shared['a_after'][metric]:.3f} ({shared['a_after'][metric] - before:+.3f}; "
+            f"{shared['a_after'][metric]:.3f} ({shared['a_after'][metric] - before:+.3f}"
+            f"{_interval(shared.get('a_change'))}; "
             f"{_share(shared)} of its test predictions change and its logits move by up to "
             f"{shared['a_logits_max_abs_change']:.3g}): the write-up's 'risky' case, measured. "
             f"With *per-task copies* (this design) A scores {copies['a_after'][metric]:.3f} "
@@ -201,6 +220,25 @@ def narrative(results: dict[str, Any]) -> list[str]:
             f"{shared['b_test'][b_metric]:.3f})."
         )
     return out
+
+
+def _depth_patience(config: dict[str, Any]) -> str:
+    patience = config.get("depth_patience")
+    if patience is None:
+        return ", down to full depth"
+    depths = "one deeper depth" if patience == 1 else f"{patience} deeper depths"
+    return f", stopping after {depths} without a new best"
+
+
+def _interval(diff: dict[str, Any] | None) -> str:
+    return "" if diff is None else f", 95% CI [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+
+
+def _noise(diff: dict[str, Any] | None) -> str:
+    if diff is None:
+        return ""
+    span = f"{diff['difference']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+    return f" ({span}, {'within noise' if diff['within_noise'] else 'outside noise'})"
 
 
 def _share(side: dict[str, Any]) -> str:
@@ -230,8 +268,9 @@ def render(results: dict[str, Any], out: Path) -> Path:
             f"## {name}",
             "",
             f"Data: {task['data']}. Train/validation/test: {task['sizes']}; max length "
-            f"{c['max_length']} tokens; {c['epochs']} epochs for top-k and full (head-only "
-            f"10, progressive up to 8). Trunk time for the cost batch (16 texts): "
+            f"{c['max_length']} tokens; up to {c['epochs']} epochs for top-k and full, and per "
+            f"depth for progressive{_depth_patience(c)} (head-only 10). Trunk time for the cost "
+            f"batch (16 texts): "
             f"{1000 * task['trunk_seconds']:.1f} ms.",
             "",
             *task_table(name, task),
@@ -244,6 +283,9 @@ def render(results: dict[str, Any], out: Path) -> Path:
         "## How to read it",
         "",
         "- Quality is on the test split (mean ± std over seeds; frozen is deterministic). ",
+        "- *CI*: the seed mean's bootstrap interval over test examples (the same resamples for "
+        "every strategy of a task); *vs full* is the paired difference from full fine-tuning, "
+        "*noise* where its interval holds 0: those two cannot be told apart on this test set.",
         "- *Serving cost vs trunk*: the exported head's ONNX time on the task's 16-text batch "
         "divided by the trunk's, measured interleaved in one process (medians).",
         "- *Peak RSS*: the training process's resident-memory high-water mark during the run.",

@@ -17,21 +17,24 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
 from multitask_serve.export.modules import Head, Trunk, top_layers
-from multitask_serve.modelrepo.types import REFERENCE_PRECISION, HeadSpec, Kind
-from multitask_serve.training import memory, progressive
+from multitask_serve.modelrepo.types import KINDS, REFERENCE_PRECISION, HeadSpec, Kind
+from multitask_serve.training import bootstrap, memory, progressive
 from multitask_serve.training.config import TrainConfig
 from multitask_serve.training.data import Split, is_token_split, load_dataset
 from multitask_serve.training.features import rust_tokenizer
 from multitask_serve.training.loop import (
     FitData,
+    decode,
     encode_split,
     evaluate,
     fit,
+    measure,
     predict,
     score,
     seed_everything,
@@ -62,6 +65,8 @@ class RunResult:
     head: Head | None = None
     # Progressive only: per depth tried, its best validation score.
     depth_curve: list[dict[str, Any]] = field(default_factory=list)
+    # Per test example, what the bootstrap rescores (``training.bootstrap``).
+    test_outcomes: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
         """What head.json records under ``training``."""
@@ -153,8 +158,11 @@ def train(
     train_seconds = time.perf_counter() - started
     peak = memory.peak_rss_mb()
     branch = L - len(head.layers)
-    test_src = tap_source(encoder, trunk, branch, encoded[2], config, "test")
-    test = evaluate(head, test_src, split.test, split.labels)
+    test_src = tap_source(encoder, trunk, head, encoded[2], config, "test")
+    gold, pred = decode(
+        kind, predict(head, test_src), split.test, split.labels, test_src.encoded.word_tokens
+    )
+    test = measure(kind, gold, pred, len(split.labels))
     train_top(head, 0)
     return RunResult(
         config=config,
@@ -171,6 +179,7 @@ def train(
         history=history,
         head=head.eval(),
         depth_curve=curve,
+        test_outcomes=bootstrap.outcomes(gold, pred, KINDS[kind].per_token),
         data={
             "name": split.name,
             "source": split.source,

@@ -197,6 +197,13 @@ def _recipe_flags(tr: argparse.ArgumentParser) -> None:
     add("--text-column", str, "text column (CSV) or key (JSON lines)")
     add("--label-column", str, "label column (CSV) or key (JSON lines)")
     g.add_argument(
+        "--group-by-length",
+        action=argparse.BooleanOptionalAction,
+        default=d.group_by_length,
+        help="batch examples of similar length together, less padding computed "
+        f"(default {d.group_by_length})",
+    )
+    g.add_argument(
         "--class-weights",
         action=argparse.BooleanOptionalAction,
         default=d.class_weights,

@@ -110,3 +110,38 @@ def test_progressive_depth_curves_are_listed_with_the_served_depth():
         "- Progressive, seed run 1: validation by depth 1: 0.700, 2: 0.800, 3: 0.805; "
         "served depth 2."
     )
+
+
+def test_bootstrap_intervals_are_shown_and_say_which_gaps_are_noise(tmp_path):
+    t = task(
+        **{
+            "top-2": [row(0.70, 0.33), row(0.72, 0.33)],
+            "head-only": [row(0.60, 0.001), row(0.62, 0.001)],
+            "full": [row(0.71, 1.0), row(0.72, 1.0)],
+        }
+    )
+    t["bootstrap"] = {
+        "resamples": 1000,
+        "level": 0.95,
+        "intervals": {
+            "top-2": {"mean": 0.71, "low": 0.69, "high": 0.73},
+            "head-only": {"mean": 0.61, "low": 0.59, "high": 0.63},
+            "full": {"mean": 0.715, "low": 0.695, "high": 0.735},
+        },
+        "vs_full": {
+            "top-2": {"difference": -0.005, "low": -0.02, "high": 0.01, "within_noise": True},
+            "head-only": {"difference": -0.105, "low": -0.13, "high": -0.08, "within_noise": False},
+        },
+    }
+    results = {
+        "machine": {"cpu": "x", "cores": 2, "torch": "t", "threads": 2, "python": "3.11"},
+        "seeds": [0, 1],
+        "total_seconds": 60.0,
+        "tasks": {"sentiment": t},
+    }
+    text = render(results, tmp_path).read_text()
+    assert "| macro_f1 seed mean, 95% CI | vs full, 95% CI |" in text
+    assert "| 0.710 [0.690, 0.730] | -0.005 [-0.020, +0.010] noise |" in text
+    assert "| 0.610 [0.590, 0.630] | -0.105 [-0.130, -0.080] lower |" in text
+    assert "top-2 99.3% (-0.005 [-0.020, +0.010], within noise)" in text
+    assert "head-only 85.3% (-0.105 [-0.130, -0.080], outside noise)" in text
