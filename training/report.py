@@ -215,11 +215,13 @@ def scenario_three(
     gold_a = [split_a.labels.index(e.label) for e in split_a.test]
     counts = bootstrap.draws(len(gold_a))
 
+    def a_outcomes(logits: list[torch.Tensor]) -> np.ndarray:
+        return bootstrap.class_outcomes(gold_a, [int(x.argmax()) for x in logits])
+
     def a_change(logits: list[torch.Tensor]) -> dict[str, float | bool]:
-        """A's macro-F1 change, paired bootstrap interval on A's test set."""
-        runs = [bootstrap.class_outcomes(gold_a, [int(x.argmax()) for x in ls]) for ls in (logits,)]
-        before = [bootstrap.class_outcomes(gold_a, [int(x.argmax()) for x in logits_before])]
-        return bootstrap.difference(runs, before, counts, len(split_a.labels))
+        """A's macro-F1 change, with its paired bootstrap interval on A's test set."""
+        after, before = [a_outcomes(logits)], [a_outcomes(logits_before)]
+        return bootstrap.difference(after, before, counts, len(split_a.labels))
 
     def changed(logits: list[torch.Tensor]) -> float:
         """Share of A's test predictions (argmax labels) that differ from before B trained."""

@@ -203,6 +203,12 @@ def test_scenario_three_private_copies_change_nothing_shared_layers_move_task_a(
     assert copies["a_logits_max_abs_change"] == 0.0
     assert copies["a_predictions_changed"] == 0.0
     assert copies["a_after"] == s3["a_before"]
+    assert copies["a_change"] == {"difference": 0.0, "low": 0.0, "high": 0.0, "within_noise": True}
+    change = shared["a_change"]
+    assert change["low"] <= change["difference"] <= change["high"]
+    assert change["difference"] == pytest.approx(
+        shared["a_after"]["macro_f1"] - s3["a_before"]["macro_f1"], abs=1e-12
+    )
     assert shared["a_logits_max_abs_change"] > 0.0
     assert 0.0 <= shared["a_predictions_changed"] <= 1.0
     assert "entity_f1" in copies["b_test"] and "entity_f1" in shared["b_test"]
