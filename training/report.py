@@ -82,14 +82,14 @@ class ReportTask:
 
 
 # Realistic data: 8,000 training tweets for sentiment, the full training splits of topic and NER,
-# every validation and test example; sized to fit ~90 minutes for 3 seeds on a 2-core CPU.
+# every validation and test example: 101 minutes for 3 seeds on a 2-core CPU (reports/REPORT.md).
 DEFAULT_TASKS = {
     "sentiment": ReportTask("sentiment", max_length=48, epochs=2, max_train=8000, depth_patience=1),
     "topic": ReportTask("topic", max_length=96, epochs=2, depth_patience=1),
     "ner": ReportTask("ner", max_length=48, epochs=4, layer_lr=2e-4, head_lr=5e-3),
 }
-# ``mts report --quick``: a small sample of each task, for a look in about 40 minutes. Its
-# differences between strategies mostly sit inside the test noise the report prints.
+# ``mts report --quick``: a small sample of each task, for a first look. Its differences between
+# strategies mostly sit inside the test noise the report prints.
 QUICK_TASKS = {
     "sentiment": ReportTask("sentiment", max_length=48, epochs=3, max_train=800, max_eval=400),
     "topic": ReportTask("topic", max_length=96, epochs=3, max_train=300, max_eval=150),

@@ -63,8 +63,8 @@ def add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rep.add_argument(
         "--quick",
         action="store_true",
-        help="a small sample of each task (about 40 minutes on 2 cores instead of about 90); "
-        "most differences between strategies then sit inside the test noise",
+        help="a small sample of each task (800 tweets, 300 articles, 800 sentences) for a first "
+        "look; most differences between strategies then sit inside the test noise",
     )
     rep.add_argument(
         "--render-only",
