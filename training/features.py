@@ -144,19 +144,19 @@ class TapSource:
             chunks = [order[i : i + 64] for i in range(0, len(order), 64)]
             for chunk in progress(chunks, desc or f"tap {branch} cache"):
                 taps, mask = self._run(chunk)
-                if pooling is not None:
-                    taps = self._pool(taps, mask)[:, None]
-                    mask = torch.ones(mask.shape[0], 1, dtype=mask.dtype)
                 for row, i in enumerate(chunk):
                     cached[i] = taps[row, : int(mask[row].sum())].clone()
             self.cached = [cached[i] for i in range(len(encoded.ids))]
 
-    def _pool(self, taps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _pool(self, taps: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's pooled vector, as a one-token sequence."""
         if self.pooling == "mean":
-            return mean_pool(taps, mask)
-        if self.pooling == "cls":
-            return taps[:, 0]
-        raise ValueError(f"unknown pooling {self.pooling!r}")
+            pooled = mean_pool(taps, mask)
+        elif self.pooling == "cls":
+            pooled = taps[:, 0]
+        else:
+            raise ValueError(f"unknown pooling {self.pooling!r}")
+        return pooled[:, None], torch.ones(mask.shape[0], 1, dtype=mask.dtype)
 
     def _run(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [torch.tensor(self.encoded.ids[i]) for i in index]
@@ -167,6 +167,8 @@ class TapSource:
             hidden = self.trunk.embed(ids, types)
             if self.branch:
                 hidden = run_layers(self.trunk.layers[: self.branch], hidden, mask)[-1]
+        if self.pooling is not None:
+            return self._pool(hidden, mask)
         return hidden, mask
 
     def batches(self, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
@@ -176,9 +178,6 @@ class TapSource:
                 mask = _mask([self.cached[i].shape[0] for i in index], hidden.shape[1])
             else:
                 hidden, mask = self._run(index)
-                if self.pooling is not None:
-                    hidden = self._pool(hidden, mask)[:, None]
-                    mask = torch.ones(mask.shape[0], 1, dtype=mask.dtype)
             yield Batch(hidden, mask, self._labels(index, mask.shape[1]), index)
 
     def _order(self, shuffle: bool, generator: torch.Generator | None) -> list[list[int]]:
