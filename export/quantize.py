@@ -1,7 +1,8 @@
-"""int8 graphs: ONNX Runtime dynamic quantization with per-channel weights, trunk and heads.
+"""int8 graphs of the trunk and of trained heads (``export/per_row.py``).
 
-Weights of every MatMul (and the trunk's embedding tables) are stored as int8 with one scale per
-output channel; activations are quantized per batch at run time, so no calibration data is needed.
+Weights of every MatMul are stored as int8 with one scale per output channel (the trunk's
+embedding tables one per row); activations are quantized per row (per token) at run time, so no
+calibration data is needed and a text's answer does not depend on the texts batched with it.
 
 - The trunk's variant is checked against the reference graph on sample texts before it is stored,
   and recorded in trunk.json beside the reference, whose fingerprint heads keep binding to
@@ -16,17 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import onnxruntime
-from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from multitask_serve.export.onnx_export import session
+from multitask_serve.export.per_row import quantize_per_row
 from multitask_serve.export.samples import SAMPLE_TEXTS, tokenizer_from_json
-from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
 from multitask_serve.modelrepo.types import (
     HEAD_HIDDEN_INPUT,
     HEAD_MASK_INPUT,
@@ -39,7 +38,7 @@ from multitask_serve.modelrepo.types import (
 )
 
 INT8 = "int8"
-METHOD = "onnxruntime quantize_dynamic, per-channel int8 weights, uint8 activations"
+METHOD = "per-row int8: per-channel int8 weights, int8 activations scaled per row at run time"
 # Every real token's hidden state at every tap must keep at least this cosine similarity to the
 # reference graph's. Measured on all-MiniLM-L6-v2's sample texts: 0.962 for the worst token
 # (0.99 on average over real texts); per-tensor weights instead of per-channel reach only 0.74.
@@ -53,20 +52,8 @@ class QuantizationError(RuntimeError):
 
 
 def quantize_graph(model: bytes) -> bytes:
-    """Dynamic int8 quantization of a graph, per output channel."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        source.write_bytes(model)
-        # quantize_dynamic warns that the graph was not pre-processed; its own shape inference
-        # is enough for these graphs (every weight MatMul is quantized, see the test).
-        quant_log = logging.getLogger("root")
-        level = quant_log.level
-        quant_log.setLevel(logging.ERROR)
-        try:
-            quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8)
-        finally:
-            quant_log.setLevel(level)
-        return target.read_bytes()
+    """The int8 copy of a graph: per-channel weights, per-row activations (``per_row``)."""
+    return quantize_per_row(model)
 
 
 def sample_feeds(spec: TrunkSpec, tokenizer_json: bytes) -> Iterator[dict[str, np.ndarray]]:
@@ -99,6 +86,9 @@ def compare_taps(
 def quantize_trunk(repo: ModelRepository) -> TrunkSpec:
     """Add an int8 variant of the repository's trunk; returns the updated trunk spec."""
     spec = repo.read_trunk_spec()
+    stored = spec.variants.get(INT8)
+    if stored is not None and stored.method == METHOD:
+        raise RepositoryError(f"{repo.trunk_dir} already has an {INT8!r} trunk variant")
     reference = repo.trunk_model_path.read_bytes()
     tokenizer = repo.tokenizer_path.read_bytes()
     model = quantize_graph(reference)
@@ -109,15 +99,22 @@ def quantize_trunk(repo: ModelRepository) -> TrunkSpec:
             f"the int8 trunk's taps reach cosine {cosine:.4f} to the fp32 trunk's, below "
             f"{MIN_COSINE}; not stored"
         )
+    # A variant made by an earlier method (per-batch activation scales) is replaced; the new
+    # graph takes a file name of its own so that trunk.json always names a whole graph.
+    file = f"model.{INT8}.onnx"
+    if stored is not None and stored.file == file:
+        file = f"model.{INT8}.{trunk_fingerprint(model, tokenizer)[:12]}.onnx"
     variant = TrunkVariant(
-        file=f"model.{INT8}.onnx",
+        file=file,
         fingerprint=trunk_fingerprint(model, tokenizer),
         method=METHOD,
         max_abs_diff=diff,
         min_cosine=cosine,
         versions={"onnxruntime": onnxruntime.__version__},
     )
-    return repo.add_trunk_variant(INT8, variant, model)
+    if stored is not None:
+        log.info("replacing the int8 trunk made by %r", stored.method)
+    return repo.add_trunk_variant(INT8, variant, model, replace=stored is not None)
 
 
 # -- heads -------------------------------------------------------------------------------------
@@ -126,7 +123,7 @@ def quantize_trunk(repo: ModelRepository) -> TrunkSpec:
 # default top-2 heads: 0.027 (sentiment) and 0.076 (NER) on the sample taps, 0.058 and 0.122 at
 # worst over their whole test splits (BENCHMARKS.md, int8 heads).
 MAX_PROBABILITY_CHANGE = 0.15
-HEAD_METHOD = "onnxruntime quantize_dynamic of the head's own MatMuls, per-channel int8 weights"
+HEAD_METHOD = "per-row int8 of the head's own MatMuls: per-channel weights, per-row activations"
 
 # (hidden at the head's branch tap, attention_mask): what a head graph is fed.
 HeadSample = tuple[np.ndarray, np.ndarray]

@@ -56,8 +56,8 @@ def test_an_int8_export_quantizes_the_heads_own_layers_and_records_its_precision
     (fp32_spec, fp32), (spec, model) = made["fp32"], made[INT8]
     assert fp32_spec.precision == "fp32" and spec.precision == INT8
     # Q, K, V, attention output and the two feed-forward weights of both layers, and the classifier.
-    assert weight_matmuls(model)["MatMulInteger"] == 6 * 2 + 1
-    assert weight_matmuls(fp32)["MatMulInteger"] == 0
+    assert weight_matmuls(model)["MatMulIntegerToFloat"] == 6 * 2 + 1
+    assert weight_matmuls(fp32)["MatMulIntegerToFloat"] == 0
     assert len(model) < len(fp32)
     figures = spec.training["quantization"]
     print(f"int8 tiny head vs fp32 on the sample taps: {figures}")
@@ -94,8 +94,8 @@ def test_int8_heads_are_served_through_predict_close_to_their_fp32_heads(repo, a
         }
     fp32, int8 = got["sentiment-fp32"]["outputs"], got["sentiment-int8"]["outputs"]
     moved = max_moved(fp32, int8)
-    # Dynamic quantization scales activations over the whole batch: an int8 head's scores move
-    # with the texts beside it (an fp32 head's stay within 1e-5, test_batch_invariance.py).
+    # Activations are scaled per row, so an int8 head's answer for a text is the answer it gets
+    # alone, as an fp32 head's is (per-batch scales moved it by up to 0.24 on the real heads).
     by_batch = {
         p: max_moved(alone[f"sentiment-{p}"], got[f"sentiment-{p}"]["outputs"])
         for p in ("fp32", INT8)
@@ -105,7 +105,7 @@ def test_int8_heads_are_served_through_predict_close_to_their_fp32_heads(repo, a
         f"batched: fp32 {by_batch['fp32']:.2e}, int8 {by_batch[INT8]:.2e}"
     )
     assert moved <= MAX_PROBABILITY_CHANGE
-    assert by_batch["fp32"] <= 1e-5 and by_batch[INT8] <= MAX_PROBABILITY_CHANGE
+    assert by_batch["fp32"] <= 1e-5 and by_batch[INT8] <= 1e-5
     assert len(got["ner-int8"]["outputs"]) == len(PROBES)
     assert all(isinstance(spans, list) for spans in alone["ner-int8"])
 
@@ -178,7 +178,7 @@ def test_mts_quantize_converts_an_archive_for_the_repositorys_trunk(repo, archiv
     source.write_bytes(archives["topic"])
     assert quantize_cli("--repo", str(repo), "--archive", str(source), "--out", str(out)) == 0
     spec, model = unpack_head(out.read_bytes(), 1 << 30)
-    assert spec.precision == INT8 and weight_matmuls(model)["MatMulInteger"] > 0
+    assert spec.precision == INT8 and weight_matmuls(model)["MatMulIntegerToFloat"] > 0
     # A head of another trunk cannot be checked against this trunk's taps.
     source.write_bytes(archives["foreign"])
     with pytest.raises(SystemExit, match=r"was made for trunk .* cannot check the copy"):
@@ -217,7 +217,7 @@ def test_mts_train_head_precision_int8_writes_an_int8_archive(
     )
     spec, model = unpack_head(out.read_bytes(), 1 << 30)
     assert spec.precision == INT8 and spec.branch_layer == 5
-    assert weight_matmuls(model)["MatMulInteger"] == 6 + 1
+    assert weight_matmuls(model)["MatMulIntegerToFloat"] == 6 + 1
     assert spec.training["strategy"] == "top-1" and "quantization" in spec.training
 
 

@@ -1,0 +1,173 @@
+"""int8 graphs whose answer for a text does not depend on the texts batched with it.
+
+ONNX Runtime's dynamic quantization (``quantize_dynamic``) scales each MatMul's activations by
+the largest value in the whole batch, so a text's outputs move with its companions: on the
+default heads up to 0.24 of a probability and 57 changed labels over 400 real texts
+(BENCHMARKS.md, int8 heads). That breaks the service's first invariant (a text's answer is the
+answer it gets alone). Here every row (one token's hidden state) gets its own scale instead:
+
+- weights: int8, symmetric, one scale per output channel (``MatMul`` and ``Gemm`` weights);
+  embedding tables (``Gather`` on a weight) int8 with one scale per row, dequantized after the
+  lookup;
+- activations: at run time, per row, ``scale = max|x| / 127``; ``round(x / scale)`` is stored
+  as uint8 shifted by 128 (one zero point for every row, which ``MatMulIntegerToFloat`` takes),
+  so the product is exact in int32 and each row's result is scaled by its own ``scale``.
+
+A row's quantization reads only that row, so batching and padding change nothing but the float
+rounding the fp32 graph has as well. The integer product is ONNX Runtime's u8 x s8 kernel
+(VNNI where the CPU has it). Attention's score and context products, softmax, LayerNorm and GELU
+stay fp32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MICROSOFT = "com.microsoft"
+# |q| <= 127, stored as q + 128 in uint8: 1..255, the same zero point for every row.
+LEVELS = 127.0
+ZERO_POINT = 128
+# A row of zeros has scale 0; this keeps its division finite (its values quantize to 0 anyway).
+MIN_SCALE = 1e-12
+
+
+class _Rewriter:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.weights = {t.name: t for t in model.graph.initializer}
+        self.nodes: list[onnx.NodeProto] = []
+        self.added: list[onnx.TensorProto] = []
+        self.rows: dict[str, tuple[str, str, str]] = {}
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        self.axes_as_input = opset >= 18
+        self.levels = self.const("per_row/levels", np.array(LEVELS, np.float32))
+        self.min_scale = self.const("per_row/min_scale", np.array(MIN_SCALE, np.float32))
+        self.one = self.const("per_row/one", np.array(1.0, np.float32))
+        self.zero_point = self.const("per_row/zero_point", np.array(ZERO_POINT, np.uint8))
+        self.last = self.const("per_row/last", np.array([-1], np.int64))
+        self.first = self.const("per_row/first", np.array([0], np.int64))
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.added.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs: object) -> str:
+        domain = MICROSOFT if op == "MatMulIntegerToFloat" else ""
+        self.nodes.append(helper.make_node(op, inputs, [output], domain=domain, **attrs))
+        return output
+
+    def weight(self, name: str) -> np.ndarray | None:
+        tensor = self.weights.get(name)
+        if tensor is None or tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2:
+            return None
+        return numpy_helper.to_array(tensor)
+
+    def quantized_rows(self, x: str, width: int) -> tuple[str, str, str]:
+        """(uint8 rows [M, K], their scales [M, 1], x's shape) for activation ``x``; made once
+        per tensor, so Q, K and V share the quantization of their common input."""
+        if x not in self.rows:
+            p = f"per_row/{x}"
+            shape = self.node("Shape", [x], f"{p}/shape")
+            width_c = self.const(f"{p}/width", np.array([-1, width], np.int64))
+            rows = self.node("Reshape", [x, width_c], f"{p}/rows")
+            magnitude = self.node("Abs", [rows], f"{p}/abs")
+            if self.axes_as_input:
+                peak = self.node("ReduceMax", [magnitude, self.last], f"{p}/peak", keepdims=1)
+            else:
+                peak = self.node("ReduceMax", [magnitude], f"{p}/peak", axes=[-1], keepdims=1)
+            peak = self.node("Max", [peak, self.min_scale], f"{p}/peak_nonzero")
+            scale = self.node("Div", [peak, self.levels], f"{p}/scale")
+            flat = self.node("Reshape", [scale, self.last], f"{p}/scale_flat")
+            count = self.node("Shape", [flat], f"{p}/count")
+            zero_points = f"{p}/zero_points"
+            self.nodes.append(
+                helper.make_node(
+                    "ConstantOfShape",
+                    [count],
+                    [zero_points],
+                    value=numpy_helper.from_array(np.array([ZERO_POINT], np.uint8)),
+                )
+            )
+            q = self.node("QuantizeLinear", [rows, flat, zero_points], f"{p}/q", axis=0)
+            self.rows[x] = (q, scale, shape)
+        return self.rows[x]
+
+    def matmul(self, x: str, w: np.ndarray, out: str, bias: str | None) -> None:
+        """``out = x @ w (+ bias)`` with int8 weights and per-row int8 activations."""
+        width, channels = w.shape
+        channel_scale = np.maximum(np.abs(w).max(axis=0), MIN_SCALE) / LEVELS
+        w_q = np.clip(np.round(w / channel_scale), -LEVELS, LEVELS).astype(np.int8)
+        p = f"per_row/{out}"
+        q, row_scale, shape = self.quantized_rows(x, width)
+        weights = self.const(f"{p}/w", w_q)
+        scales = self.const(f"{p}/w_scale", channel_scale.astype(np.float32))
+        product = self.node(
+            "MatMulIntegerToFloat",
+            [q, weights, self.one, scales, self.zero_point],
+            f"{p}/product",
+        )
+        scaled = self.node("Mul", [product, row_scale], f"{p}/scaled")
+        lead = self.node("Slice", [shape, self.first, self.last], f"{p}/lead")
+        channels_c = self.const(f"{p}/channels", np.array([channels], np.int64))
+        out_shape = self.node("Concat", [lead, channels_c], f"{p}/out_shape", axis=0)
+        if bias is None:
+            self.node("Reshape", [scaled, out_shape], out)
+        else:
+            shaped = self.node("Reshape", [scaled, out_shape], f"{p}/shaped")
+            self.node("Add", [shaped, bias], out)
+
+    def gather(self, table: np.ndarray, indices: str, out: str) -> None:
+        """An embedding lookup on an int8 table with one scale per row."""
+        row_scale = np.maximum(np.abs(table).max(axis=1, keepdims=True), MIN_SCALE) / LEVELS
+        t_q = np.clip(np.round(table / row_scale), -LEVELS, LEVELS).astype(np.int8)
+        p = f"per_row/{out}"
+        rows = self.node("Gather", [self.const(f"{p}/table", t_q), indices], f"{p}/rows", axis=0)
+        scales = self.const(f"{p}/row_scale", row_scale.astype(np.float32))
+        picked = self.node("Gather", [scales, indices], f"{p}/scales", axis=0)
+        values = self.node("Cast", [rows], f"{p}/values", to=TensorProto.FLOAT)
+        self.node("Mul", [values, picked], out)
+
+    def rewrite(self, node: onnx.NodeProto) -> bool:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "MatMul" and node.input[0] not in self.weights:
+            w = self.weight(node.input[1])
+            if w is not None:
+                self.matmul(node.input[0], w, node.output[0], None)
+                return True
+        if node.op_type == "Gemm" and node.input[0] not in self.weights:
+            w = self.weight(node.input[1])
+            plain = not attrs.get("transA", 0) and attrs.get("alpha", 1.0) == 1.0
+            plain = plain and attrs.get("beta", 1.0) == 1.0
+            if w is not None and plain:
+                bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+                w = w.T if attrs.get("transB", 0) else w
+                self.matmul(node.input[0], w, node.output[0], bias)
+                return True
+        if node.op_type == "Gather" and attrs.get("axis", 0) == 0:
+            table = self.weight(node.input[0])
+            if table is not None and node.input[1] not in self.weights:
+                self.gather(table, node.input[1], node.output[0])
+                return True
+        return False
+
+
+def quantize_per_row(model: bytes) -> bytes:
+    """The int8 copy of a float graph: every weight MatMul/Gemm and embedding table (above)."""
+    proto = onnx.load_from_string(model)
+    rewriter = _Rewriter(proto)
+    for node in proto.graph.node:
+        if not rewriter.rewrite(node):
+            rewriter.nodes.append(node)
+    graph = proto.graph
+    del graph.node[:]
+    graph.node.extend(rewriter.nodes)
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in [*graph.initializer, *rewriter.added] if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if not any(o.domain == MICROSOFT for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(MICROSOFT, 1))
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
