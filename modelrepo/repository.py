@@ -106,21 +106,32 @@ class ModelRepository:
             )
         return self.trunk_dir / spec.variants[precision].file
 
-    def add_trunk_variant(self, precision: str, variant: TrunkVariant, model: bytes) -> TrunkSpec:
-        """Store another graph of the trunk and record it in trunk.json.
+    def add_trunk_variant(
+        self, precision: str, variant: TrunkVariant, model: bytes, replace: bool = False
+    ) -> TrunkSpec:
+        """Store another graph of the trunk and record it in trunk.json (``replace``: in place of
+        the variant of that precision, which must then be stored under another file name).
 
         The reference graph and its fingerprint do not change, so served heads stay valid. The
         graph is written before trunk.json names it: a crash in between leaves an unnamed file
-        that nothing reads.
+        that nothing reads (and, when replacing, the old variant still whole and named). The
+        replaced graph's file is removed last.
         """
         if not PRECISION_RE.match(precision) or precision == REFERENCE_PRECISION:
             raise RepositoryError(f"invalid trunk variant name {precision!r}")
         spec = self.read_trunk_spec()
-        if precision in spec.variants:
+        old = spec.variants.get(precision)
+        if old is not None and not replace:
             raise RepositoryError(f"{self.trunk_dir} already has an {precision!r} trunk variant")
+        if old is not None and old.file == variant.file:
+            raise RepositoryError(
+                f"a replacing {precision} variant needs a file other than {old.file}"
+            )
         atomic_write(self.trunk_dir / variant.file, model)
         updated = dataclasses.replace(spec, variants={**spec.variants, precision: variant})
         atomic_write(self.trunk_dir / TRUNK_SPEC, updated.to_json().encode())
+        if old is not None:
+            (self.trunk_dir / old.file).unlink(missing_ok=True)
         return updated
 
     # -- heads -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ figures; the real encoder's quality change is in BENCHMARKS.md).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from multitask_serve.cli import main as mts
-from multitask_serve.export.quantize import INT8, MIN_COSINE
+from multitask_serve.export.quantize import INT8, METHOD, MIN_COSINE
 from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
 from multitask_serve.service.app import create_app
 from tests.conftest import make_settings
@@ -63,8 +64,16 @@ def test_quantizing_adds_an_int8_graph_and_keeps_the_fp32_fingerprint(built_repo
     assert variant.fingerprint != after.fingerprint and variant.min_cosine >= MIN_COSINE
     graph = onnx.load(repo.trunk_variant_path(INT8))
     ops = collections.Counter(node.op_type for node in graph.graph.node)
-    # Q, K, V, attention output and the two feed-forward weights of every layer.
-    assert ops["MatMulInteger"] == 6 * TINY_LAYERS
+    # Q, K, V, attention output and the two feed-forward weights of every layer; the embedding
+    # tables (word, position, token type) are int8 rows scaled after the lookup.
+    assert ops["MatMulIntegerToFloat"] == 6 * TINY_LAYERS
+    assert ops["MatMul"] == 2 * TINY_LAYERS  # attention's scores and context stay fp32
+    fp32_matrices = [
+        t.name
+        for t in graph.graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and min(t.dims) > 1
+    ]
+    assert not fp32_matrices, f"weights left fp32: {fp32_matrices}"
     print(
         f"int8 trunk taps vs fp32: max abs diff {variant.max_abs_diff:.2e}, "
         f"min cosine {variant.min_cosine:.6f}"
@@ -101,6 +110,25 @@ def test_int8_trunk_serves_every_head_close_to_fp32(quantized, admin, archives):
     assert len(int8["ner"]["outputs"]) == len(TEXTS)
 
 
+def test_an_int8_trunk_answers_a_text_as_it_answers_it_alone(quantized, admin, archives):
+    """Activations are scaled per row: a text's answer does not move with its batch companions
+    (per-batch scales moved the real trunk's taps by up to 0.92)."""
+    texts = [*TEXTS, "a much longer text than the others, so that every other one is padded"]
+    with serve(quantized, INT8) as client:
+        r = client.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
+        assert r.status_code == 201, r.text
+        tasks = ["embed", "sentiment", "topic-zs"]
+        batched = client.post("/predict", json={"inputs": texts, "tasks": tasks}).json()
+        for i, text in enumerate(texts):
+            alone = client.post("/predict", json={"inputs": [text], "tasks": tasks}).json()
+            a, b = alone["embed"]["outputs"][0], batched["embed"]["outputs"][i]
+            assert np.allclose(a, b, atol=1e-5)
+            for task in ("sentiment", "topic-zs"):
+                x, y = alone[task]["outputs"][0], batched[task]["outputs"][i]
+                assert x["label"] == y["label"]
+                assert x["scores"] == pytest.approx(y["scores"], abs=1e-5)
+
+
 def test_a_head_uploaded_to_an_int8_service_is_accepted(quantized, admin, archives):
     with serve(quantized, INT8) as client:
         r = client.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
@@ -132,3 +160,20 @@ def test_quantizing_twice_is_refused_and_changes_nothing(quantized):
     with pytest.raises(RepositoryError, match="already has an 'int8' trunk variant"):
         mts(["--log-level", "warning", "quantize", "--repo", str(quantized)])
     assert (quantized / "trunk" / "trunk.json").read_bytes() == trunk_json
+
+
+def test_quantizing_replaces_a_variant_made_by_the_per_batch_method(quantized):
+    """A repository quantized before per-row scales keeps serving its graph until
+    `mts quantize` replaces it; trunk.json never names a missing or partial file."""
+    repo = ModelRepository(quantized)
+    spec = repo.read_trunk_spec()
+    old = dataclasses.replace(spec.variants[INT8], method="onnxruntime quantize_dynamic")
+    old_spec = dataclasses.replace(spec, variants={INT8: old})
+    (quantized / "trunk" / "trunk.json").write_bytes(old_spec.to_json().encode())
+    old_path = repo.trunk_variant_path(INT8)
+    assert mts(["--log-level", "warning", "quantize", "--repo", str(quantized)]) == 0
+    new = repo.read_trunk_spec().variants[INT8]
+    assert new.method == METHOD and new.file != old.file
+    assert not old_path.exists() and repo.trunk_variant_path(INT8).is_file()
+    with serve(quantized, INT8) as client:
+        assert client.post("/predict/topic-zs", json={"inputs": TEXTS}).status_code == 200
