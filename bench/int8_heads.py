@@ -1,17 +1,21 @@
-"""int8 vs fp32 heads: the shipped top-2 sentiment and NER heads; quality, speed, size, memory.
+"""int8 vs fp32 heads: the shipped top-k sentiment and NER heads; quality, speed, size, memory.
 
 The int8 head is what ``mts quantize --head`` (and ``mts train --head-precision int8``) makes:
-ONNX Runtime dynamic quantization of the exported fp32 head graph's MatMuls (its two own layers
-and the classifier), per-channel int8 weights. Both ways quantize the same traced fp32 graph, so
-quantizing the repository's stored heads here measures exactly what training would ship.
+per-row int8 of the exported fp32 head graph's MatMuls (its own layers and the classifier):
+per-channel int8 weights, activations scaled per row at run time (``export/per_row.py``). Both
+ways quantize the same traced fp32 graph, so quantizing the repository's stored heads here
+measures exactly what training would ship. ``int8-per-batch`` is the method it replaced, ONNX
+Runtime's ``quantize_dynamic`` (per-channel weights, activations scaled per batch), measured
+beside it.
 
 - Quality: both heads on the test split they were evaluated on at build time (rebuilt from the
   config their head.json records), fed the same taps; once through the fp32 trunk and once
   through the int8 trunk (``mts quantize``). Changed predictions: the share of test texts
   (sentiment) or dataset words (NER) whose predicted label differs from the fp32 head's.
-- Batch dependence: each head on every test text alone (its own rows of the same taps) against
-  the same head on the text inside its batch of 32. ONNX Runtime's dynamic quantization scales a
-  MatMul's activations over the whole batch, so an int8 head's answer moves with its companions.
+- Batch dependence: each test text sent alone (trunk and head on that text, unpadded) against
+  the same text inside its batch of 32 (padded to the batch's longest), the service's invariant.
+  ``quantize_dynamic`` scales a MatMul's activations over the whole batch, so its answer moves
+  with its companions; per-row scales read only the row.
 - Speed: each head alone through the service's session wrapper (serving options), on the fp32
   trunk's taps of real texts (tweets and BBC news sentences), batch 1 and 16; fp32 and int8
   interleaved, the order swapped every round; per round the median of ``--repeats`` runs.
@@ -30,7 +34,6 @@ import logging
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +45,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 from heads_vs_models import median_time
-from int8_trunk import feeds, test_split
+from int8_trunk import PER_BATCH, feeds, per_batch, spread, test_split
 from pipelines_vs_ours import real_texts
 
 from multitask_serve.export.quantize import INT8, quantize_head_for, quantize_trunk, softmax
@@ -54,12 +57,9 @@ from multitask_serve.training.features import rust_tokenizer
 from multitask_serve.training.train import score
 
 TASKS = {"sentiment": ("accuracy", "macro_f1"), "ner": ("entity_f1",)}
-PRECISIONS = ("fp32", INT8)
+PRECISIONS = ("fp32", INT8, PER_BATCH)
+TRUNKS = ("fp32", INT8)
 RSS_BATCH = 16
-
-
-def spread(values: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def predictions(
@@ -69,8 +69,8 @@ def predictions(
     trunk: TrunkSession,
     spec: TrunkSpec,
 ) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
-    """Each head's logits per test example (per real token for NER), from the same taps: in
-    batches of 32 as the service batches, and each text alone (its own rows of the same taps)."""
+    """Each head's logits per test example (per real token for NER): in batches of 32 padded to
+    their longest, and each text alone (the trunk and the head on that text only)."""
     tap = tap_name(stored.spec.branch_layer)
     per_token = stored.spec.kind is Kind.TOKEN_CLASSIFICATION
     batched: dict[str, list[np.ndarray]] = {name: [] for name in heads}
@@ -83,15 +83,23 @@ def predictions(
             logits = head.run(hidden, batch["attention_mask"])
             for i, row in enumerate(rows):
                 batched[name].append(logits[i, : len(row)] if per_token else logits[i])
-                own = head.run(
-                    hidden[i : i + 1, : len(row)], batch["attention_mask"][i : i + 1, : len(row)]
-                )
-                alone[name].append(own[0])
+        for row in rows:
+            one = feeds(spec, [row])
+            own_hidden = np.asarray(trunk.run(one, [tap])[tap])
+            for name, head in heads.items():
+                alone[name].append(head.run(own_hidden, one["attention_mask"])[0])
     return batched, alone
 
 
 def probability_moved(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return max(float(np.abs(softmax(x) - softmax(y)).max()) for x, y in zip(a, b, strict=True))
+
+
+def over(a: list[np.ndarray], b: list[np.ndarray], tolerance: float) -> int:
+    """How many examples have a probability that moved by more than ``tolerance``."""
+    return sum(
+        float(np.abs(softmax(x) - softmax(y)).max()) > tolerance for x, y in zip(a, b, strict=True)
+    )
 
 
 def changed_share(
@@ -125,18 +133,28 @@ def quality(
             p: score(stored.spec.kind, logits[p], split.test, split.labels, encoded.word_tokens)
             for p in heads
         }
+        variants = [p for p in heads if p != "fp32"]
         result["by_trunk"][trunk_precision] = {
             "metrics": metrics,
-            "change_points": {
-                m: 100 * (metrics[INT8][m] - metrics["fp32"][m]) for m in TASKS[stored.spec.task]
+            "vs_fp32_head": {
+                p: {
+                    "change_points": {
+                        m: 100 * (metrics[p][m] - metrics["fp32"][m])
+                        for m in TASKS[stored.spec.task]
+                    },
+                    "changed_predictions": changed_share(
+                        stored, logits["fp32"], logits[p], encoded
+                    ),
+                    "probability_max_abs_diff": probability_moved(logits["fp32"], logits[p]),
+                }
+                for p in variants
             },
-            "changed_predictions": changed_share(stored, logits["fp32"], logits[INT8], encoded),
-            "probability_max_abs_diff": probability_moved(logits["fp32"], logits[INT8]),
-            # Each text alone vs inside its batch of 32, same head: dynamic quantization scales
-            # activations per batch, so an int8 head's answer depends on its batch companions.
+            # Each text alone vs inside its padded batch of 32, same head and trunk: the
+            # service's invariant (scores within 1e-5, labels equal).
             "alone_vs_batched": {
                 p: {
                     "probability_max_abs_diff": probability_moved(logits[p], alone[p]),
+                    "texts_over_1e-5": over(logits[p], alone[p], 1e-5),
                     "changed_predictions": changed_share(stored, logits[p], alone[p], encoded),
                 }
                 for p in heads
@@ -161,15 +179,19 @@ def latency(
     for batch, (hidden, mask) in taps.items():
         per_round: dict[str, list[float]] = {p: [] for p in heads}
         for r in range(rounds):
-            order = PRECISIONS if r % 2 == 0 else PRECISIONS[::-1]
+            order = PRECISIONS[r % len(PRECISIONS) :] + PRECISIONS[: r % len(PRECISIONS)]
             for p in order:
                 run = partial(heads[p].run, hidden, mask)
                 per_round[p].append(1000 * median_time(run, repeats))
-        ratios = [a / b for a, b in zip(per_round["fp32"], per_round[INT8], strict=True)]
         result[f"batch_{batch}"] = {
             "tokens_padded": int(mask.shape[1]),
             **{f"{p}_ms": spread(v) for p, v in per_round.items()},
-            "fp32_over_int8": spread(ratios),
+            **{
+                f"fp32_over_{p}": spread(
+                    [a / b for a, b in zip(per_round["fp32"], per_round[p], strict=True)]
+                )
+                for p in PRECISIONS[1:]
+            },
             "ms_per_round": per_round,
         }
     return result
@@ -199,7 +221,7 @@ def rss_child(model: Path, output: str, hidden_size: int) -> None:
 def rss(spec: HeadSpec, paths: dict[str, Path], rounds: int) -> dict[str, Any]:
     per_round: dict[str, list[float]] = {p: [] for p in paths}
     for r in range(rounds):
-        for p in PRECISIONS if r % 2 == 0 else PRECISIONS[::-1]:
+        for p in PRECISIONS[r % len(PRECISIONS) :] + PRECISIONS[: r % len(PRECISIONS)]:
             cmd = [sys.executable, __file__, "--rss-child", str(paths[p]), spec.output_name]
             out = subprocess.run(
                 [*cmd, str(spec.hidden_size)], check=True, capture_output=True, text=True
@@ -275,14 +297,14 @@ def main() -> None:
         if INT8 not in repo.read_trunk_spec().variants:
             quantize_trunk(repo)
         spec = repo.read_trunk_spec()
-        trunks = {t: TrunkSession(repo.trunk_variant_path(t)) for t in PRECISIONS}
+        trunks = {t: TrunkSession(repo.trunk_variant_path(t)) for t in TRUNKS}
         for task in TASKS:
             stored = repo.read_head(task)
             fp32 = stored.model_path.read_bytes()
             t = time.perf_counter()
             int8_spec, int8 = quantize_head_for(repo, stored.spec, fp32)
             seconds = time.perf_counter() - t
-            models = {"fp32": fp32, INT8: int8}
+            models = {"fp32": fp32, INT8: int8, PER_BATCH: per_batch(fp32)}
             paths = {name: Path(tmp) / f"{task}.{name}.onnx" for name in models}
             for name, model in models.items():
                 paths[name].write_bytes(model)

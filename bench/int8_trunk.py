@@ -1,8 +1,9 @@
-"""The int8 per-channel trunk against the fp32 trunk: speed side by side, and quality on the tasks.
+"""The int8 trunk against the fp32 trunk: speed side by side, quality, batch dependence.
 
-Comparison 7 of the benchmark plan. The int8 graph is what ``mts quantize`` makes (ONNX Runtime
-dynamic quantization, per-channel int8 weights); it is made here on a copy of the repository
-unless the repository has one already.
+Comparison 7 of the benchmark plan. The int8 graph is what ``mts quantize`` makes (per-channel
+int8 weights, activations scaled per row at run time: ``export/per_row.py``); it is made here on
+a copy of the repository. ``int8-per-batch`` is the method it replaced, ONNX Runtime's
+``quantize_dynamic`` (per-channel weights, activations scaled per batch), measured beside it.
 
 - Speed: the trunk alone through the service's own session wrapper (same options as serving),
   fp32 and int8 alternating in rounds, on real texts (tweets and BBC news sentences, ~30 tokens)
@@ -11,26 +12,34 @@ unless the repository has one already.
   they were evaluated on at build time (rebuilt from the config their head.json records), once
   through the fp32 trunk and once through the int8 trunk. The heads are the same in both runs
   and were trained on fp32 features. The fp32 row should reproduce head.json's test figures.
+- Batch dependence: the first ``--alone`` test examples of each task sent alone (trunk and head
+  on that text, unpadded) against the same text in its padded batch of 32.
 
-    .venv/bin/python bench/int8_trunk.py [--repo model-repo] [--repeats 20]
+    .venv/bin/python bench/int8_trunk.py [--repo model-repo] [--repeats 20] [--rounds 3]
+        [--out bench/results/int8-trunk.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import shutil
 import statistics
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from heads_vs_models import median_time
+from machine import machine
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from pipelines_vs_ours import real_texts
 
-from multitask_serve.export.quantize import INT8, quantize_trunk
+from multitask_serve.export.quantize import INT8, quantize_trunk, softmax
 from multitask_serve.modelrepo.repository import ModelRepository, StoredHead
 from multitask_serve.modelrepo.types import Kind, TrunkSpec, tap_name
 from multitask_serve.service.sessions import HeadSession, Runtime
@@ -44,6 +53,7 @@ from multitask_serve.training.features import (
 )
 from multitask_serve.training.train import TrainConfig, cap_eval, score
 
+PER_BATCH = "int8-per-batch"
 HEADLINE = {"sentiment": "macro_f1", "topic": "macro_f1", "ner": "entity_f1"}
 
 
@@ -58,15 +68,33 @@ def feeds(spec: TrunkSpec, rows: list[list[int]]) -> dict[str, np.ndarray]:
     return {k: v for k, v in out.items() if k in spec.input_names}
 
 
-def speed(repo: ModelRepository, trunks: dict[str, TrunkSession], repeats: int) -> None:
+def spread(values: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def per_batch(model: bytes) -> bytes:
+    """The replaced method: ONNX Runtime's dynamic quantization, activations scaled per batch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(model)
+        quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8)
+        return target.read_bytes()
+
+
+def speed(
+    repo: ModelRepository, trunks: dict[str, TrunkSession], repeats: int, rounds: int
+) -> dict[str, Any]:
+    """ms per trunk run (last tap), every graph in every round, the order rotating."""
     spec = repo.read_trunk_spec()
     tokenizer_json = repo.tokenizer_path.read_bytes()
     short = rust_tokenizer(tokenizer_json, spec.max_length).encode_batch(real_texts(64))
     passages = [e.text for e in read_topic()[0][:64]]
     long = rust_tokenizer(tokenizer_json, 128).encode_batch(passages)
     mean_short = statistics.mean(len(e.ids) for e in short)
-    print("\n| texts | batch | fp32 ms | int8 ms | fp32 / int8 |")
-    print("|---|---|---|---|---|")
+    names = list(trunks)
+    result: dict[str, Any] = {}
+    print("\n| texts | batch | " + " | ".join(f"{n} ms" for n in names) + " | fp32 / int8 |")
+    print("|---|---|" + "---|" * len(names) + "---|")
     for label, encodings in (
         (f"real, {mean_short:.0f} tokens on average", short),
         ("news passages, 128 tokens", long),
@@ -74,19 +102,23 @@ def speed(repo: ModelRepository, trunks: dict[str, TrunkSession], repeats: int) 
         for batch in (1, 16, 32):
             batch_feeds = feeds(spec, [e.ids for e in encodings[:batch]])
             last = [tap_name(spec.num_layers)]
-            rounds = [
-                {
-                    name: median_time(partial(t.run, batch_feeds, last), repeats)
-                    for name, t in trunks.items()
-                }
-                for _ in range(3)
-            ]
-            fp32 = statistics.median(r["fp32"] for r in rounds)
-            int8 = statistics.median(r[INT8] for r in rounds)
+            per_round: dict[str, list[float]] = {n: [] for n in names}
+            for r in range(rounds):
+                for n in names[r % len(names) :] + names[: r % len(names)]:
+                    run = partial(trunks[n].run, batch_feeds, last)
+                    per_round[n].append(1000 * median_time(run, repeats))
+            row = {f"{n}_ms": spread(v) for n, v in per_round.items()} | {
+                f"fp32_over_{n}": spread([a / b for a, b in zip(per_round["fp32"], v, strict=True)])
+                for n, v in per_round.items()
+                if n != "fp32"
+            }
+            result[f"{label}, batch {batch}"] = row | {"ms_per_round": per_round}
             print(
-                f"| {label} | {batch} | {1000 * fp32:.1f} | {1000 * int8:.1f} | "
-                f"{fp32 / int8:.2f}x |"
+                f"| {label} | {batch} | "
+                + " | ".join(f"{row[f'{n}_ms']['median']:.1f}" for n in names)
+                + f" | {row[f'fp32_over_{INT8}']['median']:.2f}x |"
             )
+    return result
 
 
 def test_split(repo: ModelRepository, stored: StoredHead) -> tuple[Split[Any], Encoded]:
@@ -105,43 +137,72 @@ def test_split(repo: ModelRepository, stored: StoredHead) -> tuple[Split[Any], E
 
 
 def evaluate_head(
-    repo: ModelRepository, stored: StoredHead, trunk: TrunkSession, spec: TrunkSpec
-) -> dict[str, float]:
-    """The head's test metrics with the taps from ``trunk``, on its build-time test split."""
+    repo: ModelRepository, stored: StoredHead, trunk: TrunkSession, spec: TrunkSpec, alone: int
+) -> dict[str, Any]:
+    """The head's test metrics with the taps from ``trunk``, on its build-time test split, and
+    how far its first ``alone`` examples' probabilities move between alone and batched."""
     split, encoded = test_split(repo, stored)
     head = HeadSession(stored.model_path.read_bytes(), stored.spec.output_name, spec.hidden_size)
     tap = tap_name(stored.spec.branch_layer)
+    per_token = stored.spec.kind is Kind.TOKEN_CLASSIFICATION
     logits: list[Any] = []
     for start in range(0, len(encoded.ids), 32):
         rows = encoded.ids[start : start + 32]
         batch = feeds(spec, rows)
         out = head.run(trunk.run(batch, [tap])[tap], batch["attention_mask"])
         for i, row in enumerate(rows):
-            logits.append(
-                out[i, : len(row)] if stored.spec.kind is Kind.TOKEN_CLASSIFICATION else out[i]
-            )
-    return score(stored.spec.kind, logits, split.test, split.labels, encoded.word_tokens)
+            logits.append(out[i, : len(row)] if per_token else out[i])
+    moved, over, changed = 0.0, 0, 0
+    for row, batched in zip(encoded.ids[:alone], logits[:alone], strict=True):
+        one = feeds(spec, [row])
+        own = head.run(trunk.run(one, [tap])[tap], one["attention_mask"])[0]
+        diff = float(np.abs(softmax(own) - softmax(batched)).max())
+        moved, over = max(moved, diff), over + (diff > 1e-5)
+        changed += int((own.argmax(-1) != batched.argmax(-1)).any())
+    metrics = score(stored.spec.kind, logits, split.test, split.labels, encoded.word_tokens)
+    return {
+        "metrics": metrics,
+        "alone_vs_batched": {
+            "examples": min(alone, len(logits)),
+            "probability_max_abs_diff": moved,
+            "examples_over_1e-5": over,
+            "examples_with_a_changed_label": changed,
+        },
+    }
 
 
-def quality(repo: ModelRepository, trunks: dict[str, TrunkSession]) -> None:
+def quality(repo: ModelRepository, trunks: dict[str, TrunkSession], alone: int) -> dict[str, Any]:
     spec = repo.read_trunk_spec()
+    names = list(trunks)
     print(
-        "\n| task (head) | test examples | metric | build-time (head.json) | fp32 trunk | "
-        "int8 trunk | change (points) |"
+        "\n| task (head) | test examples | metric | build-time (head.json) | "
+        + " | ".join(f"{n} trunk" for n in names)
+        + " |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|" + "---|" * len(names))
+    result: dict[str, Any] = {}
     for task in HEADLINE:
         stored = repo.read_head(task)
-        got = {name: evaluate_head(repo, stored, t, spec) for name, t in trunks.items()}
+        got = {name: evaluate_head(repo, stored, t, spec, alone) for name, t in trunks.items()}
         recorded = stored.spec.training["test"]
+        result[task] = {
+            "strategy": stored.spec.training["strategy"],
+            "test_examples": stored.spec.training["data"]["test"],
+            "build_time_test": recorded,
+            "by_trunk": got,
+        }
         metrics = ("accuracy", "macro_f1") if task != "ner" else ("entity_f1",)
         for metric in metrics:
-            fp32, int8 = got["fp32"][metric], got[INT8][metric]
             print(
                 f"| {task} ({stored.spec.training['strategy']}) | "
                 f"{stored.spec.training['data']['test']} | {metric} | {recorded[metric]:.4f} | "
-                f"{fp32:.4f} | {int8:.4f} | {100 * (int8 - fp32):+.2f} |"
+                + " | ".join(f"{got[n]['metrics'][metric]:.4f}" for n in names)
+                + " |"
             )
+    print("\nalone vs batched (probability moved, examples over 1e-5, changed labels):")
+    for task, r in result.items():
+        print(task, {n: r["by_trunk"][n]["alone_vs_batched"] for n in names})
+    return result
 
 
 def main() -> None:
@@ -150,29 +211,46 @@ def main() -> None:
     )
     p.add_argument("--repo", type=Path, default=Path("model-repo"))
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--alone", type=int, default=300, help="examples per task sent alone too")
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all cores)")
+    p.add_argument("--out", type=Path, default=Path("bench/results/int8-trunk.json"))
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    started, load_start = time.time(), [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
-        repo = ModelRepository(args.repo)
+        shutil.copytree(args.repo, Path(tmp) / "repo")
+        repo = ModelRepository(Path(tmp) / "repo")
         if INT8 not in repo.read_trunk_spec().variants:
-            shutil.copytree(args.repo, Path(tmp) / "repo")
-            repo = ModelRepository(Path(tmp) / "repo")
             quantize_trunk(repo)
         variant = repo.read_trunk_spec().variants[INT8]
-        sizes = {p: repo.trunk_variant_path(p).stat().st_size / 2**20 for p in ("fp32", INT8)}
+        old = Path(tmp) / "model.per-batch.onnx"
+        old.write_bytes(per_batch(repo.trunk_model_path.read_bytes()))
+        paths = {p: repo.trunk_variant_path(p) for p in ("fp32", INT8)} | {PER_BATCH: old}
+        sizes = {p: path.stat().st_size / 2**20 for p, path in paths.items()}
         print(
             f"int8 trunk: {variant.method}; taps vs fp32 on sample texts: max abs diff "
-            f"{variant.max_abs_diff:.3g}, min cosine {variant.min_cosine:.4f}; graph "
-            f"{sizes['fp32']:.1f} MiB fp32, {sizes[INT8]:.1f} MiB int8; ORT threads "
-            f"{args.threads or 'all cores'}"
+            f"{variant.max_abs_diff:.3g}, min cosine {variant.min_cosine:.4f}; graph MiB "
+            f"{sizes}; ORT threads {args.threads or 'all cores'}"
         )
-        trunks = {
-            p: TrunkSession(repo.trunk_variant_path(p), Runtime(threads=args.threads))
-            for p in ("fp32", INT8)
+        trunks = {p: TrunkSession(path, Runtime(threads=args.threads)) for p, path in paths.items()}
+        result = {
+            "machine": machine() | {"load_average_start": load_start},
+            "settings": vars(args) | {"repo": str(args.repo), "out": str(args.out)},
+            "variant": {
+                "method": variant.method,
+                "max_abs_diff": variant.max_abs_diff,
+                "min_cosine": variant.min_cosine,
+            },
+            "file_mib": sizes,
+            "speed": speed(repo, trunks, args.repeats, args.rounds),
+            "quality": quality(repo, trunks, args.alone),
         }
-        speed(repo, trunks, args.repeats)
-        quality(repo, trunks)
+    result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["seconds"] = round(time.time() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
