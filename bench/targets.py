@@ -8,8 +8,10 @@ client, so that the load generator does not eat the server's cores.
 
 Sides:
 - pipelines: three Hugging Face pipelines in one FastAPI process (bench/baseline_app.py);
-- ours, ours int8: ``mts serve`` on the three trained heads (sentiment top-2, topic head-only,
-  NER top-2), fp32 trunk and int8 trunk;
+- ours: ``mts serve`` on the three trained heads of the default build (sentiment top-2, topic
+  head-only, NER top-4), fp32;
+- ours int8: the same heads' int8 copies (``mts quantize --head``) on the int8 trunk
+  (``mts quantize``, ``MTS_TRUNK_PRECISION=int8``);
 - ours, CPU arena off: the same with ``MTS_CPU_ARENA=false``;
 - ours, no inline runs: the same with ``MTS_BATCH_INLINE_MAX_TOKENS=0`` (every batch handed to the
   inference thread, as before inline runs);
@@ -28,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -45,7 +48,7 @@ from pipelines_vs_ours import real_texts, three_heads
 from process import free_port, memory_mb, server, wait_idle
 
 from multitask_serve.export.encoder import default_encoder_path
-from multitask_serve.export.quantize import INT8
+from multitask_serve.export.quantize import INT8, quantize_head_for
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.service.sessions import Runtime
 
@@ -84,6 +87,19 @@ def raw_figures(pipeline: RawPipeline, texts: list[str], seconds: float) -> dict
     }
 
 
+def int8_heads(repo: Path, copy: Path) -> Path:
+    """A copy of ``repo`` whose trained heads are their int8 copies (as ``mts quantize --head``
+    makes them), made current."""
+    shutil.copytree(repo, copy)
+    stored = ModelRepository(copy)
+    for task in stored.tasks():
+        head = stored.read_head(task)
+        if head.spec.traits.trained:
+            spec, model = quantize_head_for(stored, head.spec, head.model_path.read_bytes())
+            stored.add_head(spec, model)
+    return copy
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -107,13 +123,17 @@ def main() -> None:
         work = Path(tmp)
         repo, heads = three_heads(args.repo, work)
         stored = ModelRepository(repo)
+        repo8 = int8_heads(repo, work / "repo-int8")
         models = work / "models"
         prepare_models(models, {t: h.labels for t, h in heads.items()}, default_encoder_path())
         mts = [sys.executable, "-m", "multitask_serve", "serve", "--repo", str(repo)]
         commands: dict[str, tuple[list[str], dict[str, str]]] = {
             "pipelines": ([sys.executable, "bench/baseline_app.py", "--models", str(models)], {}),
             "ours": (mts, {}),
-            "ours int8": (mts, {"MTS_TRUNK_PRECISION": INT8}),
+            "ours int8": (
+                [*mts[:-1], str(repo8)],
+                {"MTS_TRUNK_PRECISION": INT8},
+            ),
             "ours, batch limit 1": (mts, {"MTS_BATCH_MAX_TEXTS": "1"}),
             "ours, CPU arena off": (mts, {"MTS_CPU_ARENA": "false"}),
             "ours, no inline runs": (mts, {"MTS_BATCH_INLINE_MAX_TOKENS": "0"}),
@@ -290,7 +310,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
             goal,
         )
         q = ratio(per_round(load, "ours int8", "texts_per_s"), base)
-        target(f"{load}: ours / pipelines, int8 trunk", q, goal8 or goal)
+        target(f"{load}: ours / pipelines, int8 trunk and heads", q, goal8 or goal)
     base = per_round("all tasks, 8 texts", "pipelines", "texts_per_s")
     target(
         "all tasks, 8 texts: ours / pipelines, fp32",
