@@ -21,6 +21,8 @@ stay fp32.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -53,7 +55,7 @@ class _Rewriter:
         self.added.append(numpy_helper.from_array(value, name))
         return name
 
-    def node(self, op: str, inputs: list[str], output: str, **attrs: object) -> str:
+    def node(self, op: str, inputs: list[str], output: str, **attrs: Any) -> str:
         domain = MICROSOFT if op == "MatMulIntegerToFloat" else ""
         self.nodes.append(helper.make_node(op, inputs, [output], domain=domain, **attrs))
         return output

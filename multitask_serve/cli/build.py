@@ -119,8 +119,8 @@ def add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def add_quantize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     quant = sub.add_parser(
         "quantize",
-        help="add an int8 (dynamic, per-channel) variant of the trunk (heads stay valid), or "
-        "make an int8 copy of a trained head",
+        help="add an int8 variant of the trunk (per-channel weights, activations scaled per row; "
+        "heads stay valid; replaces one made per batch), or make an int8 copy of a trained head",
     )
     quant.add_argument("--repo", type=Path, default=Path("model-repo"))
     quant.add_argument(

@@ -30,6 +30,7 @@ def head_precision_flag(p: argparse.ArgumentParser, what: str) -> None:
         "--head-precision",
         choices=["fp32", "int8"],
         default="fp32",
-        help=f"{what}: fp32 (default), or int8: per-channel int8 copies of the head's own layers "
-        "and classifier, checked against the fp32 graph (BENCHMARKS.md, int8 heads)",
+        help=f"{what}: fp32 (default), or int8: int8 copies of the head's own layers and "
+        "classifier (per-channel weights, activations scaled per row), checked against the fp32 "
+        "graph (BENCHMARKS.md, int8 heads)",
     )
