@@ -70,7 +70,7 @@ class _Rewriter:
         """(uint8 rows [M, K], their scales [M, 1], x's shape) for activation ``x``; made once
         per tensor, so Q, K and V share the quantization of their common input."""
         if x not in self.rows:
-            p = f"per_row/{x}"
+            p = f"per_row/rows/{x}"
             shape = self.node("Shape", [x], f"{p}/shape")
             width_c = self.const(f"{p}/width", np.array([-1, width], np.int64))
             rows = self.node("Reshape", [x, width_c], f"{p}/rows")
@@ -101,7 +101,7 @@ class _Rewriter:
         width, channels = w.shape
         channel_scale = np.maximum(np.abs(w).max(axis=0), MIN_SCALE) / LEVELS
         w_q = np.clip(np.round(w / channel_scale), -LEVELS, LEVELS).astype(np.int8)
-        p = f"per_row/{out}"
+        p = f"per_row/matmul/{out}"
         q, row_scale, shape = self.quantized_rows(x, width)
         weights = self.const(f"{p}/w", w_q)
         scales = self.const(f"{p}/w_scale", channel_scale.astype(np.float32))
@@ -124,7 +124,7 @@ class _Rewriter:
         """An embedding lookup on an int8 table with one scale per row."""
         row_scale = np.maximum(np.abs(table).max(axis=1, keepdims=True), MIN_SCALE) / LEVELS
         t_q = np.clip(np.round(table / row_scale), -LEVELS, LEVELS).astype(np.int8)
-        p = f"per_row/{out}"
+        p = f"per_row/gather/{out}"
         rows = self.node("Gather", [self.const(f"{p}/table", t_q), indices], f"{p}/rows", axis=0)
         scales = self.const(f"{p}/row_scale", row_scale.astype(np.float32))
         picked = self.node("Gather", [scales, indices], f"{p}/scales", axis=0)
