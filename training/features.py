@@ -13,8 +13,11 @@ its output is computed once per example and reused every epoch, where memory all
 from __future__ import annotations
 
 import bisect
+import hashlib
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
@@ -107,6 +110,48 @@ def _mask(lengths: list[int], width: int) -> torch.Tensor:
 GROUP_BATCHES = 50
 
 
+class FeatureStore:
+    """Frozen taps on disk, shared by the runs of one task (``mts report``: its seeds and
+    strategies).
+
+    The trunk below a head's tap is frozen, so the tap one run computes for a data split is the
+    same for every other run of the task that reads that tap. The first run writes it to
+    ``directory``; later runs read it back instead of running the trunk. Each run still holds
+    only its own copy in memory, so per-run peak memory means what it meant without the store.
+    A run's cost stays comparable: ``computed_seconds`` and ``loaded_seconds`` add up, per store,
+    what the entries read back took to compute and to read, so that a run can report its time
+    as if it had computed them (``training.train``).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.computed_seconds = 0.0  # of the entries read back
+        self.loaded_seconds = 0.0
+        self.hits = 0
+
+    def _path(self, key: tuple[object, ...]) -> Path:
+        return self.directory / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:24]}.pt"
+
+    def load(self, key: tuple[object, ...]) -> list[torch.Tensor] | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        started = time.perf_counter()
+        saved = torch.load(path)
+        rows = list(torch.split(saved["flat"], saved["lengths"].tolist()))
+        self.loaded_seconds += time.perf_counter() - started
+        self.computed_seconds += float(saved["seconds"])
+        self.hits += 1
+        return rows
+
+    def save(self, key: tuple[object, ...], rows: list[torch.Tensor], seconds: float) -> None:
+        path = self._path(key)
+        partial = path.with_suffix(".partial")
+        lengths = torch.tensor([row.shape[0] for row in rows])
+        torch.save({"flat": torch.cat(rows), "lengths": lengths, "seconds": seconds}, partial)
+        partial.replace(path)
+
+
 class TapSource:
     """Yields batches of the branch tap for a data split, computed once and kept if it fits.
 
@@ -129,6 +174,7 @@ class TapSource:
         desc: str = "",
         pooling: str | None = None,
         group_by_length: bool = True,
+        store: FeatureStore | None = None,
     ) -> None:
         self.trunk, self.branch, self.encoded = trunk, branch, encoded
         self.batch_size = batch_size
@@ -137,7 +183,17 @@ class TapSource:
         self.group_by_length = group_by_length
         tokens = sum(len(ids) for ids in encoded.ids)
         self.cached: list[torch.Tensor] | None = None
-        if tokens * hidden_size * 4 <= cache_limit_bytes:
+        if tokens * hidden_size * 4 > cache_limit_bytes:
+            return
+        key: tuple[object, ...] = ()
+        if store is not None:
+            # What the tap depends on: the encoder (its modules, in this process), the examples'
+            # token ids, the tap, how rows are pooled.
+            ids = hashlib.sha256(repr(encoded.ids).encode()).hexdigest()
+            key = (id(trunk.embeddings), ids, branch, pooling, uses_token_types, hidden_size)
+            self.cached = store.load(key)
+        if self.cached is None:
+            started = time.perf_counter()
             cached: dict[int, torch.Tensor] = {}
             # Similar lengths together: less padding computed once.
             order = sorted(range(len(encoded.ids)), key=lambda i: len(encoded.ids[i]))
@@ -147,6 +203,8 @@ class TapSource:
                 for row, i in enumerate(chunk):
                     cached[i] = taps[row, : int(mask[row].sum())].clone()
             self.cached = [cached[i] for i in range(len(encoded.ids))]
+            if store is not None:
+                store.save(key, self.cached, time.perf_counter() - started)
 
     def _pool(self, taps: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's pooled vector, as a one-token sequence."""

@@ -24,6 +24,7 @@ from multitask_serve.training.config import TrainConfig
 from multitask_serve.training.data import Split, is_token_split
 from multitask_serve.training.features import (
     Encoded,
+    FeatureStore,
     TapSource,
     encode_texts,
     encode_tokens,
@@ -46,7 +47,13 @@ def encode_split(split: Split[Any], tokenizer: Any) -> tuple[Encoded, Encoded, E
 
 
 def tap_source(
-    encoder: Encoder, trunk: Trunk, head: Head, encoded: Encoded, config: TrainConfig, name: str
+    encoder: Encoder,
+    trunk: Trunk,
+    head: Head,
+    encoded: Encoded,
+    config: TrainConfig,
+    name: str,
+    store: FeatureStore | None = None,
 ) -> TapSource:
     """What ``head`` reads for ``encoded``: its branch tap, pooled once where it owns no layers."""
     branch = encoder.num_layers - len(head.layers)
@@ -62,6 +69,7 @@ def tap_source(
         desc=f"{name} tap {branch}",
         pooling=head.pooling if pooled else None,
         group_by_length=config.group_by_length,
+        store=store,
     )
 
 
@@ -145,6 +153,8 @@ class FitData:
     train: Encoded
     validation: Encoded
     split: Split[Any]
+    # Taps shared with the other runs of the task (``mts report``), or None.
+    store: FeatureStore | None = None
 
 
 def fit(
@@ -161,8 +171,10 @@ def fit(
     stopping after ``config.patience`` epochs without a validation gain; returns the best
     epoch's state."""
     split = data.split
-    train_src = tap_source(data.encoder, data.trunk, head, data.train, config, "train")
-    val_src = tap_source(data.encoder, data.trunk, head, data.validation, config, "validation")
+    train_src = tap_source(data.encoder, data.trunk, head, data.train, config, "train", data.store)
+    val_src = tap_source(
+        data.encoder, data.trunk, head, data.validation, config, "validation", data.store
+    )
     opt = recipe.optimizer(
         head, config.layer_lr, config.head_lr, config.lr_decay, config.weight_decay
     )

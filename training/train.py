@@ -27,7 +27,7 @@ from multitask_serve.modelrepo.types import KINDS, REFERENCE_PRECISION, HeadSpec
 from multitask_serve.training import bootstrap, memory, progressive
 from multitask_serve.training.config import TrainConfig
 from multitask_serve.training.data import Split, is_token_split, load_dataset
-from multitask_serve.training.features import rust_tokenizer
+from multitask_serve.training.features import FeatureStore, rust_tokenizer
 from multitask_serve.training.loop import (
     FitData,
     decode,
@@ -98,14 +98,22 @@ def cap_eval(split: Split[Any], n: int | None) -> Split[Any]:
     return capped
 
 
+def _saved(store: FeatureStore | None) -> float:
+    """Seconds ``store`` has saved its runs so far: computing minus reading what was read back."""
+    return 0.0 if store is None else store.computed_seconds - store.loaded_seconds
+
+
 def train(
     config: TrainConfig,
     encoder: Encoder,
     split: Split[Any] | None = None,
     shared_layers: bool = False,
+    store: FeatureStore | None = None,
 ) -> RunResult:
     """Train one head. ``shared_layers`` trains the encoder's own top layers in place instead of
-    copies: the write-up's risky "backbone unfrozen" case, for the report only."""
+    copies: the write-up's risky "backbone unfrozen" case, for the report only. ``store`` shares
+    frozen taps with the task's other runs; the run's ``train_seconds`` still counts the taps it
+    read back at the time they took to compute."""
     strat = strategy(config.strategy)
     if not strat.trains:
         raise ValueError("the frozen strategy trains nothing: build a zero-shot head instead")
@@ -127,9 +135,11 @@ def train(
     trunk = Trunk(encoder).eval()
     history: list[dict[str, Any]] = []
     curve: list[dict[str, Any]] = []
+    store = None if shared_layers else store  # trained in place: its taps are not frozen
+    saved_before = _saved(store)
     if strat.progressive:
         found = progressive.search(
-            config, encoder, split, kind, (encoded[0], encoded[1]), generator, history
+            config, encoder, split, kind, (encoded[0], encoded[1]), generator, history, store
         )
         head, validation, curve = found.head, found.validation, found.curve
         trainable_params = found.trainable_params
@@ -144,7 +154,7 @@ def train(
         strat.apply(head, L)
         best = fit(
             head,
-            FitData(encoder, trunk, encoded[0], encoded[1], split),
+            FitData(encoder, trunk, encoded[0], encoded[1], split, store),
             config,
             config.resolved_epochs(strat),
             generator,
@@ -155,10 +165,11 @@ def train(
         trainable_params = sum(p.numel() for p in head.parameters() if p.requires_grad)
         head.load_state_dict(best.state)
         validation = best.validation
-    train_seconds = time.perf_counter() - started
+    # As if alone: taps read back from ``store`` count at what they took to compute, not to read.
+    train_seconds = time.perf_counter() - started + _saved(store) - saved_before
     peak = memory.peak_rss_mb()
     branch = L - len(head.layers)
-    test_src = tap_source(encoder, trunk, head, encoded[2], config, "test")
+    test_src = tap_source(encoder, trunk, head, encoded[2], config, "test", store)
     gold, pred = decode(
         kind, predict(head, test_src), split.test, split.labels, test_src.encoded.word_tokens
     )

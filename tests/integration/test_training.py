@@ -17,7 +17,12 @@ from multitask_serve.export.modules import Head, top_layers
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.types import Kind
 from multitask_serve.training.data import TokenExample, load_dataset
-from multitask_serve.training.features import IGNORE, encode_tokens, rust_tokenizer
+from multitask_serve.training.features import (
+    IGNORE,
+    FeatureStore,
+    encode_tokens,
+    rust_tokenizer,
+)
 from multitask_serve.training.progressive import choose_depth
 from multitask_serve.training.report import ReportTask, scenario_three
 from multitask_serve.training.strategies import strategy
@@ -103,6 +108,50 @@ def test_frozen_part_runs_once_per_example_not_once_per_epoch(tiny_encoder, sent
         hook.remove()
     examples = sum(result.data[k] for k in ("train", "validation", "test"))
     assert sum(calls) == examples  # every example embedded exactly once, over 5 epochs
+
+
+def test_runs_sharing_a_feature_store_compute_each_tap_once_and_learn_the_same(
+    tiny_encoder, sentiment_csv, tmp_path
+):
+    """mts report's seeds and strategies read a task's frozen taps back from disk: the same
+    results as computing them, each (split, tap) run through the trunk once, the time still
+    counted per run."""
+    store = FeatureStore(tmp_path)
+    calls: list[int] = []
+    hook = tiny_encoder.model.embeddings.register_forward_hook(
+        lambda m, i, o: calls.append(o.shape[0])
+    )
+    runs = [("top-1", 0), ("top-1", 1), ("top-2", 0), ("progressive", 0)]
+    try:
+        shared = [
+            train(config(sentiment_csv, s, seed=seed, epochs=2), tiny_encoder, store=store)
+            for s, seed in runs
+        ]
+        with_store = sum(calls)
+        alone = [
+            train(config(sentiment_csv, s, seed=seed, epochs=2), tiny_encoder) for s, seed in runs
+        ]
+    finally:
+        hook.remove()
+    for a, b in zip(shared, alone, strict=True):
+        assert a.test == b.test and a.history == b.history and a.depth_curve == b.depth_curve
+    sizes = {k: shared[0].data[k] for k in ("train", "validation", "test")}
+    layers = tiny_encoder.num_layers
+    # What each run reads: top-k its three splits at tap L - k; progressive train and validation
+    # at every depth it tried, and test at the depth it serves.
+    reads = [
+        [(p, r.branch_layer) for p in sizes]
+        if not r.depth_curve
+        else [(p, layers - c["depth"]) for c in r.depth_curve for p in ("train", "validation")]
+        + [("test", r.branch_layer)]
+        for r in shared
+    ]
+    once = {pair for run in reads for pair in run}
+    assert with_store == sum(sizes[p] for p, _ in once)
+    assert sum(calls) - with_store == sum(sizes[p] for run in reads for p, _ in run)
+    assert store.hits == sum(len(run) for run in reads) - len(once)
+    # Per-run time still counts the taps read back at what computing them took.
+    assert store.computed_seconds > store.loaded_seconds >= 0
 
 
 def test_per_task_copies_leave_the_trunk_untouched_and_shared_layers_do_not(
