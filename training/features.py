@@ -145,6 +145,8 @@ class FeatureStore:
         return rows
 
     def save(self, key: tuple[object, ...], rows: list[torch.Tensor], seconds: float) -> None:
+        if not rows:  # an empty split: nothing to share
+            return
         path = self._path(key)
         partial = path.with_suffix(".partial")
         lengths = torch.tensor([row.shape[0] for row in rows])
