@@ -35,6 +35,14 @@ ZERO_POINT = 128
 MIN_SCALE = 1e-12
 
 
+def symmetric_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """``w`` as int8 with one float32 scale per slice along the other axis (``max|w| / 127``
+    over ``axis``): (values, scales)."""
+    scale = (np.maximum(np.abs(w).max(axis=axis), MIN_SCALE) / LEVELS).astype(np.float32)
+    q = np.round(w / np.expand_dims(scale, axis))
+    return np.clip(q, -LEVELS, LEVELS).astype(np.int8), scale
+
+
 class _Rewriter:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
@@ -42,6 +50,7 @@ class _Rewriter:
         self.nodes: list[onnx.NodeProto] = []
         self.added: list[onnx.TensorProto] = []
         self.rows: dict[str, tuple[str, str, str]] = {}
+        self.shapes: dict[tuple[str, int], str] = {}
         opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         self.axes_as_input = opset >= 18
         self.levels = self.const("per_row/levels", np.array(LEVELS, np.float32))
@@ -67,11 +76,12 @@ class _Rewriter:
         return numpy_helper.to_array(tensor)
 
     def quantized_rows(self, x: str, width: int) -> tuple[str, str, str]:
-        """(uint8 rows [M, K], their scales [M, 1], x's shape) for activation ``x``; made once
-        per tensor, so Q, K and V share the quantization of their common input."""
+        """(uint8 rows [M, K], their scales [M, 1], x's shape but its last axis) for activation
+        ``x``; made once per tensor, so Q, K and V share the quantization of their common input."""
         if x not in self.rows:
             p = f"per_row/rows/{x}"
             shape = self.node("Shape", [x], f"{p}/shape")
+            lead = self.node("Slice", [shape, self.first, self.last], f"{p}/lead")
             width_c = self.const(f"{p}/width", np.array([-1, width], np.int64))
             rows = self.node("Reshape", [x, width_c], f"{p}/rows")
             magnitude = self.node("Abs", [rows], f"{p}/abs")
@@ -93,27 +103,32 @@ class _Rewriter:
                 )
             )
             q = self.node("QuantizeLinear", [rows, flat, zero_points], f"{p}/q", axis=0)
-            self.rows[x] = (q, scale, shape)
+            self.rows[x] = (q, scale, lead)
         return self.rows[x]
+
+    def out_shape(self, x: str, lead: str, channels: int) -> str:
+        """x's shape with ``channels`` for its last axis; made once per (x, channels)."""
+        if (x, channels) not in self.shapes:
+            p = f"per_row/shapes/{x}/{channels}"
+            size = self.const(f"{p}/channels", np.array([channels], np.int64))
+            self.shapes[x, channels] = self.node("Concat", [lead, size], p, axis=0)
+        return self.shapes[x, channels]
 
     def matmul(self, x: str, w: np.ndarray, out: str, bias: str | None) -> None:
         """``out = x @ w (+ bias)`` with int8 weights and per-row int8 activations."""
         width, channels = w.shape
-        channel_scale = np.maximum(np.abs(w).max(axis=0), MIN_SCALE) / LEVELS
-        w_q = np.clip(np.round(w / channel_scale), -LEVELS, LEVELS).astype(np.int8)
+        w_q, channel_scale = symmetric_int8(w, axis=0)
         p = f"per_row/matmul/{out}"
-        q, row_scale, shape = self.quantized_rows(x, width)
+        q, row_scale, lead = self.quantized_rows(x, width)
         weights = self.const(f"{p}/w", w_q)
-        scales = self.const(f"{p}/w_scale", channel_scale.astype(np.float32))
+        scales = self.const(f"{p}/w_scale", channel_scale)
         product = self.node(
             "MatMulIntegerToFloat",
             [q, weights, self.one, scales, self.zero_point],
             f"{p}/product",
         )
         scaled = self.node("Mul", [product, row_scale], f"{p}/scaled")
-        lead = self.node("Slice", [shape, self.first, self.last], f"{p}/lead")
-        channels_c = self.const(f"{p}/channels", np.array([channels], np.int64))
-        out_shape = self.node("Concat", [lead, channels_c], f"{p}/out_shape", axis=0)
+        out_shape = self.out_shape(x, lead, channels)
         if bias is None:
             self.node("Reshape", [scaled, out_shape], out)
         else:
@@ -122,11 +137,10 @@ class _Rewriter:
 
     def gather(self, table: np.ndarray, indices: str, out: str) -> None:
         """An embedding lookup on an int8 table with one scale per row."""
-        row_scale = np.maximum(np.abs(table).max(axis=1, keepdims=True), MIN_SCALE) / LEVELS
-        t_q = np.clip(np.round(table / row_scale), -LEVELS, LEVELS).astype(np.int8)
+        t_q, row_scale = symmetric_int8(table, axis=1)
         p = f"per_row/gather/{out}"
         rows = self.node("Gather", [self.const(f"{p}/table", t_q), indices], f"{p}/rows", axis=0)
-        scales = self.const(f"{p}/row_scale", row_scale.astype(np.float32))
+        scales = self.const(f"{p}/row_scale", row_scale[:, None])
         picked = self.node("Gather", [scales, indices], f"{p}/scales", axis=0)
         values = self.node("Cast", [rows], f"{p}/values", to=TensorProto.FLOAT)
         self.node("Mul", [values, picked], out)
