@@ -23,7 +23,7 @@ from machine import machine
 
 from multitask_serve.export.encoder import load_encoder
 from multitask_serve.training.features import FeatureStore
-from multitask_serve.training.report import DEFAULT_TASKS, _split, run_config
+from multitask_serve.training.report import DEFAULT_TASKS, run_config, task_split
 from multitask_serve.training.train import train
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
     task = DEFAULT_TASKS[args.task]
     encoder = load_encoder()
-    split = _split(task)
+    split = task_split(task)
     load_before = os.getloadavg()
     sides: dict[str, list[dict[str, Any]]] = {"computed": [], "store": []}
     with tempfile.TemporaryDirectory(prefix="mts-bench-taps-") as tmp:

@@ -88,7 +88,8 @@ class ReportTask:
 
 
 # Realistic data: 8,000 training tweets for sentiment, the full training splits of topic and NER,
-# every validation and test example: 101 minutes for 3 seeds on a 2-core CPU (reports/REPORT.md).
+# every validation and test example: 101 minutes for 3 seeds on a 2-core CPU (reports/REPORT.md),
+# measured before a task's runs shared their frozen taps (``FeatureStore``).
 DEFAULT_TASKS = {
     "sentiment": ReportTask("sentiment", max_length=48, epochs=2, max_train=8000, depth_patience=1),
     "topic": ReportTask("topic", max_length=96, epochs=2, depth_patience=1),
@@ -103,7 +104,7 @@ QUICK_TASKS = {
 }
 
 
-def _split(task: ReportTask, split_seed: int = 0) -> Split[Any]:
+def task_split(task: ReportTask, split_seed: int = 0) -> Split[Any]:
     split = load_dataset(task.data, seed=split_seed, max_train=task.max_train)
     return cap_eval(split, task.max_eval)
 
@@ -168,7 +169,7 @@ def scenario_three(
     of A's test predictions that changed and the largest change in A's logits (with per-task
     copies all of these must be exactly 0).
     """
-    split_a = _split(a)
+    split_a = task_split(a)
     config_a = TrainConfig(
         task="a",
         data=a.data,
@@ -181,7 +182,7 @@ def scenario_three(
     result_a = train(config_a, encoder, split_a)
     assert result_a.head is not None
     head_a = result_a.head
-    split_b = _split(b)
+    split_b = task_split(b)
     config_b = TrainConfig(
         task="b",
         data=b.data,
@@ -270,7 +271,7 @@ def run_report(
     results: dict[str, Any] = {"tasks": {}, "machine": _machine(), "seeds": list(seeds)}
     started = time.perf_counter()
     for name, task in tasks.items():
-        split = _split(task)
+        split = task_split(task)
         meter = CostMeter(trunk_model, _cost_batch(exporter, split))
         # The task's frozen taps, computed once and read back by its other seeds and strategies.
         taps = tempfile.TemporaryDirectory(prefix="mts-report-taps-")
