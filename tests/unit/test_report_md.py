@@ -75,6 +75,7 @@ def test_rendered_report_states_scenario_three_and_orders_strategies(tmp_path):
         },
     }
     text = render(results, tmp_path).read_text()
+    assert "Whole run: 1.0 min." in text and "read back" not in text
     assert "drops to 0.400 (-0.200; 25.0% of its test predictions change" in text
     assert "exactly 0" in text and "entity_f1 0.500 (shared: 0.520)" in text
     assert text.index("| frozen") < text.index("| head-only") < text.index("| full")
@@ -145,3 +146,19 @@ def test_bootstrap_intervals_are_shown_and_say_which_gaps_are_noise(tmp_path):
     assert "| 0.610 [0.590, 0.630] | -0.105 [-0.130, -0.080] lower |" in text
     assert "top-2 99.3% (-0.005 [-0.020, +0.010], within noise)" in text
     assert "head-only 85.3% (-0.105 [-0.130, -0.080], outside noise)" in text
+
+
+def test_rendered_report_states_what_shared_taps_saved(tmp_path):
+    t = task(**{"full": [row(0.70, 1.0)]})
+    t.update(taps_reused=7, taps_seconds_saved=150.0)
+    results = {
+        "machine": {"cpu": "x", "cores": 2, "torch": "t", "threads": 2, "python": "3.11"},
+        "seeds": [0],
+        "total_seconds": 600.0,
+        "tasks": {"sentiment": t, "topic": {**t, "taps_reused": 3, "taps_seconds_saved": 30.0}},
+    }
+    text = render(results, tmp_path).read_text()
+    assert (
+        "Whole run: 10.0 min. Each task's frozen taps were computed once: 10 were read back" in text
+    )
+    assert "saving 3.0 min of trunk time" in text
