@@ -37,6 +37,11 @@ class TrainConfig:
     # to zero at the last planned step, "constant" keeps the peak rate.
     warmup: float = 0.1
     schedule: str = "linear"
+    # "bf16": the trained layers' forward pass under bfloat16 autocast, weights and optimizer
+    # state in fp32; epochs about 1.5x faster on CPUs with native bf16 matrix units (AMX,
+    # AVX512-BF16), slower on others. "auto": bf16 where the CPU has them, else "none" (a run
+    # records which). Validation, test and the exported head stay fp32.
+    mixed_precision: str = "none"
     # Gradient norm clipping (None: no clipping).
     grad_clip: float | None = 1.0
     # Weight the loss by inverse class frequency (per token for tagging): helps rare classes'

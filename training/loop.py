@@ -186,11 +186,13 @@ def fit(
         else None
     )
     loss_fn = recipe.loss_function(weights)
+    recipe.autocast(config.mixed_precision)  # an unknown value fails here, not mid-epoch
     best: Best | None = None
     stale = 0
     bar = progress(range(epochs), desc, per_step=True)
+    step = Step(opt, sched, loss_fn, config.grad_clip, config.mixed_precision)
     for epoch in bar:
-        loss = _epoch(head, train_src, opt, sched, loss_fn, config.grad_clip, generator, epoch)
+        loss = _epoch(head, train_src, step, generator, epoch)
         val = evaluate(head, val_src, split.validation, split.labels)
         history.append(
             {
@@ -212,29 +214,40 @@ def fit(
     return best
 
 
+@dataclass
+class Step:
+    """How one optimizer step is taken."""
+
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module
+    grad_clip: float | None
+    mixed_precision: str
+
+
 def _epoch(
     head: Head,
     source: TapSource,
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
-    loss_fn: nn.Module,
-    grad_clip: float | None,
+    step: Step,
     generator: torch.Generator,
     epoch: int,
 ) -> float:
     head.train()
     total, count = 0.0, 0
+    opt = step.opt
     params = [p for group in opt.param_groups for p in group["params"]]
     batches = list(source.batches(shuffle=True, generator=generator))
     for batch in progress(batches, f"epoch {epoch + 1}"):
-        logits = head(batch.hidden, batch.mask)
-        loss = loss_fn(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1))
+        with recipe.autocast(step.mixed_precision):
+            logits = head(batch.hidden, batch.mask)
+        logits = logits.float()
+        loss = step.loss_fn(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, grad_clip)
+        if step.grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, step.grad_clip)
         opt.step()
-        sched.step()
+        step.sched.step()
         total += float(loss.detach()) * len(batch.index)
         count += len(batch.index)
     return total / max(count, 1)

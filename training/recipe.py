@@ -20,6 +20,10 @@ from multitask_serve.export.modules import Head
 from multitask_serve.training.features import IGNORE
 
 SCHEDULES = ("linear", "constant")
+# Mixed precision of the trained layers' forward pass: "bf16" runs it under bfloat16 autocast
+# (weights, gradients and optimizer state stay fp32); evaluation and export are always fp32.
+# "auto" is bf16 where the CPU multiplies bfloat16 in hardware, none elsewhere.
+MIXED_PRECISION = ("none", "bf16", "auto")
 
 
 def param_groups(
@@ -69,6 +73,30 @@ def scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: lr_factor(step, total_steps, warmup, schedule)
     )
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX or AVX512-BF16). Without
+    either, bfloat16 autocast converts in software and is slower than fp32."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_mixed_precision(mixed_precision: str) -> str:
+    """``mixed_precision`` with "auto" decided for this machine: "bf16" or "none"."""
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(
+            f"unknown mixed precision {mixed_precision!r} (known: {', '.join(MIXED_PRECISION)})"
+        )
+    if mixed_precision == "auto":
+        return "bf16" if native_bf16() else "none"
+    return mixed_precision
+
+
+def autocast(mixed_precision: str) -> torch.autocast:
+    """The context a training step's forward pass runs in."""
+    mixed_precision = resolve_mixed_precision(mixed_precision)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
 
 def class_weights(labels: Sequence[int] | Sequence[Sequence[int]], num_labels: int) -> list[float]:

@@ -24,7 +24,7 @@ from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
 from multitask_serve.export.modules import Head, Trunk, top_layers
 from multitask_serve.modelrepo.types import KINDS, REFERENCE_PRECISION, HeadSpec, Kind
-from multitask_serve.training import bootstrap, memory, progressive
+from multitask_serve.training import bootstrap, memory, progressive, recipe
 from multitask_serve.training.config import TrainConfig
 from multitask_serve.training.data import Split, is_token_split, load_dataset
 from multitask_serve.training.features import FeatureStore, rust_tokenizer
@@ -117,6 +117,10 @@ def train(
     strat = strategy(config.strategy)
     if not strat.trains:
         raise ValueError("the frozen strategy trains nothing: build a zero-shot head instead")
+    # head.json records what ran: "auto" becomes this machine's "bf16" or "none".
+    config = dataclasses.replace(
+        config, mixed_precision=recipe.resolve_mixed_precision(config.mixed_precision)
+    )
     generator = seed_everything(config.seed)
     split = split or load_dataset(
         config.data,

@@ -175,6 +175,14 @@ def _recipe_flags(tr: argparse.ArgumentParser) -> None:
     add("--head-lr", float, "peak learning rate of the classifier")
     add("--warmup", float, "fraction of steps warming up linearly from 0")
     add("--schedule", str, "after warm-up", choices=["linear", "constant"])
+    add(
+        "--mixed-precision",
+        str,
+        "bf16: train under bfloat16 autocast (epochs about 1.5x faster on CPUs with AMX or "
+        "AVX512-BF16, slower on others); auto: bf16 where the CPU has them; weights, "
+        "evaluation and export stay fp32",
+        choices=["none", "bf16", "auto"],
+    )
     add("--grad-clip", _optional_float, "max gradient norm; 'none' to not clip")
     add("--weight-decay", float, "AdamW weight decay")
     add(

@@ -72,3 +72,26 @@ def test_class_weights_balance_inverse_frequency_and_skip_unlabelled_pieces():
     loss = recipe.loss_function([1.0, 3.0])
     assert torch.equal(loss.weight, torch.tensor([1.0, 3.0]))
     assert loss.ignore_index == -100
+
+
+def test_bf16_autocast_runs_the_forward_pass_in_bfloat16_and_none_leaves_it_fp32():
+    layer, x = nn.Linear(4, 4), torch.randn(2, 4)
+    with recipe.autocast("bf16"):
+        assert layer(x).dtype == torch.bfloat16
+    with recipe.autocast("none"):
+        assert layer(x).dtype == torch.float32
+    assert layer.weight.dtype == torch.float32  # the weights themselves stay fp32
+    with pytest.raises(ValueError, match="unknown mixed precision 'fp8'"):
+        recipe.autocast("fp8")
+
+
+def test_auto_mixed_precision_is_bf16_only_where_the_cpu_multiplies_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert recipe.resolve_mixed_precision("auto") == "none"
+    layer, x = nn.Linear(4, 4), torch.randn(2, 4)
+    with recipe.autocast("auto"):
+        assert layer(x).dtype == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert recipe.resolve_mixed_precision("auto") == "bf16"
+    assert recipe.resolve_mixed_precision("none") == "none"

@@ -97,6 +97,17 @@ def test_training_is_deterministic_for_a_seed_and_learns(tiny_encoder, sentiment
     assert a.test["accuracy"] >= 0.8, a.history
 
 
+def test_bf16_training_learns_and_leaves_an_fp32_head(tiny_encoder, sentiment_csv):
+    fast = {"epochs": 8, "layer_lr": 1e-3, "head_lr": 1e-2}
+    fp32 = train(config(sentiment_csv, "top-1", **fast), tiny_encoder)
+    bf16 = train(config(sentiment_csv, "top-1", mixed_precision="bf16", **fast), tiny_encoder)
+    assert bf16.history != fp32.history  # the forward pass really ran in bfloat16
+    assert bf16.test["accuracy"] >= 0.8, bf16.history
+    assert all(p.dtype == torch.float32 for p in bf16.head.state_dict().values())
+    with pytest.raises(ValueError, match="unknown mixed precision"):
+        train(config(sentiment_csv, "top-1", mixed_precision="fp16"), tiny_encoder)
+
+
 def test_frozen_part_runs_once_per_example_not_once_per_epoch(tiny_encoder, sentiment_csv):
     calls = []
     hook = tiny_encoder.model.embeddings.register_forward_hook(
@@ -327,6 +338,7 @@ def test_mts_train_flags_reach_the_run_and_head_json(
     argv += ["--text-column", "sentence", "--label-column", "polarity", "--epochs", "2"]
     argv += ["--lr-decay", "0.5", "--warmup", "0", "--schedule", "constant", "--grad-clip", "none"]
     argv += ["--class-weights", "--patience", "none", "--pooling", "cls", "--max-length", "24"]
+    argv += ["--mixed-precision", "bf16"]
     assert mts(argv) == 0
     with tarfile.open(out) as tar:
         spec = json.loads(tar.extractfile("head.json").read())
@@ -335,6 +347,7 @@ def test_mts_train_flags_reach_the_run_and_head_json(
     assert recorded["schedule"] == "constant" and recorded["grad_clip"] is None
     assert recorded["class_weights"] is True and recorded["patience"] is None
     assert recorded["text_column"] == "sentence" and recorded["max_length"] == 24
+    assert recorded["mixed_precision"] == "bf16"
     assert spec["pooling"] == "cls" and spec["training"]["epochs_run"] == 2
     with pytest.raises(SystemExit, match="expected a header with a 'text' column"):
         mts([a for a in argv if a not in ("--text-column", "sentence")])
