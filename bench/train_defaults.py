@@ -48,6 +48,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
                   "layer_lr": 3e-4, "max_length": 48},
     "n-top4-4e": {**NER, "strategy": "top-4", "epochs": 4, "layer_lr": 3e-4, "head_lr": 5e-3},
     "n-top3-hi": {**NER, "strategy": "top-3", "epochs": 6, "layer_lr": 5e-4, "head_lr": 1e-2},
+    # Fifth round: the build's NER head under bfloat16 autocast (see s5-*-bf16 below).
+    "n-top4-4e-bf16": {**NER, "strategy": "top-4", "epochs": 4, "layer_lr": 3e-4,
+                       "head_lr": 5e-3, "mixed_precision": "bf16"},
     # Third round, with length-grouped batches: the two best sentiment candidates again, chosen
     # on all 3,724 validation tweets (600 could not tell them apart) and tested on all 3,724.
     "s-top2-4k-all": {**SENTIMENT, "strategy": "top-2", "max_train": 4000, "epochs": 3,
@@ -69,6 +72,24 @@ CANDIDATES: dict[str, dict[str, Any]] = {
             "lr2e4": {"layer_lr": 2e-4},
             "lr5e4": {"layer_lr": 5e-4},
             "head5e3": {"head_lr": 5e-3},
+        }.items()
+    },
+    # Fifth round, for the 0.78 sentiment target: more tweets (full fine-tuning on 8,000 reached
+    # 0.773 in the report, so data is the lever left), a higher layer rate, one more layer.
+    **{
+        f"s5-{name}": {**SENTIMENT, "strategy": "top-2", "max_train": 8000, "epochs": 2,
+                       "layer_lr": 3e-4, "max_length": 48, "max_eval": None, **change}
+        for name, change in {
+            "12k": {"max_train": 12000},
+            "16k": {"max_train": 16000},
+            "16k-1e": {"max_train": 16000, "epochs": 1},
+            "lr8e4": {"layer_lr": 8e-4},
+            "top3": {"strategy": "top-3"},
+            "12k-lr5e4": {"max_train": 12000, "layer_lr": 5e-4},
+            "16k-lr5e4": {"max_train": 16000, "layer_lr": 5e-4},
+            # bfloat16 autocast (training/recipe.py) on the two best, against the fp32 rows.
+            "12k-bf16": {"max_train": 12000, "mixed_precision": "bf16"},
+            "16k-bf16": {"max_train": 16000, "mixed_precision": "bf16"},
         }.items()
     },
 }  # fmt: skip
