@@ -40,6 +40,7 @@ from multitask_serve.training.features import (
     rust_tokenizer,
 )
 from multitask_serve.training.metrics import accuracy, macro_f1
+from multitask_serve.training.recipe import resolve_mixed_precision
 from multitask_serve.training.serving_cost import CostMeter
 from multitask_serve.training.strategies import strategy
 from multitask_serve.training.train import (
@@ -85,6 +86,8 @@ class ReportTask:
     head_lr: float = 2e-3
     # Progressive: stop after this many deeper depths without a new best (None: go to full depth).
     depth_patience: int | None = None
+    # The trained layers' forward pass: "auto" is bf16 autocast where the CPU has bf16 units.
+    mixed_precision: str = "auto"
 
 
 # Realistic data: 8,000 training tweets for sentiment, the full training splits of topic and NER,
@@ -178,6 +181,7 @@ def scenario_three(
         max_length=a.max_length,
         epochs=10,
         head_lr=a.head_lr,
+        mixed_precision=a.mixed_precision,
     )
     result_a = train(config_a, encoder, split_a)
     assert result_a.head is not None
@@ -192,6 +196,7 @@ def scenario_three(
         epochs=b.epochs,
         layer_lr=b.layer_lr,
         head_lr=b.head_lr,
+        mixed_precision=b.mixed_precision,
     )
 
     def quality_a(enc: Encoder) -> tuple[dict[str, float], list[torch.Tensor]]:
@@ -305,6 +310,8 @@ def run_report(
                 )
         results["tasks"][name] = {
             "config": dataclasses.asdict(task),
+            # What "auto" became on this machine.
+            "mixed_precision": resolve_mixed_precision(task.mixed_precision),
             "data": split.source,
             "sizes": [len(split.train), len(split.validation), len(split.test)],
             "trunk_seconds": meter.trunk_seconds(),
@@ -337,6 +344,7 @@ def run_config(name: str, task: ReportTask, strat: str, seed: int) -> TrainConfi
         head_lr=task.head_lr,
         epochs=None if strategy(strat).owned(12) == 0 else task.epochs,
         depth_patience=task.depth_patience,
+        mixed_precision=task.mixed_precision,
     )
 
 

@@ -230,6 +230,16 @@ def _depth_patience(config: dict[str, Any]) -> str:
     return f", stopping after {depths} without a new best"
 
 
+def _precision(task: dict[str, Any]) -> str:
+    """How the trained layers ran (runs made before mixed precision existed were fp32)."""
+    if task.get("mixed_precision", "none") == "none":
+        return ""
+    return (
+        f"; the trained layers' forward pass under {task['mixed_precision']} autocast (weights, "
+        "gradients, evaluation and the exported heads fp32)"
+    )
+
+
 def _interval(diff: dict[str, Any] | None) -> str:
     return "" if diff is None else f", 95% CI [{diff['low']:+.3f}, {diff['high']:+.3f}]"
 
@@ -283,7 +293,8 @@ def render(results: dict[str, Any], out: Path) -> Path:
             "",
             f"Data: {task['data']}. Train/validation/test: {task['sizes']}; max length "
             f"{c['max_length']} tokens; up to {c['epochs']} epochs for top-k and full, and per "
-            f"depth for progressive{_depth_patience(c)} (head-only 10). Trunk time for the cost "
+            f"depth for progressive{_depth_patience(c)} (head-only 10)"
+            f"{_precision(task)}. Trunk time for the cost "
             f"batch (16 texts): "
             f"{1000 * task['trunk_seconds']:.1f} ms.",
             "",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from multitask_serve.cli.common import ENCODER_HELP, needs_train_extra
 
@@ -32,8 +33,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         profile = QUICK_TASKS if args.quick else DEFAULT_TASKS
         tasks = {name: profile[name] for name in args.tasks}
         sizes = {k: getattr(args, k) for k in ("max_train", "max_eval") if getattr(args, k)}
-        sizes = {k: None if v == "none" else int(v) for k, v in sizes.items()}
-        tasks = {name: dataclasses.replace(task, **sizes) for name, task in tasks.items()}
+        changes: dict[str, Any] = {k: None if v == "none" else int(v) for k, v in sizes.items()}
+        if args.mixed_precision:
+            changes["mixed_precision"] = args.mixed_precision
+        tasks = {name: dataclasses.replace(task, **changes) for name, task in tasks.items()}
         scenario = ("sentiment", "ner") if {"sentiment", "ner"} <= set(args.tasks) else None
         results = run_report(
             load_encoder(args.encoder), tasks, tuple(args.seeds), scenario=scenario
@@ -52,6 +55,12 @@ def add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--max-train",
         help="training examples per task, or 'none' for the full split "
         "(default: 8000 tweets for sentiment, the full split for topic and NER)",
+    )
+    rep.add_argument(
+        "--mixed-precision",
+        choices=["none", "bf16", "auto"],
+        help="the trained layers' forward pass (default: auto, bf16 autocast where the CPU has "
+        "bf16 units; see mts train --mixed-precision)",
     )
     rep.add_argument("--max-eval", help="validation and test examples per task, or 'none'")
     rep.add_argument(

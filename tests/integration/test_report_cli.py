@@ -42,3 +42,13 @@ def test_quick_takes_the_small_sample_and_flags_still_override_it(calls, tmp_pat
     assert list(calls[1]["tasks"]) == ["topic"] and calls[1]["tasks"]["topic"].max_train is None
     assert calls[1]["tasks"]["topic"].max_eval == report.QUICK_TASKS["topic"].max_eval
     assert calls[1]["scenario"] is None
+
+
+def test_the_report_trains_in_mixed_precision_where_the_cpu_has_it_unless_told(calls, tmp_path):
+    out = ["--out", str(tmp_path)]
+    assert mts(["report", *out]) == 0
+    assert {task.mixed_precision for task in calls[0]["tasks"].values()} == {"auto"}
+    assert report.run_config("ner", calls[0]["tasks"]["ner"], "top-2", 0).mixed_precision == "auto"
+    assert mts(["report", "--mixed-precision", "none", *out]) == 0
+    assert {task.mixed_precision for task in calls[1]["tasks"].values()} == {"none"}
+    assert report.run_config("ner", calls[1]["tasks"]["ner"], "full", 1).mixed_precision == "none"

@@ -162,3 +162,19 @@ def test_rendered_report_states_what_shared_taps_saved(tmp_path):
         "Whole run: 10.0 min. Each task's frozen taps were computed once: 10 were read back" in text
     )
     assert "saving 3.0 min of trunk time" in text
+
+
+def test_rendered_report_states_which_tasks_trained_in_mixed_precision(tmp_path):
+    results = {
+        "machine": {"cpu": "x", "cores": 2, "torch": "t", "threads": 2, "python": "3.11"},
+        "seeds": [0],
+        "total_seconds": 60.0,
+        "tasks": {
+            "sentiment": {**task(full=[row(0.7, 1.0)]), "mixed_precision": "bf16"},
+            "topic": {**task(full=[row(0.9, 1.0)]), "mixed_precision": "none"},
+            "ner": task(full=[row(0.5, 1.0)]),
+        },
+    }
+    sections = render(results, tmp_path).read_text().split("\n## ")
+    said = [s.split("\n")[0] for s in sections if "under bf16 autocast" in s]
+    assert said == ["sentiment"]
