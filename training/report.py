@@ -91,8 +91,8 @@ class ReportTask:
 
 
 # Realistic data: 8,000 training tweets for sentiment, the full training splits of topic and NER,
-# every validation and test example: 125 minutes for 3 seeds on a 2-core CPU (reports/REPORT.md);
-# sharing frozen taps (``FeatureStore``) saved 18 more; 101 before sharing, on a 1.42x faster CPU.
+# every validation and test example: 70 minutes for 3 seeds on a 2-core CPU with bf16 units
+# (reports/REPORT.md), of which sharing frozen taps (``FeatureStore``) saved 14.5.
 DEFAULT_TASKS = {
     "sentiment": ReportTask("sentiment", max_length=48, epochs=2, max_train=8000, depth_patience=1),
     "topic": ReportTask("topic", max_length=96, epochs=2, depth_patience=1),
