@@ -186,11 +186,12 @@ def fit(
         else None
     )
     loss_fn = recipe.loss_function(weights)
-    recipe.autocast(config.mixed_precision)  # an unknown value fails here, not mid-epoch
     best: Best | None = None
     stale = 0
     bar = progress(range(epochs), desc, per_step=True)
-    step = Step(opt, sched, loss_fn, config.grad_clip, config.mixed_precision)
+    # Resolved once: an unknown value fails here, not mid-epoch.
+    precision = recipe.resolve_mixed_precision(config.mixed_precision)
+    step = Step(opt, sched, loss_fn, config.grad_clip, precision)
     for epoch in bar:
         loss = _epoch(head, train_src, step, generator, epoch)
         val = evaluate(head, val_src, split.validation, split.labels)
@@ -222,7 +223,7 @@ class Step:
     sched: torch.optim.lr_scheduler.LRScheduler
     loss_fn: nn.Module
     grad_clip: float | None
-    mixed_precision: str
+    mixed_precision: str  # "bf16" or "none", already resolved
 
 
 def _epoch(
