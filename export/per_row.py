@@ -14,9 +14,20 @@ answer it gets alone). Here every row (one token's hidden state) gets its own sc
   so the product is exact in int32 and each row's result is scaled by its own ``scale``.
 
 A row's quantization reads only that row, so batching and padding change nothing but the float
-rounding the fp32 graph has as well. The integer product is ONNX Runtime's u8 x s8 kernel
-(VNNI where the CPU has it). Attention's score and context products, softmax, LayerNorm and GELU
-stay fp32.
+rounding the fp32 graph has as well. Attention's score and context products, softmax, LayerNorm
+and GELU stay fp32.
+
+**The integer product is u8 x u8, exact on every CPU.** The weights' int8 values are stored as
+uint8 shifted by 128 (zero point 128), so ONNX Runtime runs its u8 x u8 kernel. Its u8 x s8 kernel
+(int8 weights as stored before) is exact only where the CPU has VNNI (or AMX): on x86 without it
+(AVX2, and AVX-512 without VNNI) it multiplies pairs of bytes and adds each pair into a
+*saturating* 16-bit sum (``vpmaddubsw``). With activations shifted by 128, one pair of a 255 and
+a weight of 127 each is 64,770, twice the int16 range: the default trunk's taps moved up to 0.48
+from fp32 there (min cosine 0.984) instead of 0.26 (0.990). Every u8 x u8 kernel widens the bytes
+to 16 bits before multiplying (``vpmaddwd``: pairs of products summed in int32; VNNI-INT8's
+``vpdpbuud`` and ARM's ``udot`` accumulate in int32 too), so nothing saturates and every CPU
+computes the same integers. ``saturating_products`` finds any u8 x s8 product of a graph whose
+16-bit pair sums can overflow (an int8 graph made before this change).
 """
 
 from __future__ import annotations
@@ -33,6 +44,10 @@ LEVELS = 127.0
 ZERO_POINT = 128
 # A row of zeros has scale 0; this keeps its division finite (its values quantize to 0 anyway).
 MIN_SCALE = 1e-12
+# The range of the 16-bit sums into which x86's u8 x s8 kernels without VNNI add each pair of
+# byte products (``vpmaddubsw`` saturates them there).
+INT16_MAX = 32767
+UINT8_MAX = 255
 
 
 def symmetric_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,6 +56,11 @@ def symmetric_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     scale = (np.maximum(np.abs(w).max(axis=axis), MIN_SCALE) / LEVELS).astype(np.float32)
     q = np.round(w / np.expand_dims(scale, axis))
     return np.clip(q, -LEVELS, LEVELS).astype(np.int8), scale
+
+
+def as_uint8(q: np.ndarray) -> np.ndarray:
+    """int8 values as uint8 shifted by the zero point (-127..127 -> 1..255)."""
+    return (q.astype(np.int16) + ZERO_POINT).astype(np.uint8)
 
 
 class _Rewriter:
@@ -56,6 +76,7 @@ class _Rewriter:
         self.levels = self.const("per_row/levels", np.array(LEVELS, np.float32))
         self.min_scale = self.const("per_row/min_scale", np.array(MIN_SCALE, np.float32))
         self.one = self.const("per_row/one", np.array(1.0, np.float32))
+        # Activations' and weights' zero point alike: both are uint8 holding int8 values + 128.
         self.zero_point = self.const("per_row/zero_point", np.array(ZERO_POINT, np.uint8))
         self.last = self.const("per_row/last", np.array([-1], np.int64))
         self.first = self.const("per_row/first", np.array([0], np.int64))
@@ -120,11 +141,12 @@ class _Rewriter:
         w_q, channel_scale = symmetric_int8(w, axis=0)
         p = f"per_row/matmul/{out}"
         q, row_scale, lead = self.quantized_rows(x, width)
-        weights = self.const(f"{p}/w", w_q)
+        # uint8 weights (int8 + 128): ONNX Runtime's u8 x u8 kernel, exact on every CPU.
+        weights = self.const(f"{p}/w", as_uint8(w_q))
         scales = self.const(f"{p}/w_scale", channel_scale)
         product = self.node(
             "MatMulIntegerToFloat",
-            [q, weights, self.one, scales, self.zero_point],
+            [q, weights, self.one, scales, self.zero_point, self.zero_point],
             f"{p}/product",
         )
         scaled = self.node("Mul", [product, row_scale], f"{p}/scaled")
@@ -187,3 +209,38 @@ def quantize_per_row(model: bytes) -> bytes:
         proto.opset_import.append(helper.make_opsetid(MICROSOFT, 1))
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
+
+
+def worst_pair_sum(weights: np.ndarray) -> int:
+    """The largest ``|a[k] w[k, n] + a[k+1] w[k+1, n]|`` for uint8 ``a`` (0..255) over the int8
+    ``weights`` [K, N]: what a u8 x s8 kernel without VNNI must hold in 16 bits. ONNX Runtime's
+    AVX2 and AVX-512 kernels pair consecutive rows of the weights (tests/unit/test_per_row.py
+    checks its outputs against that arithmetic)."""
+    w = np.abs(weights.astype(np.int64))
+    if w.shape[0] % 2:
+        w = np.concatenate([w, np.zeros((1, w.shape[1]), np.int64)])
+    pairs = w[0::2] + w[1::2]
+    return int(UINT8_MAX * pairs.max()) if pairs.size else 0
+
+
+def saturating_products(model: bytes) -> list[str]:
+    """The integer MatMuls of ``model`` whose u8 x s8 product can leave the 16-bit pair sums of
+    x86's kernels without VNNI, so that their outputs differ by CPU (by their output names).
+    Empty for every graph made here now; not for int8 graphs made before u8 x u8 weights."""
+    proto = onnx.load_from_string(model)
+    values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    found = []
+    for node in proto.graph.node:
+        if node.op_type == "MatMulIntegerToFloat":
+            a_zero_point = node.input[4] if len(node.input) > 4 else ""
+        elif node.op_type == "MatMulInteger":
+            a_zero_point = node.input[2] if len(node.input) > 2 else ""
+        else:
+            continue
+        w = values.get(node.input[1])
+        signed_a = a_zero_point in values and values[a_zero_point].dtype == np.int8
+        if w is None or w.dtype != np.int8 or signed_a:  # u8 x u8, s8 x s8: no 16-bit sums
+            continue
+        if w.ndim != 2 or worst_pair_sum(w) > INT16_MAX:
+            found.append(node.output[0])
+    return found

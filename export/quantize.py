@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime
 
 from multitask_serve.export.onnx_export import session
-from multitask_serve.export.per_row import quantize_per_row
+from multitask_serve.export.per_row import quantize_per_row, saturating_products
 from multitask_serve.export.samples import SAMPLE_TEXTS, tokenizer_from_json
 from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
 from multitask_serve.modelrepo.types import (
@@ -38,7 +38,13 @@ from multitask_serve.modelrepo.types import (
 )
 
 INT8 = "int8"
-METHOD = "per-row int8: per-channel int8 weights, int8 activations scaled per row at run time"
+# The methods' names say how the integer products run: an int8 graph made before u8 x u8 weights
+# ("per-channel int8 weights, ...") saturates on x86 without VNNI, and ``mts quantize`` replaces
+# a trunk variant whose method is not this one.
+METHOD = (
+    "per-row int8: per-channel int8 weights stored as uint8 (exact u8 x u8 products on every "
+    "CPU), int8 activations scaled per row at run time"
+)
 # Every real token's hidden state at every tap must keep at least this cosine similarity to the
 # reference graph's. Measured on all-MiniLM-L6-v2's sample texts: 0.990 for the worst token with
 # per-row activation scales (0.962 with per-batch ones); per-tensor weights reached only 0.74.
@@ -52,8 +58,16 @@ class QuantizationError(RuntimeError):
 
 
 def quantize_graph(model: bytes) -> bytes:
-    """The int8 copy of a graph: per-channel weights, per-row activations (``per_row``)."""
-    return quantize_per_row(model)
+    """The int8 copy of a graph: per-channel weights, per-row activations (``per_row``), whose
+    integer products cannot saturate on any CPU."""
+    quantized = quantize_per_row(model)
+    saturating = saturating_products(quantized)
+    if saturating:  # per_row makes none; this keeps any later change from storing one
+        raise QuantizationError(
+            f"{len(saturating)} integer products can saturate on CPUs without VNNI "
+            f"({', '.join(saturating[:3])}); not stored"
+        )
+    return quantized
 
 
 def sample_feeds(spec: TrunkSpec, tokenizer_json: bytes) -> Iterator[dict[str, np.ndarray]]:
@@ -123,7 +137,10 @@ def quantize_trunk(repo: ModelRepository) -> TrunkSpec:
 # default heads (sentiment top-2, NER top-4): 0.016 and 0.065 on the sample taps, 0.069 and 0.082
 # at worst over their whole test splits (BENCHMARKS.md, int8 heads).
 MAX_PROBABILITY_CHANGE = 0.15
-HEAD_METHOD = "per-row int8 of the head's own MatMuls: per-channel weights, per-row activations"
+HEAD_METHOD = (
+    "per-row int8 of the head's own MatMuls: per-channel weights stored as uint8 (exact u8 x u8 "
+    "products on every CPU), per-row activations"
+)
 
 # (hidden at the head's branch tap, attention_mask): what a head graph is fed.
 HeadSample = tuple[np.ndarray, np.ndarray]
