@@ -6,9 +6,10 @@ validation, prediction and scoring. ``training.train`` (fixed depth) and ``train
 from __future__ import annotations
 
 import copy
+import functools
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -143,6 +144,22 @@ class Best:
     epoch: int
 
 
+def _ignore(*_: Any) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Listener:
+    """What a run tells as it goes, beside its progress lines: for a caller that follows it from
+    another process (``mts train-pending`` reports to the server that started it). Counts start
+    at 1 and are within one fit (a progressive run fits once per depth)."""
+
+    # After each optimizer step: (epoch, epochs, step, steps in the epoch).
+    step: Callable[[int, int, int, int], None] = _ignore
+    # After each epoch's validation: (epoch, epochs, the epoch's history record).
+    epoch: Callable[[int, int, dict[str, Any]], None] = _ignore
+
+
 @dataclass
 class FitData:
     """What a fit reads: the frozen trunk, the tap its head branches at, encoded train and
@@ -155,6 +172,7 @@ class FitData:
     split: Split[Any]
     # Taps shared with the other runs of the task (``mts report``), or None.
     store: FeatureStore | None = None
+    listener: Listener = field(default_factory=Listener)
 
 
 def fit(
@@ -193,7 +211,8 @@ def fit(
     precision = recipe.resolve_mixed_precision(config.mixed_precision)
     step = Step(opt, sched, loss_fn, config.grad_clip, precision)
     for epoch in bar:
-        loss = _epoch(head, train_src, step, generator, epoch)
+        stepped = functools.partial(data.listener.step, epoch + 1, epochs)
+        loss = _epoch(head, train_src, step, generator, epoch, stepped)
         val = evaluate(head, val_src, split.validation, split.labels)
         history.append(
             {
@@ -203,6 +222,7 @@ def fit(
                 **{k: round(v, 4) for k, v in val.items()},
             }
         )
+        data.listener.epoch(epoch + 1, epochs, history[-1])
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{main_score(val):.3f}", layers=trainable)
         if best is None or main_score(val) > best.score:
             best = Best(main_score(val), copy.deepcopy(head.state_dict()), val, len(history))
@@ -232,13 +252,15 @@ def _epoch(
     step: Step,
     generator: torch.Generator,
     epoch: int,
+    stepped: Callable[[int, int], None] = _ignore,
 ) -> float:
+    """One pass over ``source``; ``stepped(done, steps)`` after each optimizer step."""
     head.train()
     total, count = 0.0, 0
     opt = step.opt
     params = [p for group in opt.param_groups for p in group["params"]]
     batches = list(source.batches(shuffle=True, generator=generator))
-    for batch in progress(batches, f"epoch {epoch + 1}"):
+    for done, batch in enumerate(progress(batches, f"epoch {epoch + 1}"), start=1):
         with recipe.autocast(step.mixed_precision):
             logits = head(batch.hidden, batch.mask)
         logits = logits.float()
@@ -251,4 +273,5 @@ def _epoch(
         step.sched.step()
         total += float(loss.detach()) * len(batch.index)
         count += len(batch.index)
+        stepped(done, len(batches))
     return total / max(count, 1)

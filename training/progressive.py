@@ -25,7 +25,7 @@ from multitask_serve.modelrepo.types import Kind
 from multitask_serve.training.config import TrainConfig
 from multitask_serve.training.data import Split
 from multitask_serve.training.features import Encoded, FeatureStore
-from multitask_serve.training.loop import FitData, fit, main_score
+from multitask_serve.training.loop import FitData, Listener, fit, main_score
 from multitask_serve.training.strategies import train_top
 
 
@@ -53,11 +53,12 @@ def search(
     generator: torch.Generator,
     history: list[dict[str, Any]],
     store: FeatureStore | None = None,
+    listener: Listener | None = None,
 ) -> DepthSearch:
     L = encoder.num_layers
     max_depth = L if config.max_depth is None else max(1, min(config.max_depth, L))
     epochs = config.epochs if config.epochs is not None else 4
-    data = FitData(encoder, Trunk(encoder).eval(), *encoded, split, store)
+    data = FitData(encoder, Trunk(encoder).eval(), *encoded, split, store, listener or Listener())
     head = Head(
         kind, encoder.hidden_size, len(split.labels), top_layers(encoder, 1), config.pooling
     )

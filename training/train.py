@@ -30,6 +30,7 @@ from multitask_serve.training.data import Split, is_token_split, load_dataset
 from multitask_serve.training.features import FeatureStore, rust_tokenizer
 from multitask_serve.training.loop import (
     FitData,
+    Listener,
     decode,
     encode_split,
     evaluate,
@@ -42,7 +43,16 @@ from multitask_serve.training.loop import (
 )
 from multitask_serve.training.strategies import strategy, train_top
 
-__all__ = ["RunResult", "TrainConfig", "cap_eval", "evaluate", "predict", "score", "train"]
+__all__ = [
+    "Listener",
+    "RunResult",
+    "TrainConfig",
+    "cap_eval",
+    "evaluate",
+    "predict",
+    "score",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +119,13 @@ def train(
     split: Split[Any] | None = None,
     shared_layers: bool = False,
     store: FeatureStore | None = None,
+    listener: Listener | None = None,
 ) -> RunResult:
     """Train one head. ``shared_layers`` trains the encoder's own top layers in place instead of
     copies: the write-up's risky "backbone unfrozen" case, for the report only. ``store`` shares
     frozen taps with the task's other runs; the run's ``train_seconds`` still counts the taps it
-    read back at the time they took to compute."""
+    read back at the time they took to compute. ``listener`` hears each step and epoch."""
+    listener = listener or Listener()
     strat = strategy(config.strategy)
     if not strat.trains:
         raise ValueError("the frozen strategy trains nothing: build a zero-shot head instead")
@@ -143,7 +155,15 @@ def train(
     saved_before = _saved(store)
     if strat.progressive:
         found = progressive.search(
-            config, encoder, split, kind, (encoded[0], encoded[1]), generator, history, store
+            config,
+            encoder,
+            split,
+            kind,
+            (encoded[0], encoded[1]),
+            generator,
+            history,
+            store,
+            listener,
         )
         head, validation, curve = found.head, found.validation, found.curve
         trainable_params = found.trainable_params
@@ -158,7 +178,7 @@ def train(
         strat.apply(head, L)
         best = fit(
             head,
-            FitData(encoder, trunk, encoded[0], encoded[1], split, store),
+            FitData(encoder, trunk, encoded[0], encoded[1], split, store, listener),
             config,
             config.resolved_epochs(strat),
             generator,
