@@ -22,6 +22,7 @@ from multitask_serve.export.encoder import Encoder, load_encoder
 from multitask_serve.export.heads import HeadExporter
 from multitask_serve.export.trunk import install_trunk
 from multitask_serve.modelrepo.atomic import fsync_dir
+from multitask_serve.modelrepo.pending import PENDING_FILE
 from multitask_serve.modelrepo.repository import HEADS_DIR, TRASH_DIR, TRUNK_DIR, ModelRepository
 
 # Label descriptions for the zero-shot heads of the default repository. Each label is scored by
@@ -47,7 +48,7 @@ Report = Callable[[str], None]
 # A build's staging directory inside the target; what else a build may leave in a target whose
 # trunk never appeared (an interrupted build), and so may clear before building again.
 STAGING_PREFIX = ".building-"
-BUILD_LEFTOVERS = (HEADS_DIR, TRASH_DIR)
+BUILD_LEFTOVERS = (HEADS_DIR, TRASH_DIR, PENDING_FILE)
 
 
 def is_built(root: Path) -> bool:
@@ -78,7 +79,10 @@ def building(root: Path) -> Iterator[ModelRepository]:
             "empty directory"
         )
     for leftover in entries:  # an interrupted build's: it never published a trunk
-        shutil.rmtree(leftover, ignore_errors=True)
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
     staging = root / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
     try:
         yield ModelRepository(staging)

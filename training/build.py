@@ -3,6 +3,9 @@
 ``mts build`` runs this: the trunk and training-free heads first (export/build.py), then one
 trained head per task, each sized to keep the whole build within about six minutes on two cores.
 The repository is published only when everything succeeded (``export.build.building``).
+``mts build --train-later`` (the first ``mts serve --build-if-missing``) publishes the trunk and
+the training-free heads at once and records the trained heads as pending (training/pending.py):
+the server answers while they train.
 
 The settings were compared on validation with bench/train_defaults.py (every candidate's
 validation and test scores and time in bench/results/training-defaults.json); docs/training.md
@@ -17,7 +20,9 @@ from pathlib import Path
 from multitask_serve.export.build import Report, building, install_training_free
 from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
+from multitask_serve.modelrepo.pending import write_pending
 from multitask_serve.modelrepo.types import REFERENCE_PRECISION
+from multitask_serve.training.pending import plan
 from multitask_serve.training.train import TrainConfig, export_run, train
 
 DEFAULT_HEADS = (
@@ -75,6 +80,30 @@ def build_with_heads(
                 f"({time.perf_counter() - t:.0f} s)"
             )
     report(f"built {root} in {time.perf_counter() - started:.1f} s")
+
+
+def build_training_later(
+    root: Path,
+    encoder: Encoder | None = None,
+    encoder_source: str | None = None,
+    heads: tuple[TrainConfig, ...] = DEFAULT_HEADS,
+    report: Report = print,
+    head_precision: str = REFERENCE_PRECISION,
+) -> None:
+    """The trunk and training-free heads, published with ``heads`` listed as pending.
+
+    ``encoder_source`` is what the heads must be trained from later (the ``--encoder`` the build
+    was given; None: the default encoder). The plan is written before the trunk is published, so a
+    complete repository never lacks it.
+    """
+    started = time.perf_counter()
+    with building(root) as repo:
+        install_training_free(repo, encoder, report=report)
+        write_pending(repo.root, plan(heads, encoder_source, head_precision))
+    report(
+        f"built {root} in {time.perf_counter() - started:.1f} s; pending training: "
+        f"{', '.join(c.task for c in heads)}"
+    )
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -17,20 +17,23 @@ from multitask_serve.cli.common import (
 )
 
 
-def _build(
-    repo: Path, encoder: str | None, train_heads: bool, head_precision: str = "fp32"
-) -> None:
+def _build(repo: Path, encoder: str | None, heads: str, head_precision: str = "fp32") -> None:
+    """``heads``: "train" (trained before publishing), "later" (listed as pending) or "none"."""
     try:
         from multitask_serve.export.build import build_repository
         from multitask_serve.export.encoder import load_encoder
         from multitask_serve.export.progress import library_bars
-        from multitask_serve.training.build import build_with_heads
+        from multitask_serve.training.build import build_training_later, build_with_heads
     except ImportError as exc:
         needs_train_extra(exc)
     library_bars()
     loaded = load_encoder(encoder) if encoder else None
-    if train_heads:
+    if heads == "train":
         build_with_heads(repo, loaded, head_precision=head_precision)
+    elif heads == "later":
+        # Resolved: the server that trains them may run from another directory.
+        source = str(Path(encoder).resolve()) if encoder else None
+        build_training_later(repo, loaded, source, head_precision=head_precision)
     else:
         build_repository(repo, loaded)
 
@@ -39,8 +42,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.if_missing and is_built(args.repo):
         print(f"{args.repo} holds a complete repository; not rebuilding")
         return 0
+    if args.no_train and args.train_later:
+        sys.exit("mts build: --no-train and --train-later exclude each other")
+    heads = "none" if args.no_train else "later" if args.train_later else "train"
     try:
-        _build(args.repo, args.encoder, not args.no_train, args.head_precision)
+        _build(args.repo, args.encoder, heads, args.head_precision)
     except FileExistsError as exc:
         sys.exit(f"mts build: {exc}")
     return 0
@@ -111,6 +117,12 @@ def add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--no-train",
         action="store_true",
         help="only the training-free heads (embed, zero-shot): seconds, not minutes",
+    )
+    build.add_argument(
+        "--train-later",
+        action="store_true",
+        help="publish the training-free heads at once and list the default trained heads in "
+        "pending-heads.json, for `mts serve --build-if-missing` to train while it serves",
     )
     head_precision_flag(build, "the trained heads' weights")
     build.set_defaults(func=cmd_build)

@@ -7,6 +7,7 @@ nothing, and an interrupted build is never served and is cleared by the next one
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from multitask_serve.cli import main as mts
 from multitask_serve.export.build import build_repository
+from multitask_serve.modelrepo.pending import PENDING_FILE, read_pending
 from multitask_serve.modelrepo.repository import ModelRepository
 
 ZERO_SHOT = {"topic-zs": {"sport": "sport match goal", "business": "business market bank"}}
@@ -48,6 +50,7 @@ def test_build_if_missing_on_a_complete_repository_changes_nothing(
     volume.mkdir()
     argv = ["build", "--repo", str(volume), "--if-missing", "--no-train"]
     assert mts([*argv, "--encoder", str(tiny_encoder_dir)]) == 0
+    assert read_pending(volume) is None  # --no-train: nothing is left to train later
     built = snapshot(volume)
     assert mts([*argv, "--encoder", str(tiny_encoder_dir)]) == 0
     assert "holds a complete repository; not rebuilding" in capsys.readouterr().out
@@ -74,6 +77,7 @@ def test_an_interrupted_build_publishes_no_trunk_and_the_next_build_clears_it(
     # A kill -9 leaves its staging directory and any published heads behind: so does this.
     (volume / ".building-deadbeef" / "trunk").mkdir(parents=True)
     (volume / "heads" / "embed").mkdir(parents=True)
+    (volume / PENDING_FILE).write_text("{}")  # a --train-later build's plan, published early
     build_repository(volume, tiny_encoder, ZERO_SHOT, report=lambda _: None)
     assert ModelRepository(volume).has_trunk()
     assert sorted(p.name for p in volume.iterdir()) == ["heads", "trunk"]
@@ -86,3 +90,24 @@ def test_a_directory_holding_other_files_is_refused_and_left_alone(tmp_path, tin
     with pytest.raises(FileExistsError, match="is not empty"):
         build_repository(target, tiny_encoder, ZERO_SHOT, report=lambda _: None)
     assert os.listdir(target) == ["notes.txt"]
+
+
+def test_train_later_publishes_at_once_and_lists_the_default_heads_as_pending(
+    tmp_path, tiny_encoder_dir, capsys
+):
+    from multitask_serve.training.build import DEFAULT_HEADS
+
+    volume = tmp_path / "models"
+    argv = ["build", "--repo", str(volume), "--train-later", "--encoder", str(tiny_encoder_dir)]
+    assert mts(argv) == 0
+    assert "pending training: sentiment, topic, ner" in capsys.readouterr().out
+    repo = ModelRepository(volume)
+    assert repo.has_trunk() and repo.tasks() == ["embed", "sentiment-zs", "topic-zs"]
+    pending = read_pending(volume)
+    assert pending is not None
+    # Each head with the config `mts build` trains it with, from the encoder the trunk came from.
+    assert [h.config for h in pending.heads] == [dataclasses.asdict(c) for c in DEFAULT_HEADS]
+    assert pending.tasks == ["sentiment", "topic", "ner"]
+    assert pending.encoder == str(tiny_encoder_dir.resolve())
+    with pytest.raises(SystemExit, match="exclude each other"):
+        mts(["build", "--repo", str(tmp_path / "other"), "--train-later", "--no-train"])
