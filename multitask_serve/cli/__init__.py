@@ -9,6 +9,7 @@ import argparse
 import logging
 
 from multitask_serve.cli.build import add_build, add_quantize
+from multitask_serve.cli.pending import add_train_pending
 from multitask_serve.cli.report import add_report
 from multitask_serve.cli.serve import add_serve
 from multitask_serve.cli.train import add_eval, add_train
@@ -35,7 +36,15 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     # In this order in `mts --help`.
-    for add in (add_build, add_serve, add_train, add_eval, add_quantize, add_report):
+    for add in (
+        add_build,
+        add_serve,
+        add_train,
+        add_eval,
+        add_quantize,
+        add_report,
+        add_train_pending,
+    ):
         add(sub)
     return p
 
