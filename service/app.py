@@ -5,11 +5,12 @@ Nothing lives at module level; tests and the CLI each pass their own settings an
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from multitask_serve.service.limits import BodyLimit, InFlightLimit, is_inferenc
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.observability import RequestCounter, RequestId
 from multitask_serve.service.openapi import document_errors
+from multitask_serve.service.pending import PendingTrainer
 from multitask_serve.service.predict import Predictor
 from multitask_serve.service.registry import HeadRegistry
 from multitask_serve.service.sessions import Runtime
@@ -41,9 +43,17 @@ LOAD_NICENESS = 10
 
 
 def create_app(
-    settings: Settings | None = None, metrics_registry: CollectorRegistry | None = None
+    settings: Settings | None = None,
+    metrics_registry: CollectorRegistry | None = None,
+    train_pending: Sequence[str] | None = None,
 ) -> FastAPI:
-    """Load the trunk and every head's current version from the repository, then build the app."""
+    """Load the trunk and every head's current version from the repository, then build the app.
+
+    ``train_pending``: the command (``mts train-pending ...``) that trains the heads the
+    repository lists as pending, in a child process while the app serves (service/pending.py);
+    None leaves them pending. Only ``mts serve --build-if-missing`` passes one: the serving
+    image has no torch to train with.
+    """
     settings = settings or Settings()
     repo = ModelRepository(settings.repository)
     trunk_spec = repo.read_trunk_spec()
@@ -107,14 +117,24 @@ def create_app(
         settings.max_concurrent_loads, thread_name_prefix="head-load", initializer=_background
     )
 
+    trainer = (
+        PendingTrainer(train_pending, repo, registry, loads, settings.max_upload_bytes)
+        if train_pending is not None
+        else None
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         watcher = RepositoryWatcher(registry, metrics, settings.repository_poll_seconds)
         watcher.start()
         batcher.start()
+        if trainer is not None:
+            trainer.start()
         try:
             yield
         finally:
+            if trainer is not None:  # first: it may be adding a head through the loads
+                await asyncio.to_thread(trainer.stop)
             await batcher.stop()
             shadow_thread.shutdown(wait=True)
             watcher.stop()
@@ -131,6 +151,7 @@ def create_app(
     app.state.probe_engine = probe_engine
     app.state.registry = registry
     app.state.loads = loads
+    app.state.trainer = trainer
     app.state.batcher = batcher
     app.state.shadow = shadow
     app.state.metrics = metrics

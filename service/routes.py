@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from multitask_serve.service.engine import Engine
+from multitask_serve.service.pending import PendingTrainer
 from multitask_serve.service.predict import Predictor
 from multitask_serve.service.registry import HeadRegistry
 from multitask_serve.service.responses import JSON
@@ -64,10 +65,13 @@ async def predict_tasks(body: MultiPredictRequest, request: Request) -> JSON:
     return JSON({task: _body(done.results[task], done.truncated, single) for task in tasks})
 
 
-@router.get("/tasks", tags=["tasks"], summary="What is served")
+@router.get("/tasks", tags=["tasks"], summary="What is served, and what is still training")
 async def tasks(request: Request) -> dict[str, Any]:
+    """The served tasks; under ``training``, the default heads a first run still trains
+    (state waiting, training or failed, with epoch and step progress, or the error)."""
     engine: Engine = request.app.state.engine
     registry: HeadRegistry = request.app.state.registry
+    trainer: PendingTrainer | None = request.app.state.trainer
     trunk = engine.trunk_spec
     return {
         "trunk": {
@@ -87,6 +91,7 @@ async def tasks(request: Request) -> dict[str, Any]:
             }
             for task, head in sorted(registry.snapshot().items())
         ],
+        "training": trainer.status() if trainer is not None else [],
     }
 
 
