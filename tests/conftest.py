@@ -34,6 +34,29 @@ TOPIC_LABELS = {
 SERVER_ENV = {"MTS_ADMIN_TOKEN": ADMIN_TOKEN, "MTS_INTRA_OP_THREADS": "1"}
 
 
+# Instruction sets whose presence changes what the CPU computes or how fast: int8 u8 x s8 products
+# (exact with VNNI or AMX, saturating 16-bit pair sums without; the int8 graphs here use u8 x u8,
+# exact on all), bf16 autocast (bf16 units, or emulated in fp32 by torch without them). The suite
+# passes with and without each; the header says which this run had.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+def pytest_report_header() -> str:
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name") and model == "unknown":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    have = [f for f in ISA_FLAGS if f in flags]
+    missing = [f for f in ISA_FLAGS if f not in flags]
+    return f"cpu: {model}; has {' '.join(have) or '-'}; lacks {' '.join(missing) or '-'}"
+
+
 @pytest.fixture(autouse=True)
 def _no_host_mts_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     """A test sees none of the host's MTS_* variables (the settings read them in any case)."""
