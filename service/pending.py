@@ -95,8 +95,8 @@ class PendingTrainer:
                 return
         self._heads = {task: HeadTraining(task) for task in pending.tasks}
         log.info(
-            "training %s in a child process; the other heads are served now and GET /tasks "
-            "shows the training's progress",
+            "training %s in a child process; the other heads are served meanwhile, and the "
+            "task list shows the training's progress",
             ", ".join(pending.tasks),
         )
         self._thread.start()
@@ -180,7 +180,10 @@ class PendingTrainer:
         if handler is None:
             log.warning("training: unknown event %s", line)
             return
-        handler(task, event)
+        try:
+            handler(task, event)
+        except Exception:  # one event gone wrong (a full disk) must not stop following the rest
+            log.exception("training: handling %s failed", line)
 
     def _on_training(self, task: str, event: dict[str, Any]) -> None:
         with self._lock:
@@ -267,7 +270,8 @@ class PendingTrainer:
             failed = [t for t, h in self._heads.items() if h.state == "failed"]
         if failed:
             log.error(
-                "training done; failed: %s (see above; GET /tasks says why)", ", ".join(failed)
+                "training done; failed: %s (the lines above and the task list say why)",
+                ", ".join(failed),
             )
         else:
             log.info("training done: every pending head is served")

@@ -1,9 +1,9 @@
 """The serving core knows no HTTP, and no route module imports another.
 
 The core (errors, engine, batcher, registry, shadow, sessions, trunk, tokenize, postprocess,
-types, and the one prediction entry point, predict) is what every wire format calls; only the
-HTTP side (routes, oip, admin, limits, observability, http_errors, openapi, responses, app,
-server) may import the web framework.
+types, pending (the first run's training follower), and the one prediction entry point,
+predict) is what every wire format calls; only the HTTP side (routes, oip, admin, limits,
+observability, http_errors, openapi, responses, app, server) may import the web framework.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ CORE = (
     "metrics",
     "settings",
     "logs",
+    "pending",
 )
 HTTP_SIDE = (
     "http_errors",
