@@ -1,9 +1,10 @@
 """The first ``make serve``: ``mts serve --build-if-missing`` where no repository exists yet.
 
-The build (torch, export, training) runs in a child process, so the server that answers afterwards
-never mapped libtorch; a build that fails ends the command with a clear message and a non-zero
-status. The tests' tiny random encoder with ``--no-train`` stands in for the default build (which
-trains for minutes); the child imports torch either way.
+The build (torch, export) runs in a child process, so the server that answers afterwards never
+mapped libtorch; a build that fails ends the command with a clear message and a non-zero status.
+The build trains nothing: the server answers with the training-free heads at once and the default
+heads train in another child (tests/e2e/test_pending_training.py follows that training to its
+end on tiny configs). The tests' tiny random encoder stands in for the default one.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from pathlib import Path
 import httpx
 
 from bench.process import free_port, start, stop
+from multitask_serve.modelrepo.pending import read_pending
 from tests.conftest import SERVER_ENV
 
 
-def first_run(repo: Path, port: int, encoder: Path) -> list[str]:
+def first_run(repo: Path, port: int, encoder: Path, train: bool = False) -> list[str]:
     return [
         *(sys.executable, "-m", "multitask_serve", "serve"),
         *("--repo", str(repo), "--port", str(port)),
-        *("--build-if-missing", "--no-train", "--encoder", str(encoder)),
+        *("--build-if-missing", "--encoder", str(encoder)),
+        *(() if train else ("--no-train",)),
     ]
 
 
@@ -52,6 +55,33 @@ def test_a_first_run_builds_in_a_child_and_serves_without_torch_in_memory(
     # The build's own lines came through the server's output, and it published the repository.
     assert "built " in log.read_text()
     assert (repo / "trunk" / "trunk.json").is_file()
+    assert read_pending(repo) is None  # --no-train: nothing to train later
+
+
+def test_a_first_run_answers_at_once_while_the_default_heads_wait_to_train(
+    tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    """What ``make serve`` runs: the answer comes before any training; the default heads are
+    listed under ``training`` and stay pending when the server stops."""
+    repo = tmp_path / "model-repo"
+    log = tmp_path / "server.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**SERVER_ENV, "MTS_SHUTDOWN_DRAIN_SECONDS": "0"}
+    command = first_run(repo, port, tiny_encoder_dir, train=True)
+    proc = start(command, url, env=env, log=log, timeout=300)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.post("/predict/embed", json={"inputs": "a goal"}).status_code == 200
+            listing = http.get("/tasks").json()
+            assert {t["task"] for t in listing["tasks"]} == {"embed", "topic-zs", "sentiment-zs"}
+            assert [h["task"] for h in listing["training"]] == ["sentiment", "topic", "ner"]
+        assert mapped_torch(proc.pid) == []
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    pending = read_pending(repo)
+    assert pending is not None and pending.tasks == ["sentiment", "topic", "ner"]
 
 
 def test_a_failed_first_build_ends_the_command_with_a_clear_message(tmp_path: Path) -> None:
