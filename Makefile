@@ -1,5 +1,6 @@
 # The two commands of the README, and the pieces they are made of.
-#   make serve   set up .venv, build ./model-repo if it is missing, serve it on :8000
+#   make serve   set up .venv, build ./model-repo if it is missing, serve it on :8000 (the default
+#                heads train meanwhile in a child process and are served as each is ready)
 #   make test    set up .venv, lint, type-check, run the test suite (what CI runs)
 
 VENV    ?= .venv
