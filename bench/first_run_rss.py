@@ -3,8 +3,9 @@ against the same repository served after a restart.
 
 Each round starts ``mts serve --repo <new dir> --build-if-missing`` (the command ``make serve``
 runs) on a directory that does not exist, so the server builds the repository first; once it is
-ready, the same warm-up load goes through it, then its VmRSS, its peak (VmHWM) and the torch
-libraries in its memory map are read from /proc. The server is stopped and the same command is
+ready and no head is left training (a child trains the default heads while the server answers),
+the same warm-up load goes through it, then its VmRSS, its peak (VmHWM) and the torch libraries
+in its memory map are read from /proc. The server is stopped and the same command is
 started again on the now complete repository (a restart: nothing is built), with the same load
 and the same readings. Rounds alternate the two sides; the summary gives each side's median with
 its range and the median ratio first run / restart.
@@ -59,6 +60,17 @@ def warm_up(url: str, requests: int) -> dict[str, Any]:
     return {"tasks": tasks, "requests": requests, "texts_per_request": len(TEXTS)}
 
 
+def wait_trained(url: str, proc: Any) -> float:
+    """When no head is left training: a first run serves before the default heads are trained
+    (a child trains them and the server adds each), and memory is read once all are in."""
+    with httpx.Client(base_url=url, timeout=120) as http:
+        while any(h["state"] != "failed" for h in http.get("/tasks").json()["training"]):
+            if proc.poll() is not None:
+                raise RuntimeError(f"mts serve exited with {proc.returncode}")
+            time.sleep(1.0)
+    return time.monotonic()
+
+
 def serve_once(command: list[str], port: int, log: Path, requests: int) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     env = {"MTS_INTRA_OP_THREADS": "1", "MTS_SHUTDOWN_DRAIN_SECONDS": "0"}
@@ -66,11 +78,13 @@ def serve_once(command: list[str], port: int, log: Path, requests: int) -> dict[
     proc = start(command, url, env=env, log=log, timeout=3600)
     ready = time.monotonic() - started
     try:
+        trained = wait_trained(url, proc)
         load = warm_up(url, requests)
         time.sleep(1.0)  # let freed memory settle before reading
         memory = memory_mb(proc.pid)
         return {
             "seconds_to_ready": round(ready, 1),
+            "seconds_to_trained": round(trained - started, 1),
             "rss_mib": round(memory["VmRSS"], 1),
             "peak_rss_mib": round(memory["VmHWM"], 1),
             "torch_libraries_mapped": torch_libraries(proc.pid),
