@@ -37,7 +37,7 @@ from onnx import numpy_helper
 from prometheus_client import CollectorRegistry
 
 from multitask_serve.export.per_row import ZERO_POINT, quantize_per_row, saturating_products
-from multitask_serve.export.quantize import INT8, compare_taps
+from multitask_serve.export.quantize import INT8, METHOD, compare_taps
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import TrunkVariant, trunk_fingerprint
 from multitask_serve.service.app import create_app
@@ -74,7 +74,8 @@ def with_variant(source: Path, work: Path, name: str, model: bytes) -> Path:
     variant = TrunkVariant(
         file=f"model.{name}.onnx",
         fingerprint=trunk_fingerprint(model, tokenizer),
-        method=name,
+        # The u8 x u8 graph is the current method's; the u8 x s8 one is named as what it is.
+        method=METHOD if name == "u8u8" else f"{name}: per-row int8 with int8 weights",
         max_abs_diff=0.0,
         min_cosine=1.0,
         versions={},

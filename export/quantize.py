@@ -27,6 +27,7 @@ from multitask_serve.export.per_row import quantize_per_row, saturating_products
 from multitask_serve.export.samples import SAMPLE_TEXTS, tokenizer_from_json
 from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
 from multitask_serve.modelrepo.types import (
+    EXACT_INTEGER_PRODUCTS,
     HEAD_HIDDEN_INPUT,
     HEAD_MASK_INPUT,
     REFERENCE_PRECISION,
@@ -42,8 +43,8 @@ INT8 = "int8"
 # ("per-channel int8 weights, ...") saturates on x86 without VNNI, and ``mts quantize`` replaces
 # a trunk variant whose method is not this one.
 METHOD = (
-    "per-row int8: per-channel int8 weights stored as uint8 (exact u8 x u8 products on every "
-    "CPU), int8 activations scaled per row at run time"
+    f"per-row int8: per-channel int8 weights stored as uint8 ({EXACT_INTEGER_PRODUCTS}), int8 "
+    "activations scaled per row at run time"
 )
 # Every real token's hidden state at every tap must keep at least this cosine similarity to the
 # reference graph's. Measured on all-MiniLM-L6-v2's sample texts: 0.990 for the worst token with
@@ -138,8 +139,8 @@ def quantize_trunk(repo: ModelRepository) -> TrunkSpec:
 # at worst over their whole test splits (BENCHMARKS.md, int8 heads).
 MAX_PROBABILITY_CHANGE = 0.15
 HEAD_METHOD = (
-    "per-row int8 of the head's own MatMuls: per-channel weights stored as uint8 (exact u8 x u8 "
-    "products on every CPU), per-row activations"
+    "per-row int8 of the head's own MatMuls: per-channel weights stored as uint8 "
+    f"({EXACT_INTEGER_PRODUCTS}), per-row activations"
 )
 
 # (hidden at the head's branch tap, attention_mask): what a head graph is fed.

@@ -154,6 +154,11 @@ def _check_schema(data: Any, where: str) -> dict[str, Any]:
 
 # The precision of the graph heads were trained against; every other precision is a variant.
 REFERENCE_PRECISION = "fp32"
+# What the name of every int8 method (trunk.json's ``variants.<name>.method``, head.json's
+# ``training.quantization.method``) says once its integer products cannot saturate on any CPU
+# (export/per_row.py). A graph whose method lacks it ran ONNX Runtime's u8 x s8 kernel, whose
+# answers are wrong on x86 without VNNI; the service warns when it loads one.
+EXACT_INTEGER_PRODUCTS = "exact u8 x u8 products on every CPU"
 PRECISION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
-from multitask_serve.modelrepo.types import TrunkSpec, trunk_fingerprint
+from multitask_serve.modelrepo.types import EXACT_INTEGER_PRODUCTS, TrunkSpec, trunk_fingerprint
 from multitask_serve.service import admin, oip, openai_compat, routes, tei
 from multitask_serve.service.batcher import Batcher
 from multitask_serve.service.engine import Engine
@@ -209,6 +209,13 @@ def _checked_trunk(repo: ModelRepository, spec: TrunkSpec, precision: str) -> Pa
     variant = spec.variants.get(precision)
     if variant and trunk_fingerprint(path.read_bytes(), tokenizer) != variant.fingerprint:
         raise RepositoryError(f"{path} does not match the {precision} fingerprint in trunk.json")
+    if variant and precision == "int8" and EXACT_INTEGER_PRODUCTS not in variant.method:
+        log.warning(
+            "the int8 trunk was made by %r: its integer products saturate on x86 CPUs without "
+            "VNNI, where its answers are wrong; `mts quantize --repo %s` replaces it",
+            variant.method,
+            repo.root,
+        )
     return path
 
 

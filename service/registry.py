@@ -21,7 +21,7 @@ from types import MappingProxyType
 
 from multitask_serve.modelrepo.graphs import external_data_locations
 from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError, StoredHead
-from multitask_serve.modelrepo.types import HeadSpec, TrunkSpec
+from multitask_serve.modelrepo.types import EXACT_INTEGER_PRODUCTS, HeadSpec, TrunkSpec
 from multitask_serve.service.errors import (
     Conflict,
     InvalidInput,
@@ -120,6 +120,16 @@ class HeadRegistry:
             raise InvalidInput(f"head {spec.task!r}: {exc}") from exc
         head = LoadedHead(spec=spec, version=version, session=session)
         self._probe(head)
+        quantization = spec.training.get("quantization")
+        method = quantization.get("method") if isinstance(quantization, dict) else None
+        if spec.precision == "int8" and EXACT_INTEGER_PRODUCTS not in str(method):
+            log.warning(
+                "head %r is an int8 copy made by %r: its integer products saturate on x86 CPUs "
+                "without VNNI, where its answers are wrong; quantize its fp32 version again "
+                "(mts quantize --head)",
+                spec.task,
+                method,
+            )
         return head
 
     def load_repository(self) -> list[str]:

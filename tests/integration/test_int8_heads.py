@@ -110,6 +110,31 @@ def test_int8_heads_are_served_through_predict_close_to_their_fp32_heads(repo, a
     assert all(isinstance(spans, list) for spans in alone["ner-int8"])
 
 
+def test_an_int8_head_made_before_u8_x_u8_products_is_served_with_a_warning(
+    repo, admin, exporter, caplog
+):
+    spec, model = heads(exporter, Kind.SEQUENCE_CLASSIFICATION, SENTIMENT, "sentiment")[INT8]
+    quantization = spec.training["quantization"]
+    old_method = "per-row int8 of the head's own MatMuls: per-channel weights, per-row activations"
+    old = dataclasses.replace(
+        spec,
+        task="sentiment-old",
+        training={**spec.training, "quantization": {**quantization, "method": old_method}},
+    )
+    app = create_app(make_settings(repo), CollectorRegistry())
+    with (
+        TestClient(app) as client,
+        caplog.at_level("WARNING", logger="multitask_serve.service.registry"),
+    ):
+        current = pack_head(dataclasses.replace(spec, task="sentiment-new"), model)
+        assert client.post("/admin/heads/sentiment-new", content=current, headers=admin).is_success
+        assert not [r for r in caplog.records if "saturate" in r.getMessage()]
+        r = client.post("/admin/heads/sentiment-old", content=pack_head(old, model), headers=admin)
+        assert r.status_code == 201, r.text
+    [warning] = [r.getMessage() for r in caplog.records if "saturate" in r.getMessage()]
+    assert "'sentiment-old'" in warning and "mts quantize --head" in warning
+
+
 def max_moved(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float:
     """Largest change of a class probability between two lists of classification results."""
     return max(

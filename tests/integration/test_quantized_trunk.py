@@ -177,3 +177,25 @@ def test_quantizing_replaces_a_variant_made_by_the_per_batch_method(quantized):
     assert not old_path.exists() and repo.trunk_variant_path(INT8).is_file()
     with serve(quantized, INT8) as client:
         assert client.post("/predict/topic-zs", json={"inputs": TEXTS}).status_code == 200
+
+
+def test_an_int8_trunk_made_before_u8_x_u8_products_is_served_with_a_warning(quantized, caplog):
+    """A variant whose method does not say its products are exact ran the u8 x s8 kernel, wrong
+    on x86 without VNNI: the service still serves it (it is the operator's graph) and says how to
+    replace it; the current method's graph loads without that warning."""
+    with caplog.at_level("WARNING", logger="multitask_serve.service.app"):
+        create_app(make_settings(quantized, trunk_precision=INT8), CollectorRegistry())
+    assert not [r for r in caplog.records if "saturate" in r.getMessage()]
+    repo = ModelRepository(quantized)
+    spec = repo.read_trunk_spec()
+    old_method = (
+        "per-row int8: per-channel int8 weights, int8 activations scaled per row at run time"
+    )
+    old = dataclasses.replace(spec.variants[INT8], method=old_method)
+    (quantized / "trunk" / "trunk.json").write_text(
+        dataclasses.replace(spec, variants={INT8: old}).to_json()
+    )
+    with caplog.at_level("WARNING", logger="multitask_serve.service.app"):
+        create_app(make_settings(quantized, trunk_precision=INT8), CollectorRegistry())
+    [warning] = [r.getMessage() for r in caplog.records if "saturate" in r.getMessage()]
+    assert old_method in warning and f"mts quantize --repo {quantized}" in warning
