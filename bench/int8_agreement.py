@@ -30,13 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from fastapi.testclient import TestClient
 from machine import cpu_flags, cpu_flavour, machine
-from onnx import numpy_helper
 from prometheus_client import CollectorRegistry
 
-from multitask_serve.export.per_row import ZERO_POINT, quantize_per_row, saturating_products
+from multitask_serve.export.per_row import (
+    quantize_per_row,
+    saturating_products,
+    with_int8_weights,
+)
 from multitask_serve.export.quantize import INT8, METHOD, compare_taps
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import TrunkVariant, trunk_fingerprint
@@ -45,19 +47,6 @@ from multitask_serve.service.settings import Settings
 from multitask_serve.training.data_files import read_sentiment
 
 TASKS = ["sentiment", "topic", "ner"]
-
-
-def as_u8s8(model: bytes) -> bytes:
-    """The per-row graph with int8 weights (no weight zero point): the method's graph before."""
-    proto = onnx.load_from_string(model)
-    tensors = {t.name: t for t in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "MatMulIntegerToFloat":
-            t = tensors[node.input[1]]
-            w = numpy_helper.to_array(t).astype(np.int16) - ZERO_POINT
-            t.CopyFrom(numpy_helper.from_array(w.astype(np.int8), t.name))
-            del node.input[5:]
-    return proto.SerializeToString()
 
 
 def with_variant(source: Path, work: Path, name: str, model: bytes) -> Path:
@@ -130,7 +119,7 @@ def main() -> None:
     reference = repo.trunk_model_path.read_bytes()
     tokenizer = repo.tokenizer_path.read_bytes()
     u8u8 = quantize_per_row(reference)
-    graphs = {"u8u8": u8u8, "u8s8": as_u8s8(u8u8)}
+    graphs = {"u8u8": u8u8, "u8s8": with_int8_weights(u8u8)}
     tweets = [e.text for e in read_sentiment()[0]]
     texts = random.Random(args.seed).sample(tweets, args.texts)
     results: dict[str, Any] = {

@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 from heads_vs_models import median_time
-from int8_agreement import as_u8s8
 from machine import machine
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from pipelines_vs_ours import real_texts
 
+from multitask_serve.export.per_row import with_int8_weights
 from multitask_serve.export.quantize import INT8, quantize_trunk, softmax
 from multitask_serve.modelrepo.repository import ModelRepository, StoredHead
 from multitask_serve.modelrepo.types import Kind, TrunkSpec, tap_name
@@ -231,7 +231,7 @@ def main() -> None:
         old = Path(tmp) / "model.per-batch.onnx"
         old.write_bytes(per_batch(repo.trunk_model_path.read_bytes()))
         u8s8 = Path(tmp) / "model.u8s8.onnx"
-        u8s8.write_bytes(as_u8s8(repo.trunk_variant_path(INT8).read_bytes()))
+        u8s8.write_bytes(with_int8_weights(repo.trunk_variant_path(INT8).read_bytes()))
         paths = {p: repo.trunk_variant_path(p) for p in ("fp32", INT8)}
         paths |= {U8S8: u8s8, PER_BATCH: old}
         sizes = {p: path.stat().st_size / 2**20 for p, path in paths.items()}

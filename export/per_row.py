@@ -244,3 +244,18 @@ def saturating_products(model: bytes) -> list[str]:
         if w.ndim != 2 or worst_pair_sum(w) > INT16_MAX:
             found.append(node.output[0])
     return found
+
+
+def with_int8_weights(model: bytes) -> bytes:
+    """``model`` (made by ``quantize_per_row``) with its weights back in int8 and no weight zero
+    point, as the method stored them before: ONNX Runtime then runs its u8 x s8 kernel, which
+    saturates on x86 without VNNI. For measuring and testing what that changed, never to serve."""
+    proto = onnx.load_from_string(model)
+    tensors = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "MatMulIntegerToFloat":
+            t = tensors[node.input[1]]
+            w = numpy_helper.to_array(t).astype(np.int16) - ZERO_POINT
+            t.CopyFrom(numpy_helper.from_array(w.astype(np.int8), t.name))
+            del node.input[5:]
+    return proto.SerializeToString()

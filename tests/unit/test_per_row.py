@@ -20,9 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from multitask_serve.export.per_row import (
     INT16_MAX,
-    ZERO_POINT,
     quantize_per_row,
     saturating_products,
+    with_int8_weights,
 )
 
 HIDDEN, OUT, VOCAB = 32, 16, 50
@@ -178,20 +178,6 @@ def test_the_numpy_kernel_is_onnx_runtimes_where_this_cpu_saturates():
         np.testing.assert_array_equal(got, emulated)
 
 
-def as_u8s8(model: bytes) -> bytes:
-    """``model`` with int8 weights (zero point 0), as the per-row method stored them before:
-    ONNX Runtime then runs its u8 x s8 kernel."""
-    proto = onnx.load_from_string(model)
-    tensors = {t.name: t for t in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "MatMulIntegerToFloat":
-            t = tensors[node.input[1]]
-            w = numpy_helper.to_array(t).astype(np.int16) - ZERO_POINT
-            t.CopyFrom(numpy_helper.from_array(w.astype(np.int8), t.name))
-            del node.input[5:]
-    return proto.SerializeToString()
-
-
 def integer_products(model: bytes, feeds: dict[str, np.ndarray]):
     """Each integer MatMul of ``model`` on ``feeds``: (its uint8 activations [M, K] as the
     graph made them, its stored weights as ints, their zero points)."""
@@ -244,7 +230,7 @@ def test_no_integer_product_saturates_on_any_cpu(opset):
 def test_the_checks_refuse_int8_weights_which_saturate_without_vnni():
     """The graph with int8 weights, as the method stored them before, on any CPU: the pair sums
     of its products leave int16, and on real inputs some do."""
-    old = as_u8s8(quantize_per_row(graph()))
+    old = with_int8_weights(quantize_per_row(graph()))
     assert len(saturating_products(old)) == 2
     ids = {"ids": np.random.default_rng(1).integers(0, VOCAB, (4, 7))}
     with pytest.raises(AssertionError, match="differ without VNNI"):
@@ -254,7 +240,7 @@ def test_the_checks_refuse_int8_weights_which_saturate_without_vnni():
 def test_a_graph_whose_pair_sums_stay_in_int16_is_not_flagged():
     """``saturating_products`` bounds the pair sums, not the weights' type: int8 weights of at
     most 64 in magnitude (255 * 128 = 32,640) cannot saturate."""
-    proto = onnx.load_from_string(as_u8s8(quantize_per_row(graph())))
+    proto = onnx.load_from_string(with_int8_weights(quantize_per_row(graph())))
     for t in proto.graph.initializer:
         if t.data_type == TensorProto.INT8 and t.name.startswith("per_row/matmul/"):
             w = numpy_helper.to_array(t).astype(np.int16)
