@@ -22,6 +22,7 @@ with the same fp32 heads:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import shutil
@@ -58,7 +59,7 @@ def with_variant(source: Path, work: Path, name: str, model: bytes) -> Path:
     tokenizer = repo.tokenizer_path.read_bytes()
     if INT8 in spec.variants:
         repo.trunk_variant_path(INT8).unlink()
-        spec = type(spec)(**{**spec.__dict__, "variants": {}})
+        spec = dataclasses.replace(spec, variants={})
         (root / "trunk" / "trunk.json").write_text(spec.to_json())
     variant = TrunkVariant(
         file=f"model.{name}.onnx",

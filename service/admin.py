@@ -17,11 +17,10 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from multitask_serve.modelrepo.archive import ArchiveError, unpack_head_file
 from multitask_serve.modelrepo.types import HeadSpec, SpecError, validate_task_name
 from multitask_serve.service.engine import Engine
 from multitask_serve.service.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
-from multitask_serve.service.registry import HeadRegistry, LoadedHead
+from multitask_serve.service.registry import HeadRegistry, LoadedHead, register_archive
 from multitask_serve.service.schemas import RollbackRequest, ZeroShotRequest
 from multitask_serve.service.settings import Settings
 from multitask_serve.service.shadow import ShadowRunner
@@ -121,14 +120,8 @@ async def _upload(
             raise RuntimeError("the request was cancelled before its head load started")
         # Unpacking decompresses the whole graph (14 MB for a top-2 head: tens of ms of CPU); on
         # the event loop that stalled every other request (bench/hot_add.py), so it runs here.
-        try:
-            with staged:
-                spec, model = unpack_head_file(staged, max_bytes)
-        except ArchiveError as exc:
-            raise InvalidInput(f"head archive refused: {exc}") from exc
-        if spec.task != task:
-            raise InvalidInput(f"the archive is a head for {spec.task!r}, not {task!r}")
-        return register(spec, model)
+        with staged:
+            return register_archive(staged, task, max_bytes, register)
 
     try:
         return await _off_path(request, load)

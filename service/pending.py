@@ -28,12 +28,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from multitask_serve.modelrepo.archive import ArchiveError, unpack_head_file
 from multitask_serve.modelrepo.pending import drop_pending, read_pending
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import SpecError
-from multitask_serve.service.errors import InvalidInput, ServiceError
-from multitask_serve.service.registry import HeadRegistry, LoadedHead
+from multitask_serve.service.errors import ServiceError
+from multitask_serve.service.registry import HeadRegistry, LoadedHead, register_archive
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +237,7 @@ class PendingTrainer:
         )
         try:
             self._loads.submit(self._add, task, Path(event["archive"])).result()
-        except (ArchiveError, SpecError, ServiceError, OSError, KeyError, RuntimeError) as exc:
+        except (SpecError, ServiceError, OSError, KeyError, RuntimeError) as exc:
             self._fail(task, f"trained, but refused: {exc}")
             if task in self._repo.tasks():  # the task exists (added meanwhile): not pending
                 drop_pending(self._repo.root, {task})
@@ -251,12 +250,9 @@ class PendingTrainer:
         """What ``POST /admin/heads/<task>`` does with an upload, from the child's archive."""
         try:
             with archive.open("rb") as file:
-                spec, model = unpack_head_file(file, self._max_bytes)
+                return register_archive(file, task, self._max_bytes, self._registry.add)
         finally:
             archive.unlink(missing_ok=True)
-        if spec.task != task:
-            raise InvalidInput(f"the archive is a head for {spec.task!r}, not {task!r}")
-        return self._registry.add(spec, model)
 
     def _finish(self, status: int | None) -> None:
         with self._lock:

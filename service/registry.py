@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import IO
 
+from multitask_serve.modelrepo.archive import ArchiveError, unpack_head_file
 from multitask_serve.modelrepo.graphs import external_data_locations
 from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError, StoredHead
 from multitask_serve.modelrepo.types import EXACT_INTEGER_PRODUCTS, HeadSpec, TrunkSpec
@@ -354,3 +356,19 @@ def _converge(
     for task in dropped:
         del heads[task]
     return heads, changed, dropped
+
+
+def register_archive(
+    file: IO[bytes], task: str, max_bytes: int, register: Callable[[HeadSpec, bytes], LoadedHead]
+) -> LoadedHead:
+    """Unpack a head archive meant for ``task`` and ``register`` it (``HeadRegistry.add`` or
+    ``add_shadow``, which validate it against the trunk): what the admin API does with an upload
+    and the first run with each head it trained. A bad archive, or one for another task, is
+    InvalidInput."""
+    try:
+        spec, model = unpack_head_file(file, max_bytes)
+    except ArchiveError as exc:
+        raise InvalidInput(f"head archive refused: {exc}") from exc
+    if spec.task != task:
+        raise InvalidInput(f"the archive is a head for {spec.task!r}, not {task!r}")
+    return register(spec, model)
