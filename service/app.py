@@ -24,6 +24,8 @@ from multitask_serve.service.batcher import Batcher
 from multitask_serve.service.engine import Engine
 from multitask_serve.service.http_errors import install_handlers
 from multitask_serve.service.limits import BodyLimit, InFlightLimit, is_inference
+from multitask_serve.service.memory import ActivationModel, MemoryBudget, cgroup_limit_mb
+from multitask_serve.service.memory import describe as describe_memory
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.observability import RequestCounter, RequestId
 from multitask_serve.service.openapi import document_errors
@@ -40,6 +42,14 @@ log = logging.getLogger(__name__)
 
 # Niceness of head-load threads: above serving's 0, so loads take the CPU serving leaves.
 LOAD_NICENESS = 10
+
+
+def _memory_limit(settings: Settings) -> float | None:
+    """MTS_MEMORY_LIMIT_MB, else the cgroup's limit; None: no bound. The budget is the host's:
+    on cuda activations live on the device, which this model does not describe."""
+    if settings.device != "cpu" or settings.memory_limit_mb == 0:
+        return None
+    return settings.memory_limit_mb or cgroup_limit_mb()
 
 
 def create_app(
@@ -76,7 +86,8 @@ def create_app(
     )
     encoder = TextEncoder(repo.tokenizer_path, max_length, trunk_spec.input_names)
     group_cost = settings.batch_group_cost_tokens
-    engine = Engine(trunk_spec, trunk, encoder, metrics, runtime, group_cost)
+    budget = MemoryBudget(_memory_limit(settings), ActivationModel(trunk_spec.hidden_size))
+    engine = Engine(trunk_spec, trunk, encoder, metrics, runtime, group_cost, budget)
     # /readyz's probe inference: the same sessions, run by the batch worker in its turn, but
     # observed in metrics of its own, so that probes stay out of the serving series.
     probe_engine = Engine(
@@ -95,6 +106,7 @@ def create_app(
         len(registry.snapshot()),
         f", {len(failed)} refused: {failed}" if failed else "",
     )
+    describe_memory(budget, settings.cpu_arena)
 
     # Shadow candidates run on one thread of their own at the loads' lower CPU priority.
     shadow_thread = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_background)

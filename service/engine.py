@@ -15,11 +15,19 @@ import numpy as np
 
 from multitask_serve.modelrepo import graphs
 from multitask_serve.modelrepo.types import KINDS, HeadSpec, Kind, TrunkSpec
-from multitask_serve.service.errors import InvalidInput
+from multitask_serve.service.errors import InvalidInput, TooLarge
+from multitask_serve.service.memory import TRIM_AFTER_BYTES, ActivationModel, MemoryBudget
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.postprocess import decode
 from multitask_serve.service.registry import LoadedHead
-from multitask_serve.service.sessions import CPU, HeadSession, RowPicker, Runtime, Tap
+from multitask_serve.service.sessions import (
+    CPU,
+    HeadSession,
+    RowPicker,
+    Runtime,
+    Tap,
+    release_freed_memory,
+)
 from multitask_serve.service.shadow import ShadowWork
 from multitask_serve.service.tokenize import TextEncoder, Token
 from multitask_serve.service.trunk import TrunkSession
@@ -79,7 +87,9 @@ class Engine:
         metrics: Metrics,
         runtime: Runtime = CPU,
         group_cost: int | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
+        """``budget``: the memory runs must fit in (None: unbounded, every group runs whole)."""
         self.trunk_spec = trunk_spec
         self._trunk = trunk
         self._encoder = encoder
@@ -92,6 +102,7 @@ class Engine:
         )
         self._rows = RowPicker(trunk_spec.hidden_size, runtime)
         self._group_cost = default_group_cost(runtime) if group_cost is None else group_cost
+        self.budget = budget or MemoryBudget(None, ActivationModel(trunk_spec.hidden_size))
 
     def _encode(self, texts: list[str]) -> TokenizedBatch:
         t0 = time.perf_counter()
@@ -157,7 +168,7 @@ class Engine:
         decoded: dict[int, dict[int, Output]] = {key: {} for key in users}
         works: list[ShadowWork] = []
         lengths = batch.attention_mask.sum(axis=1)
-        groups = length_groups(lengths, self._group_cost)
+        groups, largest = self._fitted(length_groups(lengths, self._group_cost), lengths)
         for group in groups:
             sub = batch.group(group)  # holds the group's rows in the group's order
             position = {row: i for i, row in enumerate(group)}
@@ -214,7 +225,26 @@ class Engine:
             )
             for job, span in zip(jobs, spans, strict=True)
         ]
+        if largest > TRIM_AFTER_BYTES:  # a rare large run: its freed activations back to the OS
+            release_freed_memory()
         return results, works
+
+    def _fitted(self, groups: list[list[int]], lengths: np.ndarray) -> tuple[list[list[int]], int]:
+        """The groups cut into runs that fit the memory budget (each a run of consecutive rows
+        of its group, so still ascending), and the planned bytes of the largest run. Raises
+        TooLarge when a text does not fit even alone."""
+        budget, room, largest = self.budget, self.budget.room(), 0
+        fitted: list[list[int]] = []
+        for group in groups:
+            length = int(lengths[group].max())
+            per_run = budget.rows_per_run(length, room) if budget.bounded else len(group)
+            if per_run == 0:
+                raise TooLarge(budget.refusal(length, room))
+            if per_run < len(group):
+                self._metrics.memory_splits.inc()
+            fitted.extend(group[i : i + per_run] for i in range(0, len(group), per_run))
+            largest = max(largest, budget.model.run_bytes(min(per_run, len(group)), length))
+        return fitted, largest
 
     def run_shadow(self, work: ShadowWork) -> list[Output]:
         """A candidate head on the rows and taps a served head read (after they were answered)."""

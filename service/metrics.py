@@ -81,6 +81,11 @@ class Metrics:
             "Trunk inference runs (one per batch, however many tasks read it).",
             registry=registry,
         )
+        self.memory_splits = Counter(
+            "mts_memory_split_groups",
+            "Length groups of a batch run in several runs to fit the memory limit.",
+            registry=registry,
+        )
         self.head_load_seconds = Histogram(
             "mts_head_load_duration_seconds",
             "Time to validate and load a head: graph checks, session, one real inference.",

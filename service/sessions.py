@@ -48,8 +48,9 @@ class Runtime:
     io_binding: bool | None = None
     # Let each session's intra-op workers spin after a run instead of sleeping. Off: see options().
     spinning: bool = False
-    # ONNX Runtime's CPU memory arena: keeps the largest activations seen for reuse.
-    cpu_arena: bool = True
+    # ONNX Runtime's CPU memory arena: keeps each session's largest activations resident for
+    # reuse (off: given back after each run; service/memory.py).
+    cpu_arena: bool = False
 
     @property
     def bound(self) -> bool:

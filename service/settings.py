@@ -24,10 +24,17 @@ class Settings(BaseSettings):
     # ONNX Runtime threads per session run; 0 lets ORT use every core. One process per pod in
     # Kubernetes, so the pod's CPU limit is the number to put here.
     intra_op_threads: int = 0
-    # ONNX Runtime's CPU memory arena keeps the largest activations it has seen for reuse. Off
-    # returns them after each run: 0.85x the resident memory, 0.98-1.03x the speed (BENCHMARKS.md);
-    # more memory saved with long texts in big batches.
-    cpu_arena: bool = True
+    # ONNX Runtime's CPU memory arena keeps each session's largest activations resident for reuse:
+    # with a trunk cut in segments and heads with layers of their own, one batch of long texts
+    # left 2.7 GiB resident (docs/architecture.md, memory). Off (the default) gives them back
+    # after each run, which is what keeps memory_limit_mb's bound; speed side by side in
+    # BENCHMARKS.md.
+    cpu_arena: bool = False
+    # The replica's memory limit in MiB, from which the room for a batch's activations is derived
+    # (service/memory.py): runs are cut to fit within 80% of it beside what is resident, and a text
+    # too long to fit even alone gets 413. Unset: the cgroup's limit (a container's), if any;
+    # 0: no bound. The manifests set it from the container's limit.
+    memory_limit_mb: float | None = None
     # Cut the trunk at the taps heads read and run each text only as deep as its heads need.
     # False runs every layer for every batch (the comparison in BENCHMARKS.md).
     trunk_segments: bool = True
