@@ -36,8 +36,8 @@ TASK_SETS = {
     "all three": ["sentiment", "topic", "ner"],
 }
 
-CHILD = r"""
-import gc, json, os, sys, time
+# A child's resident memory now and at its peak (VmRSS, VmHWM), in MiB; bench/arenas.py too.
+PROC_STATUS = r"""
 from pathlib import Path
 
 
@@ -48,6 +48,12 @@ def status():
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0]) / 1024
     return out
+"""
+
+CHILD = (
+    PROC_STATUS
+    + r"""
+import gc, json, os, sys, time
 
 
 def reset_peak():
@@ -93,6 +99,7 @@ print(json.dumps({
     "runs": rows,
 }))
 """
+)
 
 HEAD_CHILD = r"""
 import gc, json, sys
@@ -112,9 +119,9 @@ repo = ModelRepository(Path(sys.argv[1]))
 out = {}
 for task in json.loads(sys.argv[2]):
     stored = repo.read_head(task)
-    model = stored.model_path.read_bytes()
     gc.collect(); release_freed_memory()
     before = rss()
+    model = stored.model_path.read_bytes()
     session = HeadSession(model, stored.spec.output_name, stored.spec.hidden_size, CPU)
     del model
     gc.collect(); release_freed_memory()

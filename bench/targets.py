@@ -12,7 +12,7 @@ Sides:
   head-only, NER top-4), fp32;
 - ours int8: the same heads' int8 copies (``mts quantize --head``) on the int8 trunk
   (``mts quantize``, ``MTS_TRUNK_PRECISION=int8``);
-- ours, CPU arena off: the same with ``MTS_CPU_ARENA=false``;
+- ours, CPU arena on: the same with ``MTS_CPU_ARENA=true`` (the default before the memory budget);
 - ours, no inline runs: the same with ``MTS_BATCH_INLINE_MAX_TOKENS=0`` (every batch handed to the
   inference thread, as before inline runs);
 - ours, batch limit 1: the same with ``MTS_BATCH_MAX_TEXTS=1``, against raw ORT at batch 1;
@@ -57,7 +57,7 @@ LATENCY_TASK = "sentiment"
 RAW_RUNTIMES = {
     "service defaults": Runtime(),
     "spinning on": Runtime(spinning=True),
-    "CPU arena off": Runtime(cpu_arena=False),
+    "CPU arena on": Runtime(cpu_arena=True),
     "1 intra-op thread": Runtime(threads=1),
 }
 
@@ -135,7 +135,7 @@ def main() -> None:
                 {"MTS_TRUNK_PRECISION": INT8},
             ),
             "ours, batch limit 1": (mts, {"MTS_BATCH_MAX_TEXTS": "1"}),
-            "ours, CPU arena off": (mts, {"MTS_CPU_ARENA": "false"}),
+            "ours, CPU arena on": (mts, {"MTS_CPU_ARENA": "true"}),
             "ours, no inline runs": (mts, {"MTS_BATCH_INLINE_MAX_TOKENS": "0"}),
         }
         env = {"HF_HUB_OFFLINE": "1", "MTS_LOG_LEVEL": "warning"}
@@ -206,10 +206,10 @@ def main() -> None:
             http("mixed, 1 text", side, "mixed", 1, args.connections)
             http("all tasks, 1 text", side, "all tasks", 1, args.connections)
             http("all tasks, 8 texts", side, "all tasks", 8, args.connections)
-        for side in ("ours", "ours, CPU arena off", "ours, no inline runs"):
+        for side in ("ours", "ours, CPU arena on", "ours, no inline runs"):
             http("concurrency 1, 1 text", side, LATENCY_TASK, 1, 1)
         http("mixed, 1 text", "ours, no inline runs", "mixed", 1, args.connections)
-        for side in ("ours, CPU arena off",):
+        for side in ("ours, CPU arena on",):
             http("mixed, 1 text", side, "mixed", 1, args.connections)
             http("all tasks, 8 texts", side, "all tasks", 8, args.connections)
         http("1 text, batch 1", "ours, batch limit 1", LATENCY_TASK, 1, args.connections)
@@ -222,7 +222,7 @@ def main() -> None:
         for warm_up in warm_ups:
             warm_up()
         memory: dict[str, dict[str, list[float]]] = {}
-        for side in ("pipelines", "ours", "ours int8", "ours, CPU arena off"):
+        for side in ("pipelines", "ours", "ours int8", "ours, CPU arena on"):
             memory[side] = {"warm": [memory_mb(sides[side].pid)["VmRSS"]]}
         rounds: dict[tuple[str, str], list[dict[str, float]]] = {}
         for r in range(args.rounds):
