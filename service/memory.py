@@ -96,7 +96,7 @@ class MemoryBudget:
         self,
         limit_mb: float | None,
         model: ActivationModel,
-        resident: Callable[[], int] = resident_bytes,
+        resident: Callable[[], int] | None = None,
     ) -> None:
         self.limit_mb = limit_mb
         self.model = model
@@ -112,7 +112,8 @@ class MemoryBudget:
         if self.limit_mb is None:
             return 1 << 62
         planned = TARGET_SHARE * self.limit_mb * MIB
-        return max(int((planned - self._resident()) / CONCURRENT_RUNS), 0)
+        resident = (self._resident or resident_bytes)()
+        return max(int((planned - resident) / CONCURRENT_RUNS), 0)
 
     def rows_per_run(self, length: int, room: int) -> int:
         """The most rows of ``length`` tokens that fit in ``room`` bytes (0: not even one)."""

@@ -29,7 +29,10 @@ DESCRIPTIONS = {
     403: "Admin routes disabled: the service runs without MTS_ADMIN_TOKEN",
     404: "Unknown task (GET /tasks lists the served ones), or no such version",
     409: "Conflict: the task exists, or the head was trained against another trunk",
-    413: "Request body over the size limit, or too many texts in one request",
+    413: (
+        "Request body over the size limit, too many texts in one request, or a text too long "
+        "to run within the memory limit"
+    ),
     422: "Invalid input: a body, parameter or head archive that cannot be served",
     424: "Inference failed (Text Embeddings Inference's status for a backend error)",
     429: "Overloaded: too many requests in flight or texts queued; retry after Retry-After",

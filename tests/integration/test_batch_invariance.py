@@ -1,7 +1,8 @@
 """The engine's half of the oracle: ``predict_many(jobs)`` equals each job's text run alone.
 
 Whatever texts share a micro-batch (lengths, duplicates, tasks of every kind at different branch
-layers) and however it is cut into length groups, each text's result is the one it gets alone.
+layers) and however it is cut into length groups and into runs that fit a memory budget, each
+text's result is the one it gets alone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.app import create_app
 from multitask_serve.service.engine import Engine
+from multitask_serve.service.memory import (
+    CONCURRENT_RUNS,
+    MIB,
+    RUN_FIXED_BYTES,
+    TARGET_SHARE,
+    ActivationModel,
+    MemoryBudget,
+)
 from multitask_serve.service.types import Job
 from tests.conftest import make_settings
 from tests.factories import NER_LABELS, WORDS, export_head
@@ -26,6 +35,20 @@ from tests.oracle import compare
 
 # A run cost of 0 cuts wherever padding is saved, 10**6 never cuts, the others in between.
 GROUP_COSTS = (0, 4, 32, 10**6)
+# Memory budgets that let a run hold this many rows of the longest texts (more of shorter ones):
+# the batch is cut into runs to fit, which must not change any answer either.
+ROWS_PER_RUN = (1, 3)
+RESIDENT = 100 * MIB
+
+
+def budget_for(rows: int, hidden_size: int, length: int) -> MemoryBudget:
+    """A budget whose room holds ``rows`` rows of ``length`` tokens, and not one more."""
+    model = ActivationModel(hidden_size)
+    room = model.run_bytes(rows, length) + (model.run_bytes(1, length) - RUN_FIXED_BYTES) // 2
+    limit_mb = (CONCURRENT_RUNS * room + RESIDENT) / TARGET_SHARE / MIB
+    budget = MemoryBudget(limit_mb, model, resident=lambda: RESIDENT)
+    assert budget.rows_per_run(length, budget.room()) == rows
+    return budget
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +67,12 @@ def engines(tmp_path_factory: pytest.TempPathFactory, built_repo: Path, exporter
     for cost in GROUP_COSTS:
         app = create_app(make_settings(root, batch_group_cost_tokens=cost), CollectorRegistry())
         made[cost] = app.state.engine, app.state.registry
+    for rows in ROWS_PER_RUN:
+        app = create_app(make_settings(root), CollectorRegistry())
+        engine = app.state.engine
+        spec = engine.trunk_spec
+        engine.budget = budget_for(rows, spec.hidden_size, spec.max_length)
+        made[f"{rows} rows per run"] = engine, app.state.registry
     return made
 
 
@@ -65,7 +94,9 @@ jobs = st.lists(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(jobs=jobs, cost=st.sampled_from(GROUP_COSTS))
+@given(
+    jobs=jobs, cost=st.sampled_from([*GROUP_COSTS, *(f"{n} rows per run" for n in ROWS_PER_RUN)])
+)
 def test_each_text_in_a_micro_batch_gets_the_result_it_gets_alone(engines, jobs, cost):
     engine: Engine = engines[cost][0]
     heads = engines[cost][1].snapshot()
