@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import re
 import shutil
 import signal
@@ -175,9 +176,29 @@ def container_env(
             continue
         env.update({source.get("prefix", "") + k: str(v) for k, v in data.items()})
     for variable in container.get("env", []):
-        assert "valueFrom" not in variable, "only literal env values are run"
-        env[variable["name"]] = str(variable["value"])
+        source = variable.get("valueFrom")
+        if source is None:
+            env[variable["name"]] = str(variable["value"])
+            continue
+        # The downward API: a container's resource, divided by the divisor and rounded up.
+        assert set(source) == {"resourceFieldRef"}, "only literal values and resources are run"
+        ref = source["resourceFieldRef"]
+        assert ref.get("containerName", container["name"]) == container["name"]
+        group, _, resource = ref["resource"].partition(".")
+        amount = quantity(str(container["resources"][group][resource]))
+        env[variable["name"]] = str(math.ceil(amount / quantity(str(ref.get("divisor", "1")))))
     return env
+
+
+QUANTITY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes quantity ("2Gi", "500M", "1") as a number."""
+    for suffix, scale in QUANTITY_SUFFIXES.items():
+        if text.endswith(suffix):
+            return float(text.removesuffix(suffix)) * scale
+    return float(text)
 
 
 def process_of(
@@ -448,6 +469,11 @@ def test_the_manifests_and_the_image_bring_the_service_up_and_down(
             for task in ("topic-zs", "sentiment-zs"):
                 for text in TEXTS:
                     assert predict(urls[0], task, text) == predict(urls[1], task, text)
+            # Each replica plans its runs within the container's memory limit (downward API).
+            limit = serving_pod(docs)["containers"][0]["resources"]["limits"]["memory"]
+            for replica in (a, b):
+                said = f"memory limit {quantity(limit) / 2**20:g} MiB"
+                assert said in replica.log.read_text(errors="replace"), replica.tail()
 
         with steps(f"SIGTERM to {a.name} under load (grace {grace} s)"):
             sent, answered, errors, exit_code = terminate_under_load(a, b, grace)
