@@ -12,7 +12,7 @@ runs the engine's batch path directly, all three trained heads on every text: 8 
 settings form), then the short batches again; milliseconds per run and the resident memory after
 each phase. Configurations alternate over rounds; a figure is the median over rounds.
 
-    .venv/bin/python bench/arenas.py [--repo model-repo] [--rounds 3]
+    .venv/bin/python -m bench.arenas [--repo model-repo] [--rounds 3]
         [--out bench/results/arenas.json]
 """
 
@@ -26,9 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from machine import machine
-from memory_model import PROC_STATUS
-from targets import summary
+from bench.memory_model import PROC_STATUS
+from support.machine import machine
+from support.results import write_results
+from support.stats import summary
 
 MODES = ("off", "per session", "shared")
 
@@ -116,7 +117,7 @@ def main() -> None:
                 for o, m in zip(runs["off"], runs[mode], strict=True)
             ]
             results["summary"][f"{phase}: time off / {mode}"] = summary(ratios)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.out, results)
     for key, value in results["summary"].items():
         print(f"{key}: {value['median']} ({value['min']}-{value['max']})")
     print(f"written to {args.out}")

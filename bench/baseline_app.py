@@ -12,13 +12,14 @@ Endpoints are sync ``def`` (FastAPI runs them in its thread pool), mirroring our
 classification layer on top and the default heads' labels. The added layers keep their random
 initialisation (training them changes no speed or memory figure).
 
-    .venv/bin/python bench/baseline_app.py --models DIR [--port 8001]
+    .venv/bin/python -m bench.baseline_app --models DIR [--port 8001]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,20 @@ from transformers import (
 )
 
 TASKS = ("sentiment", "topic", "ner")
+
+
+def baseline_serve(models: Path, port: int) -> list[str]:
+    """The command line of this baseline serving ``models`` on ``port`` (run from the repository
+    root, as the benchmarks are)."""
+    return [
+        sys.executable,
+        "-m",
+        "bench.baseline_app",
+        "--models",
+        str(models),
+        "--port",
+        str(port),
+    ]
 
 
 def prepare_models(out: Path, labels: dict[str, tuple[str, ...]], encoder: Path) -> None:

@@ -4,7 +4,7 @@
 (``training.build.DEFAULT_HEADS``) with each seed and records validation and test scores, so a
 target met on seed 0 can be told apart from a target the recipe meets.
 
-    .venv/bin/python bench/build_seeds.py [--seeds 0 1 2] [--tasks sentiment ner]
+    .venv/bin/python -m bench.build_seeds [--seeds 0 1 2] [--tasks sentiment ner]
         [--out bench/results/build-seeds.json]
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from multitask_serve.export.encoder import load_encoder
 from multitask_serve.training.build import DEFAULT_HEADS
 from multitask_serve.training.train import train
+from support.results import write_results
 
 # The issue's targets for the default build (test split).
 TARGETS = {"sentiment": ("macro_f1", 0.78), "topic": ("macro_f1", 0.94), "ner": ("entity_f1", 0.52)}
@@ -70,8 +70,7 @@ def main() -> None:
             f"(min {min(tests):.4f}, max {max(tests):.4f}); target {target} met by "
             f"{results['tasks'][task]['seeds_meeting_target']} of {len(tests)} seeds"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    write_results(args.out, results, sort_keys=True)
     print(f"wrote {args.out}")
 
 

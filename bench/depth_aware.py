@@ -5,25 +5,26 @@ Loads (wrk, bench/wrk.py): single-text requests for the three tasks in turn, 16 
 each micro-batch only the rows of deep heads run the last layers); the same requests one at a
 time (concurrency 1); all three tasks on every text (the batch goes as deep as its deepest head).
 
-    .venv/bin/python bench/depth_aware.py [--repo model-repo] [--rounds 3] [--seconds 6]
+    .venv/bin/python -m bench.depth_aware [--repo model-repo] [--rounds 3] [--seconds 6]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-import wrk
-from baseline_app import TASKS
-from pipelines_vs_ours import real_texts, three_heads
-from process import free_port, server
-from targets import machine, summary
+from bench import wrk
+from bench.baseline_app import TASKS
+from bench.pipelines_vs_ours import real_texts, three_heads
+from support.machine import machine
+from support.results import write_results
+from support.servers import free_port, mts_serve, server
+from support.stats import summary
 
 
 def main() -> None:
@@ -57,10 +58,9 @@ def main() -> None:
         sides = {}
         for name, segments in (("depth-aware", "true"), ("whole trunk", "false")):
             port = free_port()
-            command = [sys.executable, "-m", "multitask_serve", "serve", "--repo", str(repo)]
             env = {"MTS_LOG_LEVEL": "warning", "MTS_TRUNK_SEGMENTS": segments}
             sides[name] = stack.enter_context(
-                server(name, [*command, "--port", str(port)], port, env, log=Path(tmp) / name)
+                server(name, mts_serve(repo, port), port, env, log=Path(tmp) / name)
             )
         for side in sides.values():
             for requests, connections in loads.values():
@@ -104,8 +104,7 @@ def main() -> None:
             f"| {load} | {statistics.median(ratio):.2f}x ({min(ratio):.2f}-{max(ratio):.2f}) | "
             f"{p50[0]:.1f} vs {p50[1]:.1f} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

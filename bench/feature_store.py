@@ -5,7 +5,7 @@ Without the store every seed runs the frozen trunk over its train, validation an
 with it, the first seed does and the others read the taps back from disk. Both sides must give
 identical results (training is deterministic for a seed); the figure is the wall time per seed.
 
-    python bench/feature_store.py [--strategy top-2] [--seeds 0 1 2]
+    python -m bench.feature_store [--strategy top-2] [--seeds 0 1 2]
         [--out bench/results/feature-store.json]
 """
 
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import machine
-
 from multitask_serve.export.encoder import load_encoder
 from multitask_serve.training.features import FeatureStore
 from multitask_serve.training.report import DEFAULT_TASKS, run_config, task_split
 from multitask_serve.training.train import train
+from support.machine import machine
+from support.results import write_results
 
 
 def main() -> None:
@@ -73,8 +73,7 @@ def main() -> None:
         "total_wall_seconds": totals,
         "computed_over_store": round(totals["computed"] / totals["store"], 3),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_results(args.out, result)
     print(json.dumps({k: result[k] for k in ("store", "identical_results", "total_wall_seconds")}))
     print(f"wrote {args.out}")
 

@@ -17,7 +17,7 @@ the CPU (``lscpu``'s model and whether it has avx512f, avx512_vnni, avx_vnni, av
 what decides whether training runs in bf16), library versions and the load average. It takes
 the machine's cores for a quarter of an hour: run it alone,
 
-    .venv/bin/python bench/first_answer.py
+    .venv/bin/python -m bench.first_answer
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from machine import machine
-from process import free_port, server_env
+
+from support.machine import machine
+from support.results import write_results
+from support.servers import free_port, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HEADS = ("sentiment", "topic", "ner")
@@ -216,8 +218,7 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps({k: result[k] for k in ("seconds_to_first_answer", "heads")}, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result, indent=2)
 
 
 if __name__ == "__main__":

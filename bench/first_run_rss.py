@@ -24,8 +24,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +31,9 @@ from typing import Any
 
 import httpx
 
-from bench.process import free_port, memory_mb, start, stop
+from support.results import read_results, write_results
+from support.servers import free_port, memory_mb, mts_serve, start, stop
+from support.stats import summary
 
 TEXTS = [
     "I love this phone, best purchase ever",
@@ -94,18 +94,10 @@ def serve_once(command: list[str], port: int, log: Path, requests: int) -> dict[
         stop(proc)
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(values), 3),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
-    }
-
-
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     encoder: list[str] = []
     if args.tiny:
-        from tests.factories import write_tiny_encoder
+        from support.tiny import write_tiny_encoder
 
         encoder = ["--encoder", str(write_tiny_encoder(workdir / "encoder", seed=0))]
     elif args.encoder:
@@ -114,8 +106,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     for i in range(args.rounds):
         repo = workdir / f"round-{i}" / "model-repo"  # missing: the first run builds it
         port = free_port()
-        command = [sys.executable, "-m", "multitask_serve", "serve", "--repo", str(repo)]
-        command += ["--port", str(port), "--build-if-missing", *encoder]
+        command = [*mts_serve(repo, port), "--build-if-missing", *encoder]
         command += ["--no-train"] if args.no_train else []
         log = (args.logs or workdir) / f"round-{i}.log"
         first = serve_once(command, port, log, args.requests)
@@ -127,9 +118,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {
         "rounds": rounds,
         "summary": {
-            "first_run_rss_mib": spread(firsts),
-            "restart_rss_mib": spread(restarts),
-            "first_over_restart": spread([f / r for f, r in zip(firsts, restarts, strict=True)]),
+            "first_run_rss_mib": summary(firsts),
+            "restart_rss_mib": summary(restarts),
+            "first_over_restart": summary([f / r for f, r in zip(firsts, restarts, strict=True)]),
             "torch_mapped_in_any_server": any(
                 r[side]["torch_libraries_mapped"] for r in rounds for side in r
             ),
@@ -155,7 +146,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="first-run-rss-") as tmp:
         result = measure(args, Path(tmp))
     result["settings"] = {
-        "encoder": "tiny (tests/factories.py)" if args.tiny else str(args.encoder or "default"),
+        "encoder": "tiny (support/tiny.py)" if args.tiny else str(args.encoder or "default"),
         "trained_heads": not args.no_train,
         "rounds": args.rounds,
         "warm_up_requests": args.requests,
@@ -165,10 +156,9 @@ def main() -> None:
         "command": "mts serve --repo <missing dir> --build-if-missing, then the same again",
     }
     print(json.dumps(result["summary"], indent=2))
-    merged = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
+    merged = read_results(args.out, {"runs": {}})
     merged["runs"][args.label] = result
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(merged, indent=2) + "\n")
+    write_results(args.out, merged, indent=2)
 
 
 if __name__ == "__main__":

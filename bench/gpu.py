@@ -1,6 +1,6 @@
 """Trunk and heads on a GPU: host copies vs IO binding, fp32 vs fp16, side by side in one run.
 
-    python bench/gpu.py --repo model-repo --device cuda [--texts texts.txt] [--http]
+    python -m bench.gpu --repo model-repo --device cuda [--texts texts.txt] [--http]
 
 Every section runs its configurations one after the other in this one process, on the same
 inputs, and quotes ratios. Sections:
@@ -206,7 +206,8 @@ def section_engine(
 
 def section_http(repo_path: Path, device: str, texts: list[str], args: argparse.Namespace) -> None:
     import httpx
-    from http_vs_ort import serving  # the script's own folder is on sys.path
+
+    from bench.http_vs_ort import serving
 
     body = {"inputs": texts[:16], "tasks": list(TASKS)}
     print(f"\n## 5. mts serve on {device}, 16-text requests for {', '.join(TASKS)}\n")

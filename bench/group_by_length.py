@@ -4,12 +4,12 @@ Each round trains the same head twice (sentiment top-2 on 8,000 tweets by defaul
 batches of similar lengths and once with random batches, in alternating order; it writes each
 run's seconds and test score, the per-round time ratio and the medians to a JSON results file.
 
-    python bench/group_by_length.py --rounds 2 --out bench/results/group-by-length.json
+    python -m bench.group_by_length --rounds 2 --out bench/results/group-by-length.json
 """
 
 from __future__ import annotations
 
-from training_ab import compare, parser
+from bench.training_ab import compare, parser
 
 
 def main() -> None:

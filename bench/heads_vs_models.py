@@ -7,7 +7,7 @@ Comparisons 3 and 4 of the benchmark plan, in one process, side by side, ONNX Ru
   as a share of the trunk's.
 Weights are random (speed does not depend on them); shapes are all-MiniLM-L6-v2's.
 
-    .venv/bin/python bench/heads_vs_models.py [--batch 16] [--repeats 20]
+    .venv/bin/python -m bench.heads_vs_models [--batch 16] [--repeats 20]
 """
 
 from __future__ import annotations

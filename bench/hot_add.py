@@ -9,7 +9,7 @@ renamed and uploaded as an archive (``POST /admin/heads/hot-top2?replace=true``)
 removed. Prints both phases' p50/p99, the p99 ratio against the target (<= 1.5x), the adds done,
 and every non-2xx answer. ``--profile DIR`` records py-spy on the server during the add phase.
 
-    .venv/bin/python bench/hot_add.py [--repo model-repo] [--seconds 20] [--in-flight 8]
+    .venv/bin/python -m bench.hot_add [--repo model-repo] [--seconds 20] [--in-flight 8]
         [--rounds 3] [--out bench/results/hot-add.json]
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import statistics
@@ -30,13 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import spy
-from http_vs_ort import TEXTS
-from loadgen import Run, measure
-from process import free_port, mts_serve, server
 
+from bench import spy
+from bench.http_vs_ort import TEXTS
+from bench.loadgen import Run, measure
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.repository import ModelRepository
+from support.results import write_results
+from support.servers import free_port, mts_serve, server
+from support.stats import summary
 
 TOKEN = "bench-admin-token"
 LOAD_TASKS = ("topic", "sentiment", "topic-zs")
@@ -163,16 +164,11 @@ def main() -> None:
         f"flight, {args.seconds:g} s per phase, {args.rounds} rounds of steady then adding",
         "load_average": {"before": load_before, "after": os.getloadavg()},
         "target_p99_ratio": TARGET,
-        "p99_ratio": {
-            "median": statistics.median(ratios),
-            "min": min(ratios),
-            "max": max(ratios),
-        },
+        "p99_ratio": summary(ratios),
         "met": statistics.median(ratios) <= TARGET,
         "rounds": rounds,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.out, results)
     print("| round | steady p50 / p99 ms | adding p50 / p99 ms | p99 ratio | adds | non-2xx |")
     print("|---|---|---|---|---|---|")
     for i, r in enumerate(rounds, 1):

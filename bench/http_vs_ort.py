@@ -5,7 +5,7 @@ on the same texts. The raw side runs in a loop in this process; the HTTP side is
 ``mts serve`` process driven by an asyncio client with enough requests in flight to saturate
 it. The client shares the machine's cores with the server, which the HTTP side pays for.
 
-    .venv/bin/python bench/http_vs_ort.py [--repo model-repo] [--seconds 10]
+    .venv/bin/python -m bench.http_vs_ort [--repo model-repo] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from loadgen import closed_loop
-from process import serving as mts_serving
 from tokenizers import Tokenizer
 
+from bench.loadgen import closed_loop
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.service.sessions import CPU, HeadSession, Runtime
 from multitask_serve.service.trunk import TrunkSession
+from support.servers import serving as mts_serving
 
 TEXTS = [
     "The central bank raised interest rates by half a point on Thursday.",

@@ -15,7 +15,7 @@ with the same fp32 heads:
   common with the fp32 trunk's;
 - whether this CPU saturates: ``saturating_products`` of each graph, and the CPU's flags.
 
-    .venv/bin/python bench/int8_agreement.py [--repo model-repo] [--texts 800]
+    .venv/bin/python -m bench.int8_agreement [--repo model-repo] [--texts 800]
         [--out bench/results/int8-agreement-<cpu flavour>.json]
 """
 
@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 from fastapi.testclient import TestClient
-from machine import cpu_flags, cpu_flavour, machine
 from prometheus_client import CollectorRegistry
 
 from multitask_serve.export.per_row import (
@@ -46,6 +45,8 @@ from multitask_serve.modelrepo.types import TrunkVariant, trunk_fingerprint
 from multitask_serve.service.app import create_app
 from multitask_serve.service.settings import Settings
 from multitask_serve.training.data_files import read_sentiment
+from support.machine import cpu_flags, cpu_flavour, machine
+from support.results import write_results
 
 TASKS = ["sentiment", "topic", "ner"]
 
@@ -143,7 +144,7 @@ def main() -> None:
                 **agreement(fp32, got),
             }
             print(name, json.dumps(results["graphs"][name]), flush=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(out, results, indent=2)
     print(f"wrote {out}")
 
 

@@ -22,7 +22,7 @@ beside it.
 - Memory: resident memory a fresh process gains by loading the head and running it at batch 16
   (each precision in its own process, interleaved over the rounds).
 
-    .venv/bin/python bench/int8_heads.py [--repo model-repo] [--rounds 5] [--repeats 30]
+    .venv/bin/python -m bench.int8_heads [--repo model-repo] [--rounds 5] [--repeats 30]
         [--out bench/results/int8-heads.json]
 """
 
@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
-from heads_vs_models import median_time
-from int8_trunk import PER_BATCH, feeds, per_batch, spread, test_split
-from pipelines_vs_ours import real_texts
 
+from bench.heads_vs_models import median_time
+from bench.int8_trunk import PER_BATCH, feeds, per_batch, test_split
+from bench.pipelines_vs_ours import real_texts
 from multitask_serve.export.quantize import INT8, quantize_head_for, quantize_trunk, softmax
 from multitask_serve.modelrepo.repository import ModelRepository, StoredHead
 from multitask_serve.modelrepo.types import HeadSpec, Kind, TrunkSpec, tap_name
@@ -55,11 +55,15 @@ from multitask_serve.service.sessions import HeadSession
 from multitask_serve.service.trunk import TrunkSession
 from multitask_serve.training.features import rust_tokenizer
 from multitask_serve.training.train import score
+from support.results import write_results
+from support.stats import summary
 
 TASKS = {"sentiment": ("accuracy", "macro_f1"), "ner": ("entity_f1",)}
 PRECISIONS = ("fp32", INT8, PER_BATCH)
 TRUNKS = ("fp32", INT8)
 RSS_BATCH = 16
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def predictions(
@@ -185,9 +189,9 @@ def latency(
                 per_round[p].append(1000 * median_time(run, repeats))
         result[f"batch_{batch}"] = {
             "tokens_padded": int(mask.shape[1]),
-            **{f"{p}_ms": spread(v) for p, v in per_round.items()},
+            **{f"{p}_ms": summary(v) for p, v in per_round.items()},
             **{
-                f"fp32_over_{p}": spread(
+                f"fp32_over_{p}": summary(
                     [a / b for a, b in zip(per_round["fp32"], per_round[p], strict=True)]
                 )
                 for p in PRECISIONS[1:]
@@ -222,13 +226,17 @@ def rss(spec: HeadSpec, paths: dict[str, Path], rounds: int) -> dict[str, Any]:
     per_round: dict[str, list[float]] = {p: [] for p in paths}
     for r in range(rounds):
         for p in PRECISIONS[r % len(PRECISIONS) :] + PRECISIONS[: r % len(PRECISIONS)]:
-            cmd = [sys.executable, __file__, "--rss-child", str(paths[p]), spec.output_name]
+            cmd = [sys.executable, "-m", "bench.int8_heads", "--rss-child", str(paths[p].resolve())]
             out = subprocess.run(
-                [*cmd, str(spec.hidden_size)], check=True, capture_output=True, text=True
+                [*cmd, spec.output_name, str(spec.hidden_size)],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,  # where ``bench`` and ``support`` import from
             ).stdout
             got = json.loads(out)
             per_round[p].append((got["after_kib"] - got["before_kib"]) / 1024)
-    return {f"{p}_delta_mib": spread(v) for p, v in per_round.items()} | {
+    return {f"{p}_delta_mib": summary(v) for p, v in per_round.items()} | {
         "delta_mib_per_round": per_round
     }
 
@@ -324,8 +332,7 @@ def main() -> None:
             print(json.dumps({task: result["heads"][task]}, indent=1))
     result["machine"]["load_average_end"] = load_average()
     result["seconds"] = round(time.time() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_results(args.out, result)
     print(f"wrote {args.out}")
 
 

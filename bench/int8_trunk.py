@@ -17,14 +17,13 @@ u8 x s8 kernel, whose 16-bit pair sums saturate on x86 without VNNI), measured b
 - Batch dependence: the first ``--alone`` test examples of each task sent alone (trunk and head
   on that text, unpadded) against the same text in its padded batch of 32.
 
-    .venv/bin/python bench/int8_trunk.py [--repo model-repo] [--repeats 20] [--rounds 3]
+    .venv/bin/python -m bench.int8_trunk [--repo model-repo] [--repeats 20] [--rounds 3]
         [--out bench/results/int8-trunk.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -36,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from heads_vs_models import median_time
-from machine import machine
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from pipelines_vs_ours import real_texts
 
+from bench.heads_vs_models import median_time
+from bench.pipelines_vs_ours import real_texts
 from multitask_serve.export.per_row import with_int8_weights
 from multitask_serve.export.quantize import INT8, quantize_trunk, softmax
 from multitask_serve.modelrepo.repository import ModelRepository, StoredHead
@@ -55,6 +53,9 @@ from multitask_serve.training.features import (
     rust_tokenizer,
 )
 from multitask_serve.training.train import TrainConfig, cap_eval, score
+from support.machine import machine
+from support.results import write_results
+from support.stats import summary
 
 PER_BATCH = "int8-per-batch"
 U8S8 = "int8-u8s8"
@@ -70,10 +71,6 @@ def feeds(spec: TrunkSpec, rows: list[list[int]]) -> dict[str, np.ndarray]:
         mask[i, : len(row)] = 1
     out = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     return {k: v for k, v in out.items() if k in spec.input_names}
-
-
-def spread(values: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def per_batch(model: bytes) -> bytes:
@@ -111,8 +108,10 @@ def speed(
                 for n in names[r % len(names) :] + names[: r % len(names)]:
                     run = partial(trunks[n].run, batch_feeds, last)
                     per_round[n].append(1000 * median_time(run, repeats))
-            row = {f"{n}_ms": spread(v) for n, v in per_round.items()} | {
-                f"fp32_over_{n}": spread([a / b for a, b in zip(per_round["fp32"], v, strict=True)])
+            row = {f"{n}_ms": summary(v) for n, v in per_round.items()} | {
+                f"fp32_over_{n}": summary(
+                    [a / b for a, b in zip(per_round["fp32"], v, strict=True)]
+                )
                 for n, v in per_round.items()
                 if n != "fp32"
             }
@@ -255,8 +254,7 @@ def main() -> None:
         }
     result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["seconds"] = round(time.time() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_results(args.out, result)
     print(f"wrote {args.out}")
 
 

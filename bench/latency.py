@@ -10,7 +10,7 @@ request's time into the part inside the batcher (queue, hand-off to the inferenc
 tokenization, trunk, head) and the rest (HTTP, routing, JSON, the client). ``--profile DIR``
 records py-spy on the server during each HTTP measurement and prints where its time goes.
 
-    .venv/bin/python bench/latency.py [--repo model-repo] [--task topic-zs] [--seconds 10]
+    .venv/bin/python -m bench.latency [--repo model-repo] [--task topic-zs] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import spy
-from http_vs_ort import TEXTS, RawPipeline
-from loadgen import Run, measure
-from process import cpu_seconds, free_port, mts_serve, server
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import spy
+from bench.http_vs_ort import TEXTS, RawPipeline
+from bench.loadgen import Run, measure
 from multitask_serve.modelrepo.repository import ModelRepository
+from support.servers import cpu_seconds, free_port, mts_serve, server
 
 CONCURRENCY = (1, 8, 64)
 TARGET_MS = 1.0

@@ -6,7 +6,7 @@ per extra run. This runs the engine (tokenize, trunk, the three default heads, d
 consecutive micro-batches of real texts with several run costs, alternating, and prints texts/s;
 the cost that does best on a device is that device's default (service/engine.py).
 
-    .venv/bin/python bench/length_groups.py --repo model-repo [--device cpu] [--rounds 3]
+    .venv/bin/python -m bench.length_groups --repo model-repo [--device cpu] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import statistics
 import time
 from pathlib import Path
 
-from pipelines_vs_ours import TASKS, real_texts
 from prometheus_client import CollectorRegistry
 
+from bench.pipelines_vs_ours import TASKS, real_texts
 from multitask_serve.service.app import create_app
 from multitask_serve.service.settings import Settings
 from multitask_serve.service.types import Job

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import numpy as np
+
+from support.stats import percentile
 
 # A request: path and JSON body (None: a GET), and how many texts it carries.
 Request = tuple[str, dict[str, Any] | None, int]
@@ -44,7 +45,7 @@ class Run:
         return len(self.latencies) / self.seconds
 
     def percentile_ms(self, q: float) -> float:
-        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+        return percentile(self.latencies, q) * 1000
 
 
 async def _closed_loop(

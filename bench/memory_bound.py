@@ -12,7 +12,7 @@ defaults: ONNX Runtime's CPU arena on, no memory budget), "after" this tree's de
   alternates): the pipelines comparison's loads (mixed single-task texts and all-task 8-text
   requests at 16 connections) and single texts at concurrency 1.
 
-    .venv/bin/python bench/memory_bound.py [--repo model-repo] [--before HEAD~1] [--rounds 3]
+    .venv/bin/python -m bench.memory_bound [--repo model-repo] [--before HEAD~1] [--rounds 3]
         [--out bench/results/memory-bound.json]
 """
 
@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import wrk
-from machine import machine
-from pipelines_vs_ours import make_loads, real_texts, three_heads
-from process import free_port, memory_mb, mts_serve, rss_mib, server, wait_idle
-from targets import summary
+
+from bench import wrk
+from bench.pipelines_vs_ours import make_loads, real_texts, three_heads
+from support.machine import machine
+from support.results import write_results
+from support.servers import free_port, memory_mb, mts_serve, rss_mib, server, wait_idle
+from support.stats import summary
 
 LIMIT_MB = 2048
 WORST_TEXTS = 64
@@ -212,7 +214,7 @@ def main() -> None:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], check=False)
             shutil.rmtree(old, ignore_errors=True)
     results["summary"] = summarise(results)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.out, results)
     print(json.dumps(results["summary"], indent=1))
     print(f"written to {args.out}")
 

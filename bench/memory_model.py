@@ -11,7 +11,7 @@ The fit, per trunk layer's work: activation bytes = rows x length x (a + b x len
 term the hidden states and feed-forward intermediates, the quadratic one attention scores.
 ``service/memory.py`` uses the fitted coefficients (scaled by the trunk's width).
 
-    .venv/bin/python bench/memory_model.py [--repo model-repo]
+    .venv/bin/python -m bench.memory_model [--repo model-repo]
         [--out bench/results/memory-model.json]
 """
 
@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import machine
+
+from support.machine import machine
+from support.results import write_results
 
 SHAPES = [(1, 256), (8, 64), (8, 128), (8, 256), (16, 256), (32, 64), (32, 128), (32, 256)]
 TASK_SETS = {
@@ -175,7 +177,7 @@ def main() -> None:
                     f"(fit {model:7.1f}), after {r['after_mib'] - r['before_mib']:+7.1f}, "
                     f"{r['seconds']:.2f} s"
                 )
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.out, results)
     print(f"written to {args.out}")
 
 

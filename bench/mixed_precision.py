@@ -6,13 +6,12 @@ precision, in alternating order; it writes each run's seconds and validation/tes
 per-round time ratio and the medians to a JSON results file. bf16 pays off only on CPUs that
 multiply bfloat16 in hardware (AMX, AVX512-BF16); the results file's machine says which CPU ran.
 
-    python bench/mixed_precision.py --rounds 2 --out bench/results/mixed-precision.json
+    python -m bench.mixed_precision --rounds 2 --out bench/results/mixed-precision.json
 """
 
 from __future__ import annotations
 
-from training_ab import compare, parser
-
+from bench.training_ab import compare, parser
 from multitask_serve.training.recipe import native_bf16
 
 

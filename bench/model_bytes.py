@@ -6,7 +6,7 @@ at the heads' taps, as ``mts serve`` does) and the repository's heads in a fresh
 runs one batch, and reports its VmRSS; "kept" runs the same code with the release turned off. The
 two sides alternate over the rounds.
 
-    .venv/bin/python bench/model_bytes.py [--repo model-repo] [--rounds 3]
+    .venv/bin/python -m bench.model_bytes [--repo model-repo] [--rounds 3]
         [--out bench/results/model-bytes.json]
 """
 
@@ -19,6 +19,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from support.results import write_results
 
 CHILD = """
 import sys
@@ -91,8 +93,7 @@ def main() -> None:
             a - b for a, b in zip(rounds["released"], rounds["kept"], strict=True)
         ),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.out, results)
     print(json.dumps(results["median_mib"]), f"difference {results['released_minus_kept_mib']:.1f}")
 
 

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bench.process import rss_mib, start_server
+from support.results import read_results, write_results
+from support.servers import rss_mib, start_server
+from support.stats import percentile
 
 KEEP_ALIVE_S = 3.0  # reuse idle connections younger than this (uvicorn's timeout is 5 s)
 TEXTS = [
@@ -196,10 +196,6 @@ async def open_loop(
     return out, lag
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -317,10 +313,9 @@ def main() -> int:
             "server_alive": alive,
         }
         label = args.label or f"{args.protocol} {' '.join(args.set) or 'defaults'}"
-        runs = json.loads(args.out.read_text()) if args.out.exists() else {}
+        runs = read_results(args.out, {})
         runs[label] = figures
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(runs, indent=2) + "\n")
+        write_results(args.out, runs, indent=2)
         print(f"  written to {args.out} as {label!r}")
     failed = (
         other_5xx

@@ -6,7 +6,7 @@ for consecutive groups of ``--batch`` texts: the trunk on the padded batch as th
 the same texts sorted by length and run as ``--groups`` smaller padded batches; and each text
 alone (no padding). Same session options as serving; the runs alternate.
 
-    .venv/bin/python bench/padding_cost.py [--repo model-repo] [--batch 16] [--groups 4]
+    .venv/bin/python -m bench.padding_cost [--repo model-repo] [--batch 16] [--groups 4]
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from int8_trunk import feeds
-from pipelines_vs_ours import real_texts
 
+from bench.int8_trunk import feeds
+from bench.pipelines_vs_ours import real_texts
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import tap_name
 from multitask_serve.service.trunk import TrunkSession

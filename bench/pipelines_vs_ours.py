@@ -12,7 +12,7 @@ and BBC news sentences from the shipped datasets. Two loads:
 
 Resident memory (VmRSS) of each server is read after a warm-up and at the end; VmHWM is its peak.
 
-    .venv/bin/python bench/pipelines_vs_ours.py [--repo model-repo] [--seconds 15] [--in-flight 16]
+    .venv/bin/python -m bench.pipelines_vs_ours [--repo model-repo] [--seconds 15] [--in-flight 16]
 """
 
 from __future__ import annotations
@@ -24,19 +24,19 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import spy
-from baseline_app import TASKS, prepare_models
-from loadgen import Request, closed_loop
-from process import Server, free_port, memory_mb, server
-
+from bench import spy
+from bench.baseline_app import TASKS, baseline_serve, prepare_models
+from bench.loadgen import Request, closed_loop
 from multitask_serve.export.encoder import default_encoder_path
 from multitask_serve.export.quantize import INT8, quantize_trunk
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import HeadSpec
 from multitask_serve.training.data import read_ner, read_sentiment, read_topic
+from support.servers import Server, free_port, memory_mb, mts_serve, server
 
 TARGETS = {"all tasks": 5.0, "mixed": 3.0}
 MEMORY_TARGET = 1 / 3
@@ -143,20 +143,16 @@ def main() -> None:
         repo, heads = three_heads(args.repo, work)
         models = work / "models"
         prepare_models(models, {t: h.labels for t, h in heads.items()}, default_encoder_path())
-        sides = {
-            "pipelines": ([sys.executable, "bench/baseline_app.py", "--models", str(models)], {}),
-            "ours": ([sys.executable, "-m", "multitask_serve", "serve", "--repo", str(repo)], {}),
-            "ours int8": (
-                [sys.executable, "-m", "multitask_serve", "serve", "--repo", str(repo)],
-                {"MTS_TRUNK_PRECISION": INT8},
-            ),
+        sides: dict[str, tuple[Callable[[int], list[str]], dict[str, str]]] = {
+            "pipelines": (partial(baseline_serve, models), {}),
+            "ours": (partial(mts_serve, repo), {}),
+            "ours int8": (partial(mts_serve, repo), {"MTS_TRUNK_PRECISION": INT8}),
         }
         for name, (command, extra) in sides.items():
             port = free_port()
             print(name, file=sys.stderr)
             log = work / f"{name}.log"
-            command = [*command, "--port", str(port)]
-            with server(name, command, port, env | extra, log=log) as side:
+            with server(name, command(port), port, env | extra, log=log) as side:
                 results[name] = measure(
                     side, texts, args.sizes, args.seconds, args.in_flight, args.profile
                 )

@@ -28,9 +28,11 @@ from typing import Any
 import onnxruntime
 
 from bench.loadgen import Request, measure
-from bench.process import serving_copy
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.repository import ModelRepository
+from support.results import write_results
+from support.servers import serving_copy
+from support.stats import summary
 
 TOKEN = "shadow-cost-token"
 TEXTS = [
@@ -48,15 +50,6 @@ TEXTS = [
 def served_archive(repo: Path, task: str) -> bytes:
     stored = ModelRepository(repo).read_head(task)
     return pack_head(stored.spec, stored.model_path.read_bytes())
-
-
-def spread(values: list[float]) -> dict[str, Any]:
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "rounds": values,
-    }
 
 
 def main() -> None:
@@ -119,7 +112,7 @@ def main() -> None:
         compared = sum(s["shadow_texts_compared"] for s in runs)
         skipped = sum(s["shadow_texts_skipped"] for s in runs)
         figures: dict[str, Any] = {
-            key: spread([s[key] for s in runs]) for key in ("texts_per_s", "p50_ms", "p99_ms")
+            key: summary([s[key] for s in runs]) for key in ("texts_per_s", "p50_ms", "p99_ms")
         }
         figures["throughput_vs_none"] = figures["texts_per_s"]["median"] / base["texts_per_s"]
         figures["p99_vs_none"] = figures["p99_ms"]["median"] / base["p99_ms"]
@@ -151,8 +144,7 @@ def main() -> None:
         },
         "conditions": conditions,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_results(args.out, result)
     print(json.dumps(conditions, indent=1))
 
 

@@ -24,10 +24,11 @@ from typing import Any
 
 import httpx
 
-from bench.process import serving_copy
 from multitask_serve.modelrepo.archive import unpack_head_file
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.training.data import load_dataset
+from support.results import write_results
+from support.servers import serving_copy
 
 TOKEN = "shadow-report-token"
 
@@ -93,8 +94,7 @@ def main() -> None:
         "candidate": summary(spec, report["candidate_version"]),
         "report": report,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_results(args.out, result)
     print(json.dumps(result, indent=1))
 
 

@@ -20,7 +20,7 @@ Sides:
   session wrappers, no HTTP, warmed, with ONNX Runtime's thread spinning on and off (the faster
   is "raw").
 
-    .venv/bin/python bench/targets.py [--repo model-repo] [--rounds 3] [--seconds 8]
+    .venv/bin/python -m bench.targets [--repo model-repo] [--rounds 3] [--seconds 8]
         [--out bench/results/targets-cpu.json]
 """
 
@@ -36,21 +36,24 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import wrk
-from baseline_app import TASKS, prepare_models
-from http_vs_ort import RawPipeline
-from machine import machine
-from pipelines_vs_ours import real_texts, three_heads
-from process import free_port, memory_mb, server, wait_idle
 
+from bench import wrk
+from bench.baseline_app import TASKS, baseline_serve, prepare_models
+from bench.http_vs_ort import RawPipeline
+from bench.pipelines_vs_ours import real_texts, three_heads
 from multitask_serve.export.encoder import default_encoder_path
 from multitask_serve.export.quantize import INT8, quantize_head_for
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.service.sessions import Runtime
+from support.machine import machine
+from support.results import write_results
+from support.servers import free_port, memory_mb, mts_serve, server, wait_idle
+from support.stats import summary
 
 LATENCY_TASK = "sentiment"
 # The raw side's candidate configurations; the fastest (median over rounds) is "raw".
@@ -60,15 +63,6 @@ RAW_RUNTIMES = {
     "CPU arena on": Runtime(cpu_arena=True),
     "1 intra-op thread": Runtime(threads=1),
 }
-
-
-def summary(values: list[float]) -> dict[str, Any]:
-    return {
-        "median": round(statistics.median(values), 4),
-        "min": round(min(values), 4),
-        "max": round(max(values), 4),
-        "rounds": [round(v, 4) for v in values],
-    }
 
 
 def raw_figures(pipeline: RawPipeline, texts: list[str], seconds: float) -> dict[str, float]:
@@ -126,14 +120,11 @@ def main() -> None:
         repo8 = int8_heads(repo, work / "repo-int8")
         models = work / "models"
         prepare_models(models, {t: h.labels for t, h in heads.items()}, default_encoder_path())
-        mts = [sys.executable, "-m", "multitask_serve", "serve", "--repo", str(repo)]
-        commands: dict[str, tuple[list[str], dict[str, str]]] = {
-            "pipelines": ([sys.executable, "bench/baseline_app.py", "--models", str(models)], {}),
+        mts = partial(mts_serve, repo)
+        commands: dict[str, tuple[Callable[[int], list[str]], dict[str, str]]] = {
+            "pipelines": (partial(baseline_serve, models), {}),
             "ours": (mts, {}),
-            "ours int8": (
-                [*mts[:-1], str(repo8)],
-                {"MTS_TRUNK_PRECISION": INT8},
-            ),
+            "ours int8": (partial(mts_serve, repo8), {"MTS_TRUNK_PRECISION": INT8}),
             "ours, batch limit 1": (mts, {"MTS_BATCH_MAX_TEXTS": "1"}),
             "ours, CPU arena on": (mts, {"MTS_CPU_ARENA": "true"}),
             "ours, no inline runs": (mts, {"MTS_BATCH_INLINE_MAX_TOKENS": "0"}),
@@ -146,7 +137,7 @@ def main() -> None:
             sides[name] = stack.enter_context(
                 server(
                     name,
-                    [*command, "--port", str(port)],
+                    command(port),
                     port,
                     env | extra,
                     log=work / f"{name}.log",
@@ -254,14 +245,13 @@ def main() -> None:
     }
     # Kept before anything is derived from it: --summarise reads it again.
     kept = Path(tempfile.gettempdir()) / "targets.rounds.json"
-    kept.write_text(json.dumps(raw, indent=1) + "\n")
+    write_results(kept, raw)
     print(f"measurements kept in {kept}", file=sys.stderr)
     write(summarise(raw), args.out)
 
 
 def write(results: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     print(render(results))
 
 

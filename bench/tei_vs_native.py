@@ -36,7 +36,9 @@ from typing import Any
 
 from bench import spy
 from bench.loadgen import Request, measure
-from bench.process import cpu_seconds, start_server, stop
+from support.results import write_results
+from support.servers import cpu_seconds, start_server, stop
+from support.tiny import tiny_repository
 
 RATE = 200  # py-spy samples per second with --profile
 
@@ -66,17 +68,6 @@ def constant(request: Request) -> Callable[[int], Request]:
 def rotated(items: list[Any], by: int) -> list[Any]:
     by %= len(items)
     return items[by:] + items[:by]
-
-
-def tiny_repo(root: Path) -> Path:
-    from multitask_serve.export.build import build_repository
-    from multitask_serve.export.encoder import load_encoder
-    from tests.conftest import TOPIC_LABELS
-    from tests.factories import write_tiny_encoder
-
-    encoder = load_encoder(write_tiny_encoder(root / "encoder", seed=0))
-    build_repository(root / "repo", encoder, {"topic-zs": TOPIC_LABELS}, report=lambda _: None)
-    return root / "repo"
 
 
 def ms_per_request(raw: Path, requests: int) -> Counter[str]:
@@ -166,7 +157,7 @@ def main() -> None:
         for name, request in routes(task, kind, texts).items()
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        repo = args.repo or tiny_repo(Path(tmp))
+        repo = args.repo or tiny_repository(Path(tmp))
         samples: dict[str, dict[str, list[dict[str, float]]]] = {t: {} for t in tasks}
         profiles: dict[str, dict[str, tuple[Path, int]]] = {t: {} for t in tasks}
         env = {"MTS_INTRA_OP_THREADS": "1"}
@@ -198,7 +189,7 @@ def main() -> None:
             stop(proc)
         lookups = lookup_us(repo)
     result: dict[str, Any] = {
-        "repo": describe(args.repo) if args.repo else "tiny random encoder (tests/factories.py)",
+        "repo": describe(args.repo) if args.repo else "tiny random encoder (support/tiny.py)",
         "in_flight": args.in_flight,
         "texts_per_request": args.texts,
         "seconds_per_round": args.seconds,
@@ -229,7 +220,7 @@ def main() -> None:
         result["profile_ms_per_request_vs_native"] = {
             task: overhead(by_route) for task, by_route in profiles.items()
         }
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_results(args.out, result)
     print(json.dumps(result, indent=1))
 
 

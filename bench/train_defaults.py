@@ -5,13 +5,12 @@ merged into bench/results/training-defaults.json (validation and test metrics, s
 run, the machine and its load). The default build (training/build.py) takes, per task, the
 candidate with the best validation score that keeps the build within its time budget.
 
-    python bench/train_defaults.py --only s-top2-2k n-top2
+    python -m bench.train_defaults --only s-top2-2k n-top2
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -23,6 +22,7 @@ import torch
 
 from multitask_serve.export.encoder import load_encoder
 from multitask_serve.training.train import TrainConfig, train
+from support.results import read_results, write_results
 
 OUT = Path(__file__).parent / "results" / "training-defaults.json"
 
@@ -102,7 +102,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--only", nargs="+", choices=sorted(CANDIDATES), default=sorted(CANDIDATES))
     args = p.parse_args()
-    results = json.loads(OUT.read_text()) if OUT.exists() else {"runs": {}}
+    results = read_results(OUT, {"runs": {}})
     encoder = load_encoder()
     for name in args.only:
         config = TrainConfig(task=name.split("-")[0], **CANDIDATES[name])
@@ -126,8 +126,7 @@ def main() -> None:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         }
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        write_results(OUT, results, sort_keys=True)
         print(name, "val", result.validation, "test", result.test, f"{result.train_seconds:.0f} s")
 
 

@@ -15,12 +15,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from machine import machine
-
 from multitask_serve.export.encoder import load_encoder
 from multitask_serve.training.data import load_dataset
 from multitask_serve.training.loop import main_score
 from multitask_serve.training.train import TrainConfig, cap_eval, train
+from support.machine import machine
 
 
 def parser(doc: str | None, out: str) -> argparse.ArgumentParser:

@@ -42,9 +42,11 @@ from typing import Any
 
 import httpx
 
-from bench.process import memory_mb, server_env, start_server, stop
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.repository import ModelRepository
+from support.results import read_results, write_results
+from support.servers import memory_mb, server_env, start_server, stop
+from support.tiny import tiny_repository
 
 TOKEN = "upload-rss-token"
 MIB = 1 << 20
@@ -143,18 +145,6 @@ def describe(code: Path) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def tiny_repository(root: Path) -> Path:
-    """The tests' repository: a tiny random-weight trunk and one zero-shot head."""
-    from multitask_serve.export.build import build_repository
-    from multitask_serve.export.encoder import load_encoder
-    from tests.conftest import TOPIC_LABELS
-    from tests.factories import write_tiny_encoder
-
-    encoder = load_encoder(write_tiny_encoder(root / "encoder", seed=0))
-    build_repository(root / "repo", encoder, {"topic-zs": TOPIC_LABELS}, report=lambda _: None)
-    return root / "repo"
-
-
 def measure(args: argparse.Namespace, source: Path, workdir: Path) -> dict[str, Any]:
     code = args.code.resolve()
     root = workdir / "served"
@@ -234,9 +224,9 @@ def main() -> None:
         result = measure(args, source, workdir)
     print(json.dumps(result, indent=2))
     if args.out:
-        merged = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
+        merged = read_results(args.out, {"runs": {}})
         merged["settings"] = {
-            "repository": str(args.repo) if args.repo else "tiny (tests/conftest.py's)",
+            "repository": str(args.repo) if args.repo else "tiny (support/tiny.py)",
             "limit_mib": args.limit_mib,
             "refused_body_mib": args.body_mib,
             "accepted_body_mib": args.accept_mib,
@@ -246,8 +236,7 @@ def main() -> None:
             "python": platform.python_version(),
         }
         merged["runs"][args.label] = result
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(merged, indent=2) + "\n")
+        write_results(args.out, merged, indent=2)
 
 
 if __name__ == "__main__":

@@ -18,18 +18,14 @@ from prometheus_client import CollectorRegistry
 
 from multitask_serve.service.app import create_app
 from multitask_serve.service.settings import Settings
+from support.tiny import TOPIC_LABELS
 
 if TYPE_CHECKING:
     from multitask_serve.export.encoder import Encoder
     from multitask_serve.export.heads import HeadExporter
 
 ADMIN_TOKEN = "test-admin-token"
-TOPIC_LABELS = {
-    "sport": "sport football match team goal",
-    "business": "business market bank shares profit company",
-    "politics": "politics election minister vote parliament",
-}
-# What every ``mts serve`` a test starts gets, besides the test's own settings (bench/process.py
+# What every ``mts serve`` a test starts gets, besides the test's own settings (support/servers.py
 # gives a server none of the host's MTS_* variables).
 SERVER_ENV = {"MTS_ADMIN_TOKEN": ADMIN_TOKEN, "MTS_INTRA_OP_THREADS": "1"}
 
@@ -67,7 +63,7 @@ def _no_host_mts_variables(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.factories import write_tiny_encoder
+    from support.tiny import write_tiny_encoder
 
     return write_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), seed=0)
 
@@ -75,7 +71,7 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def other_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Same shape, other weights: a different trunk fingerprint."""
-    from tests.factories import write_tiny_encoder
+    from support.tiny import write_tiny_encoder
 
     return write_tiny_encoder(tmp_path_factory.mktemp("other-encoder"), seed=1)
 
@@ -100,6 +96,17 @@ def built_repo(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Encoder) 
 
     root = tmp_path_factory.mktemp("built") / "repo"
     build_repository(root, tiny_encoder, {"topic-zs": TOPIC_LABELS}, report=lambda _: None)
+    return root
+
+
+@pytest.fixture(scope="session")
+def default_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default encoder's trunk and training-free heads (``mts build --no-train``), built once
+    per session: read it, or copy it to change it."""
+    from multitask_serve.export.build import build_repository
+
+    root = tmp_path_factory.mktemp("default") / "repo"
+    build_repository(root, report=print)
     return root
 
 

@@ -1,5 +1,6 @@
-"""Tiny real things for tests: a random-weight BERT with its own WordPiece tokenizer, heads and
-their archives; and what tests of a running service compare (probe outputs, a repository's files).
+"""Tiny real things for tests: a random-weight BERT with its own WordPiece tokenizer (from
+support/tiny.py, which the benchmarks share), heads and their archives; and what tests of a running
+service compare (probe outputs, a repository's files).
 
 Needs torch: the unit tier never imports it (tests/conftest.py imports it inside fixtures).
 """
@@ -7,13 +8,10 @@ Needs torch: the unit tier never imports it (tests/conftest.py imports it inside
 from __future__ import annotations
 
 import os
-import string
 from pathlib import Path
 
 import torch
 from fastapi.testclient import TestClient
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
@@ -21,58 +19,16 @@ from multitask_serve.export.modules import Head, top_layers
 from multitask_serve.export.trunk import export_trunk
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.types import HeadSpec, Kind
+from support.tiny import (  # noqa: F401 (the tests import these from here)
+    TINY_HIDDEN,
+    TINY_LAYERS,
+    WORDS,
+    tiny_tokenizer,
+    write_tiny_encoder,
+)
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = (  # noqa: SIM905
-    "the a an and or but not is are was were be been this that it he she they we you i of to in "
-    "on at by for with from as market bank rates shares profit company match team goal scored "
-    "final player film music star show election minister vote parliament phone software computer "
-    "internet good great bad awful happy sad love hate london paris john mary apple google"
-).split()
-TINY_LAYERS = 6
-TINY_HIDDEN = 32
 NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 PROBES = ["john scored a great goal in the final", "the bank rates fell", "i love paris", "ok"]
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    pieces = (f"##{c}" for c in string.ascii_lowercase + string.digits)
-    vocab = list(dict.fromkeys([*SPECIALS, *WORDS, *chars, *pieces]))  # "a", "i" are words too
-    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=64,
-    )
-
-
-def write_tiny_encoder(directory: Path, seed: int, layers: int = TINY_LAYERS) -> Path:
-    """A 6-layer (by default), 32-wide random BERT saved as a Hugging Face directory."""
-    tokenizer = tiny_tokenizer()
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=TINY_HIDDEN,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(seed)
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def random_head(

@@ -1,4 +1,4 @@
-"""Fixtures for end-to-end tests: a real ``mts serve`` process on loopback (bench/process.py
+"""Fixtures for end-to-end tests: a real ``mts serve`` process on loopback (support/servers.py
 starts and stops it, for the benchmarks and the tests alike)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.process import serving
+from support.servers import serving
 from tests.conftest import SERVER_ENV
 
 

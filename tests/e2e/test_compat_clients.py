@@ -15,7 +15,7 @@ import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
-from bench.process import serving
+from support.servers import serving
 from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 
 TEXTS = ["john scored a great goal in the final", "the bank rates fell"]

@@ -2,15 +2,16 @@
 each restart the repository is consistent,
 every task serves its old or its new version, and nothing acknowledged is lost.
 
-A short run of bench/crash_loop.py; the assertions are on what each restart showed (its
-``Restart`` records). docs/reliability.md has the figures of the long one.
+A short run of support/crash_loop.py (bench/crash_loop.py runs it long); the assertions are on
+what each restart showed (its ``Restart`` records). docs/reliability.md has the figures of the long
+one.
 """
 
 from __future__ import annotations
 
 import signal
 
-from bench.crash_loop import crash_loop
+from support.crash_loop import crash_loop
 
 KILLS = 5
 

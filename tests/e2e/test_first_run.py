@@ -10,20 +10,18 @@ end on tiny configs). The tests' tiny random encoder stands in for the default o
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
-from bench.process import free_port, start, stop
 from multitask_serve.modelrepo.pending import read_pending
+from support.servers import free_port, mts_serve, start, stop
 from tests.conftest import SERVER_ENV
 
 
 def first_run(repo: Path, port: int, encoder: Path, train: bool = False) -> list[str]:
     return [
-        *(sys.executable, "-m", "multitask_serve", "serve"),
-        *("--repo", str(repo), "--port", str(port)),
+        *mts_serve(repo, port),
         *("--build-if-missing", "--encoder", str(encoder)),
         *(() if train else ("--no-train",)),
     ]

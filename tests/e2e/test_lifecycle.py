@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import re
 import shutil
 import signal
@@ -50,8 +49,8 @@ import httpx
 import pytest
 import yaml
 
-from bench.process import free_port
-from tests.deploy import K8S, Image, by_kind, dockerfile_images, render
+from support.servers import free_port
+from tests.deploy import K8S, Image, by_kind, dockerfile_images, env_values, quantity, render
 
 # Which Dockerfile stage builds which image the manifests name (the Dockerfile's header).
 STAGES = {"multitask-serve": "serve", "multitask-serve-build": "build"}
@@ -175,30 +174,8 @@ def container_env(
                 raise LifecycleError(f"{ref['name']} does not exist and is not optional")
             continue
         env.update({source.get("prefix", "") + k: str(v) for k, v in data.items()})
-    for variable in container.get("env", []):
-        source = variable.get("valueFrom")
-        if source is None:
-            env[variable["name"]] = str(variable["value"])
-            continue
-        # The downward API: a container's resource, divided by the divisor and rounded up.
-        assert set(source) == {"resourceFieldRef"}, "only literal values and resources are run"
-        ref = source["resourceFieldRef"]
-        assert ref.get("containerName", container["name"]) == container["name"]
-        group, _, resource = ref["resource"].partition(".")
-        amount = quantity(str(container["resources"][group][resource]))
-        env[variable["name"]] = str(math.ceil(amount / quantity(str(ref.get("divisor", "1")))))
+    env.update(env_values(container))
     return env
-
-
-QUANTITY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
-
-
-def quantity(text: str) -> float:
-    """A Kubernetes quantity ("2Gi", "500M", "1") as a number."""
-    for suffix, scale in QUANTITY_SUFFIXES.items():
-        if text.endswith(suffix):
-            return float(text.removesuffix(suffix)) * scale
-    return float(text)
 
 
 def process_of(

@@ -11,7 +11,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from bench.process import serving
+from support.servers import serving
 from tests.conftest import ADMIN_TOKEN, SERVER_ENV, TOPIC_LABELS
 
 TEXTS = ["john scored a great goal in the final", "the bank rates fell"]

@@ -37,10 +37,10 @@ from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from bench.process import start_server
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import Kind
+from support.servers import start_server
 from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 from tests.factories import NER_LABELS, WORDS, export_head
 from tests.oracle import compare

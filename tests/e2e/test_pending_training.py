@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.process import free_port, start, stop
 from multitask_serve.modelrepo.pending import read_pending, write_pending
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.training.config import TrainConfig
+from support.servers import free_port, mts_serve, start, stop
 from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 from tests.e2e.test_first_run import mapped_torch
 
@@ -73,8 +72,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def serve(repo: Path, log: Path, *flags: str) -> tuple[Any, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "multitask_serve", "serve", "--repo", str(repo)]
-    command += ["--port", str(port), "--build-if-missing", *flags]
+    command = [*mts_serve(repo, port), "--build-if-missing", *flags]
     env = {**SERVER_ENV, "MTS_SHUTDOWN_DRAIN_SECONDS": "0"}
     return start(command, url, env=env, log=log, timeout=300), url
 

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from bench.process import start_server
+from support.servers import start_server
 from tests.conftest import SERVER_ENV
 
 TIMEOUT_S = 1.0  # MTS_READINESS_TIMEOUT_SECONDS

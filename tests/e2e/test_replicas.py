@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from bench.process import serving
+from support.servers import serving
 from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

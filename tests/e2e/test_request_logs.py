@@ -8,7 +8,7 @@ import re
 
 import httpx
 
-from bench.process import serving
+from support.servers import serving
 from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.process import serving
+from support.servers import serving
 from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.process import start_server, stop
+from support.servers import start_server, stop
 
 BLOCKED = (
     "torch",

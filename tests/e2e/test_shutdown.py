@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from bench.process import start_server
+from support.servers import start_server
 from tests.conftest import SERVER_ENV
 
 DRAIN_S = 2.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from bench.process import serving
+from support.servers import serving
 from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 
 

@@ -61,6 +61,7 @@ def test_no_code_imports_the_folders_under_their_own_names():
             "multitask_serve",
             "tests",
             "bench",
+            "support",
         )
         for path in sorted((ROOT / folder).rglob("*.py"))
         for match in bare.finditer(path.read_text())

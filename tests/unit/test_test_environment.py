@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.process import server_env
 from multitask_serve.service.settings import Settings
+from support.servers import server_env
 from tests.conftest import make_settings
 
 

@@ -4,8 +4,7 @@ loopback port, waits until it is ready and stops it; also its CPU time and memor
 A server gets this process's environment without any ``MTS_*`` variable, plus what the caller
 passes: its settings are what the script or test says, never what the shell happened to export.
 
-Imported as ``bench.process`` (tests, ``python -m bench.x``) and as ``process`` (the scripts run as
-``python bench/x.py``), so it imports nothing else from bench/.
+Imported as ``support.servers`` by the tests and by the benchmarks (``python -m bench.x``).
 """
 
 from __future__ import annotations
