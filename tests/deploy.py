@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -177,6 +178,37 @@ RESTRICTED_VOLUMES = {
     "projected",
     "secret",
 }
+
+
+QUANTITY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes quantity ("2Gi", "500M", "1") as a number."""
+    for suffix, scale in QUANTITY_SUFFIXES.items():
+        if text.endswith(suffix):
+            return float(text.removesuffix(suffix)) * scale
+    return float(text)
+
+
+def env_values(container: dict[str, Any]) -> dict[str, str]:
+    """A container's ``env`` as the kubelet resolves it: literal values, and the downward API's
+    ``resourceFieldRef`` (the container's resource divided by the divisor, rounded up). Any other
+    ``valueFrom`` fails: what is run or checked must be known here."""
+    values = {}
+    for variable in container.get("env", []):
+        source = variable.get("valueFrom")
+        if source is None:
+            values[variable["name"]] = str(variable["value"])
+            continue
+        assert set(source) == {"resourceFieldRef"}, f"{variable['name']}: {source}"
+        ref = source["resourceFieldRef"]
+        assert ref.get("containerName", container["name"]) == container["name"]
+        group, _, resource = ref["resource"].partition(".")
+        amount = quantity(str(container["resources"][group][resource]))
+        divisor = quantity(str(ref.get("divisor", "1")))
+        values[variable["name"]] = str(math.ceil(amount / divisor))
+    return values
 
 
 def restricted_violations(pod: dict[str, Any]) -> list[str]:

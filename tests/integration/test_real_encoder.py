@@ -23,15 +23,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def default_repo(tmp_path_factory):
-    from multitask_serve.export.build import build_repository
-
-    root = tmp_path_factory.mktemp("default") / "repo"
-    build_repository(root, report=print)
-    return root
-
-
 def test_default_build_is_within_parity_tolerance(default_repo):
     repo = ModelRepository(default_repo)
     trunk = repo.read_trunk_spec()

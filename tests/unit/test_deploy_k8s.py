@@ -34,7 +34,9 @@ from tests.deploy import (
     KUBERNETES_VERSION,
     by_kind,
     dockerfile_images,
+    env_values,
     kustomization,
+    quantity,
     render,
     restricted_violations,
 )
@@ -158,12 +160,22 @@ def test_every_configured_variable_is_a_setting():
     fields = {f"MTS_{name.upper()}" for name in Settings.model_fields}
     config = by_kind(DOCS, "ConfigMap")[0]["data"]
     runtime = by_kind(KSERVE, "ServingRuntime")[0]["spec"]["containers"][0]
-    kserve = {e["name"]: e["value"] for e in runtime["env"]}
+    kserve = env_values(runtime)
     overlay = (K8S / "examples" / "overlay" / "kustomization.yaml").read_text()
     generated = set(re.findall(r"\b(MTS_[A-Z_]+)=", overlay))  # admin-token.env's line
     assert generated == {"MTS_ADMIN_TOKEN"}
     assert set(config) | set(kserve) | generated <= fields
     assert _settings(config) and _settings(kserve)  # every value parses
+
+
+def test_each_replica_plans_its_memory_within_its_containers_limit():
+    # The downward API hands the container's limit to the budget (service/memory.py), so that a
+    # change of the limit is a change of the budget; the Deployment's and KServe's alike.
+    runtime = by_kind(KSERVE, "ServingRuntime")[0]["spec"]["containers"][0]
+    for container in (_serving_pod()["spec"]["containers"][0], runtime):
+        limit = quantity(container["resources"]["limits"]["memory"])
+        assert env_values(container)["MTS_MEMORY_LIMIT_MB"] == f"{limit / 2**20:g}"
+        assert _settings(env_values(container)).memory_limit_mb == limit / 2**20
 
 
 def test_the_admin_token_is_not_in_the_base_and_pods_start_without_it():
@@ -393,7 +405,7 @@ def test_the_kserve_runtime_serves_v2_on_its_port_with_readiness_on_v2_health_re
     service = by_kind(KSERVE, "InferenceService")[0]
     model = service["spec"]["predictor"]["model"]
     [container] = runtime["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = env_values(container)
     [port] = container["ports"]
     assert port["containerPort"] == int(env["MTS_PORT"])
     assert container["readinessProbe"]["httpGet"] == {

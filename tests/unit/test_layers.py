@@ -33,6 +33,7 @@ CORE = (
     "settings",
     "logs",
     "pending",
+    "memory",
 )
 HTTP_SIDE = (
     "http_errors",
