@@ -37,7 +37,15 @@ from bench import wrk
 from bench.pipelines_vs_ours import make_loads, real_texts, three_heads
 from support.machine import machine
 from support.results import write_results
-from support.servers import free_port, memory_mb, mts_serve, rss_mib, server, wait_idle
+from support.servers import (
+    Sampler,
+    free_port,
+    memory_mb,
+    mts_serve,
+    rss_mib,
+    server,
+    wait_idle,
+)
 from support.stats import summary
 
 LIMIT_MB = 2048
@@ -61,30 +69,11 @@ def side(name: str, repo: Path, cwd: Path, env: dict[str, str], log: Path) -> It
         yield s
 
 
-class Sampler:
-    """The server's resident memory every 20 ms on a thread, until stopped."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.samples = pid, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            with contextlib.suppress(OSError, KeyError):
-                self.samples.append(rss_mib(self.pid))
-
-    def stop(self) -> list[float]:
-        self._stop.set()
-        self._thread.join()
-        return self.samples
-
-
 def worst(url: str, pid: int, concurrent: int) -> dict[str, Any]:
     body = worst_body()
     before = rss_mib(pid)
-    sampler = Sampler(pid)
+    sampler = Sampler(pid, 0.02)
+    sampler.start()
     started = time.perf_counter()
 
     def one() -> int:
@@ -100,14 +89,14 @@ def worst(url: str, pid: int, concurrent: int) -> dict[str, Any]:
         t.join()
     seconds = time.perf_counter() - started
     time.sleep(1.0)
-    samples = sampler.stop()
+    sampler.stop()
     m = memory_mb(pid)
     return {
         "requests": concurrent,
         "statuses": sorted(statuses),
         "rss_before_mib": round(before, 1),
         "peak_mib": round(m["VmHWM"], 1),
-        "sampled_peak_mib": round(max(samples), 1),
+        "sampled_peak_mib": round(sampler.peak(), 1),
         "after_mib": round(m["VmRSS"], 1),
         "seconds": round(seconds, 2),
     }

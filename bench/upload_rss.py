@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,36 +44,11 @@ import httpx
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.repository import ModelRepository
 from support.results import read_results, write_results
-from support.servers import memory_mb, server_env, start_server, stop
+from support.servers import Sampler, memory_mb, server_env, start_server, stop
 from support.tiny import tiny_repository
 
 TOKEN = "upload-rss-token"
 MIB = 1 << 20
-
-
-class Sampler(threading.Thread):
-    """VmRSS of ``pid`` every ``interval`` seconds, as (monotonic time, MiB)."""
-
-    def __init__(self, pid: int, interval: float) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
-        self.samples: list[tuple[float, float]] = []
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            try:
-                self.samples.append((time.monotonic(), memory_mb(self.pid)["VmRSS"]))
-            except (OSError, KeyError):
-                return
-            self._done.wait(self.interval)
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-
-    def between(self, start: float, end: float) -> list[float]:
-        return [rss for t, rss in self.samples if start <= t <= end]
 
 
 def body(total: int, chunk: int, head: bytes = b"") -> Iterator[bytes]:

@@ -237,13 +237,13 @@ class Engine:
         fitted: list[list[int]] = []
         for group in groups:
             length = int(lengths[group].max())
-            per_run = budget.rows_per_run(length, room) if budget.bounded else len(group)
+            per_run = min(budget.rows_per_run(length, room), len(group))
             if per_run == 0:
                 raise TooLarge(budget.refusal(length, room))
             if per_run < len(group):
                 self._metrics.memory_splits.inc()
             fitted.extend(group[i : i + per_run] for i in range(0, len(group), per_run))
-            largest = max(largest, budget.model.run_bytes(min(per_run, len(group)), length))
+            largest = max(largest, budget.model.run_bytes(per_run, length))
         return fitted, largest
 
     def run_shadow(self, work: ShadowWork) -> list[Output]:

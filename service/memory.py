@@ -100,11 +100,7 @@ class MemoryBudget:
     ) -> None:
         self.limit_mb = limit_mb
         self.model = model
-        self._resident = resident
-
-    @property
-    def bounded(self) -> bool:
-        return self.limit_mb is not None
+        self._resident = resident or resident_bytes
 
     def room(self) -> int:
         """Bytes one run may take now: the planned share of the limit less what is resident,
@@ -112,13 +108,12 @@ class MemoryBudget:
         if self.limit_mb is None:
             return 1 << 62
         planned = TARGET_SHARE * self.limit_mb * MIB
-        resident = (self._resident or resident_bytes)()
-        return max(int((planned - resident) / CONCURRENT_RUNS), 0)
+        return max(int((planned - self._resident()) / CONCURRENT_RUNS), 0)
 
     def rows_per_run(self, length: int, room: int) -> int:
         """The most rows of ``length`` tokens that fit in ``room`` bytes (0: not even one)."""
         per_row = self.model.run_bytes(1, length) - RUN_FIXED_BYTES
-        return max((room - RUN_FIXED_BYTES) // per_row, 0) if per_row > 0 else 1 << 30
+        return max((room - RUN_FIXED_BYTES) // per_row, 0)
 
     def refusal(self, length: int, room: int) -> str:
         """Why a text of ``length`` tokens is refused: the limit, and what it needs."""

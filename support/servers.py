@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -219,3 +220,33 @@ def memory_mb(pid: int) -> dict[str, float]:
 def rss_mib(pid: int) -> float:
     """Resident memory of a process now (VmRSS), in MiB."""
     return memory_mb(pid)["VmRSS"]
+
+
+class Sampler(threading.Thread):
+    """VmRSS of ``pid`` every ``interval`` seconds on a thread of its own, as (monotonic time,
+    MiB), from ``start()`` until ``stop()`` or the process is gone."""
+
+    def __init__(self, pid: int, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, float]] = []
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            try:
+                self.samples.append((time.monotonic(), memory_mb(self.pid)["VmRSS"]))
+            except (OSError, KeyError):
+                return
+            self._done.wait(self.interval)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [rss for t, rss in self.samples if start <= t <= end]
+
+    def peak(self) -> float:
+        """The highest sample (MiB)."""
+        return max(rss for _, rss in self.samples)

@@ -19,6 +19,13 @@ from multitask_serve.export.modules import Head, top_layers
 from multitask_serve.export.trunk import export_trunk
 from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.types import HeadSpec, Kind
+from multitask_serve.service.memory import (
+    CONCURRENT_RUNS,
+    MIB,
+    TARGET_SHARE,
+    ActivationModel,
+    MemoryBudget,
+)
 from support.tiny import (  # noqa: F401 (the tests import these from here)
     TINY_HIDDEN,
     TINY_LAYERS,
@@ -48,6 +55,13 @@ def export_head(
 ) -> tuple[HeadSpec, bytes]:
     head = random_head(exporter.encoder, kind, len(labels), k, seed)
     return exporter.classification(task, head, labels, {"strategy": f"top-{k}", "seed": seed})
+
+
+def budget_with_room(model: ActivationModel, room: int, resident: int = 100 * MIB) -> MemoryBudget:
+    """A memory budget that leaves one run ``room`` bytes, whatever this process holds: the
+    limit is set for a fixed resident size."""
+    limit_mb = (CONCURRENT_RUNS * room + resident) / TARGET_SHARE / MIB
+    return MemoryBudget(limit_mb, model, resident=lambda: resident)
 
 
 def archive(spec_and_model: tuple[HeadSpec, bytes]) -> bytes:

@@ -25,7 +25,7 @@ from multitask_serve.modelrepo.archive import pack_head
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.memory import TARGET_SHARE
-from support.servers import memory_mb, rss_mib, start_server, stop
+from support.servers import Sampler, memory_mb, rss_mib, start_server, stop
 from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 from tests.factories import NER_LABELS, export_head
 
@@ -82,18 +82,6 @@ def worst_requests(tasks: list[str]) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-class Sampler(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__()
-        self.pid, self.peak, self.samples = pid, 0.0, 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.02):
-            self.peak = max(self.peak, rss_mib(self.pid))
-            self.samples += 1
-
-
 def test_the_worst_requests_stay_within_the_memory_limit(real_repo, tmp_path):
     root, extra = real_repo
     env = {**SERVER_ENV, "MTS_MEMORY_LIMIT_MB": str(LIMIT_MB), "MTS_ADMIN_TOKEN": ADMIN_TOKEN}
@@ -105,7 +93,7 @@ def test_the_worst_requests_stay_within_the_memory_limit(real_repo, tmp_path):
         tasks = [t["task"] for t in client.get(f"{url}/tasks").json()["tasks"]]
         assert {"sentiment", "ner", "embed"} <= set(tasks)
         resident_at_start = rss_mib(pid)
-        sampler = Sampler(pid)
+        sampler = Sampler(pid, 0.02)
         sampler.start()
         answers: dict[str, int] = {}
 
@@ -134,9 +122,8 @@ def test_the_worst_requests_stay_within_the_memory_limit(real_repo, tmp_path):
             t.start()
         for t in threads:
             t.join()
-        sampler.done.set()
-        sampler.join()
-        peak = max(sampler.peak, memory_mb(pid)["VmHWM"])
+        sampler.stop()
+        peak = max(sampler.peak(), memory_mb(pid)["VmHWM"])
         metrics = client.get(f"{url}/metrics").text
     finally:
         stop(proc)
@@ -147,7 +134,7 @@ def test_the_worst_requests_stay_within_the_memory_limit(real_repo, tmp_path):
     )
     print(
         f"\nresident at start {resident_at_start:.0f} MiB, peak {peak:.0f} MiB over "
-        f"{sampler.samples} samples, limit {LIMIT_MB} MiB, {splits:.0f} groups split, "
+        f"{len(sampler.samples)} samples, limit {LIMIT_MB} MiB, {splits:.0f} groups split, "
         f"{time.monotonic() - started:.0f} s"
     )
     assert len(answers) == 5 + 20 + 2

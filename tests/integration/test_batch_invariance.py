@@ -20,17 +20,10 @@ from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.app import create_app
 from multitask_serve.service.engine import Engine
-from multitask_serve.service.memory import (
-    CONCURRENT_RUNS,
-    MIB,
-    RUN_FIXED_BYTES,
-    TARGET_SHARE,
-    ActivationModel,
-    MemoryBudget,
-)
+from multitask_serve.service.memory import RUN_FIXED_BYTES, ActivationModel, MemoryBudget
 from multitask_serve.service.types import Job
 from tests.conftest import make_settings
-from tests.factories import NER_LABELS, WORDS, export_head
+from tests.factories import NER_LABELS, WORDS, budget_with_room, export_head
 from tests.oracle import compare
 
 # A run cost of 0 cuts wherever padding is saved, 10**6 never cuts, the others in between.
@@ -38,15 +31,13 @@ GROUP_COSTS = (0, 4, 32, 10**6)
 # Memory budgets that let a run hold this many rows of the longest texts (more of shorter ones):
 # the batch is cut into runs to fit, which must not change any answer either.
 ROWS_PER_RUN = (1, 3)
-RESIDENT = 100 * MIB
 
 
 def budget_for(rows: int, hidden_size: int, length: int) -> MemoryBudget:
     """A budget whose room holds ``rows`` rows of ``length`` tokens, and not one more."""
     model = ActivationModel(hidden_size)
     room = model.run_bytes(rows, length) + (model.run_bytes(1, length) - RUN_FIXED_BYTES) // 2
-    limit_mb = (CONCURRENT_RUNS * room + RESIDENT) / TARGET_SHARE / MIB
-    budget = MemoryBudget(limit_mb, model, resident=lambda: RESIDENT)
+    budget = budget_with_room(model, room)
     assert budget.rows_per_run(length, budget.room()) == rows
     return budget
 

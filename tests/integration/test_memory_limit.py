@@ -17,18 +17,11 @@ from prometheus_client import CollectorRegistry
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.app import create_app
-from multitask_serve.service.memory import (
-    CONCURRENT_RUNS,
-    MIB,
-    TARGET_SHARE,
-    ActivationModel,
-    MemoryBudget,
-)
+from multitask_serve.service.memory import ActivationModel
 from tests.conftest import make_settings
-from tests.factories import NER_LABELS, WORDS, export_head
+from tests.factories import NER_LABELS, WORDS, budget_with_room, export_head
 from tests.oracle import compare
 
-RESIDENT = 100 * MIB
 FITS = 20  # tokens: a text up to this long fits a run alone; a longer one does not
 
 
@@ -55,8 +48,7 @@ def tight(served: Path) -> TestClient:
     engine = app.state.engine
     model = ActivationModel(engine.trunk_spec.hidden_size)
     room = model.run_bytes(1, FITS)
-    limit_mb = (CONCURRENT_RUNS * room + RESIDENT) / TARGET_SHARE / MIB
-    engine.budget = MemoryBudget(limit_mb, model, resident=lambda: RESIDENT)
+    engine.budget = budget_with_room(model, room)
     assert engine.budget.rows_per_run(FITS, engine.budget.room()) == 1
     assert engine.budget.rows_per_run(FITS + 1, engine.budget.room()) == 0
     return TestClient(app)

@@ -56,7 +56,7 @@ def test_activations_grow_with_rows_length_and_width():
 
 def test_no_limit_is_no_bound():
     budget = MemoryBudget(None, ActivationModel(384))
-    assert not budget.bounded
+    assert budget.limit_mb is None
     assert budget.rows_per_run(256, budget.room()) >= 1 << 20
 
 
