@@ -23,10 +23,6 @@ ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY modelrepo ./modelrepo
-COPY service ./service
-COPY export ./export
-COPY training ./training
 COPY multitask_serve ./multitask_serve
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 

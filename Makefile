@@ -37,4 +37,4 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 test: lint typecheck
-	$(VENV)/bin/pytest --cov=multitask_serve --cov=service --cov=export --cov=training --cov=modelrepo --cov-report=term:skip-covered
+	$(VENV)/bin/pytest --cov=multitask_serve --cov-report=term:skip-covered

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-SERVICE = Path(__file__).resolve().parents[2] / "service"
+SERVICE = Path(__file__).resolve().parents[2] / "multitask_serve" / "service"
 CORE = (
     "errors",
     "engine",

@@ -50,19 +50,11 @@ def test_importing_every_part_leaves_the_environment_as_it_was():
 def test_no_code_imports_the_folders_under_their_own_names():
     # service/, export/, training/ and modelrepo/ are importable only as parts of multitask_serve;
     # an import of the bare name would load a second copy of the module (or a user's own folder).
+    # The top-level names are links into multitask_serve/ (docs/architecture.md, "Layout").
     bare = re.compile(r"^\s*(?:from|import)\s+(service|export|training|modelrepo|spec|mts)\b", re.M)
     offenders = [
         f"{path.relative_to(ROOT)}: {match.group(0).strip()}"
-        for folder in (
-            "service",
-            "export",
-            "training",
-            "modelrepo",
-            "multitask_serve",
-            "tests",
-            "bench",
-            "support",
-        )
+        for folder in ("multitask_serve", "tests", "bench", "support")
         for path in sorted((ROOT / folder).rglob("*.py"))
         for match in bare.finditer(path.read_text())
     ]
