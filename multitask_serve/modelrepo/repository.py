@@ -209,7 +209,11 @@ class ModelRepository:
         return version
 
     def set_current(self, task: str, version: int) -> None:
+        """Serve ``version`` (one rename). A shadow pointer naming it goes too (one unlink): the
+        version is served now, and no later move of ``current`` may make it a candidate again."""
         self._point(task, CURRENT, version)
+        if self._pointer(task, SHADOW) == version:
+            self.clear_shadow(task)
 
     def _point(self, task: str, name: str, version: int) -> None:
         """Replace pointer ``name`` (one rename) with a stored version's number."""
@@ -240,7 +244,8 @@ class ModelRepository:
         fsync_dir(task_dir)
 
     def promote_shadow(self, task: str) -> int:
-        """Serve the candidate: ``current`` moves to it (one rename), then its pointer goes.
+        """Serve the candidate: ``current`` moves to it (one rename), then its pointer goes
+        (``set_current``).
 
         A crash between the two leaves both pointers naming the candidate, which reads as
         promoted with no shadow (``shadow_version``); either way the state is the old or the new.
@@ -249,7 +254,6 @@ class ModelRepository:
         if version is None:
             raise RepositoryError(f"task {task!r} has no shadow version")
         self.set_current(task, version)
-        self.clear_shadow(task)
         return version
 
     def remove_task(self, task: str) -> None:

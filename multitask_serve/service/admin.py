@@ -23,7 +23,7 @@ from multitask_serve.service.errors import Forbidden, InvalidInput, TooLarge, Un
 from multitask_serve.service.registry import HeadRegistry, LoadedHead, register_archive
 from multitask_serve.service.schemas import RollbackRequest, ZeroShotRequest
 from multitask_serve.service.settings import Settings
-from multitask_serve.service.shadow import ShadowRunner
+from multitask_serve.service.shadow import Shadows
 
 T = TypeVar("T")
 
@@ -205,7 +205,8 @@ async def add_zero_shot(task: str, body: ZeroShotRequest, request: Request) -> J
 async def versions(task: str, request: Request) -> dict[str, Any]:
     registry: HeadRegistry = request.app.state.registry
     current, stored = await run_in_threadpool(registry.versions, _task(task))
-    shadow = registry.shadows().get(task)
+    shadows: Shadows = request.app.state.shadows
+    shadow = shadows.snapshot().get(task)
     return {
         "task": task,
         "current": current,
@@ -254,8 +255,8 @@ async def remove_head(task: str, request: Request) -> dict[str, Any]:
 async def add_shadow(task: str, request: Request, replace: bool = False) -> JSONResponse:
     """Validated like any upload and stored as a new version that is not served. One shadow per
     task: a second is 409 unless ``replace=true``, which replaces it (its report starts over)."""
-    registry: HeadRegistry = request.app.state.registry
-    head = await _upload(request, task, functools.partial(registry.add_shadow, replace=replace))
+    shadows: Shadows = request.app.state.shadows
+    head = await _upload(request, task, functools.partial(shadows.add, replace=replace))
     return _added(head, shadow=True)
 
 
@@ -263,22 +264,19 @@ async def add_shadow(task: str, request: Request, replace: bool = False) -> JSON
     "/heads/{task}/shadow", summary="How the shadow candidate compares with the served head"
 )
 async def shadow_report(task: str, request: Request) -> dict[str, Any]:
-    registry: HeadRegistry = request.app.state.registry
-    runner: ShadowRunner = request.app.state.shadow
-    task = _task(task)
-    candidate = registry.shadow(task)
-    return runner.report(registry.snapshot().get(task), candidate)
+    shadows: Shadows = request.app.state.shadows
+    return shadows.report(_task(task))
 
 
 @router.post("/heads/{task}/shadow/promote", summary="Serve the shadow candidate (atomically)")
 async def promote_shadow(task: str, request: Request) -> JSONResponse:
-    registry: HeadRegistry = request.app.state.registry
-    head = await run_in_threadpool(registry.promote_shadow, _task(task))
+    shadows: Shadows = request.app.state.shadows
+    head = await run_in_threadpool(shadows.promote, _task(task))
     return _added(head, 200)
 
 
 @router.delete("/heads/{task}/shadow", summary="Discard the shadow candidate")
 async def discard_shadow(task: str, request: Request) -> dict[str, Any]:
-    registry: HeadRegistry = request.app.state.registry
-    head = await run_in_threadpool(registry.discard_shadow, _task(task))
+    shadows: Shadows = request.app.state.shadows
+    head = await run_in_threadpool(shadows.discard, _task(task))
     return {"task": head.spec.task, "discarded": head.version}

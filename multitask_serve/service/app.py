@@ -34,7 +34,7 @@ from multitask_serve.service.predict import Predictor
 from multitask_serve.service.registry import HeadRegistry
 from multitask_serve.service.sessions import Runtime
 from multitask_serve.service.settings import Settings
-from multitask_serve.service.shadow import ShadowRunner
+from multitask_serve.service.shadow import Shadows
 from multitask_serve.service.tokenize import TextEncoder
 from multitask_serve.service.trunk import TrunkSession
 
@@ -94,7 +94,11 @@ def create_app(
         trunk_spec, trunk, encoder, Metrics(CollectorRegistry()), runtime, group_cost
     )
     registry = HeadRegistry(repo, trunk_spec, engine.probe, metrics, runtime)
+    # Shadow candidates run on one thread of their own at the loads' lower CPU priority.
+    shadow_thread = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_background)
+    shadows = Shadows(registry, engine.run_shadow, metrics, shadow_thread)
     failed = registry.load_repository()
+    shadows.sync()
     metrics.heads_loaded.set_function(lambda: len(registry.snapshot()))
     log.info(
         "trunk %s (%s, %s %s%s), %d heads served%s",
@@ -108,9 +112,6 @@ def create_app(
     )
     describe_memory(budget, settings.cpu_arena)
 
-    # Shadow candidates run on one thread of their own at the loads' lower CPU priority.
-    shadow_thread = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_background)
-    shadow = ShadowRunner(registry.shadows, engine.run_shadow, metrics, shadow_thread)
     batcher = Batcher(
         engine,
         metrics,
@@ -120,7 +121,7 @@ def create_app(
         max_length,
         settings.max_queued_texts,
         settings.max_queue_wait_seconds,
-        shadow,
+        shadows.runner,
         settings.batch_inline_max_tokens,
     )
     # Head loads (validation, session, probe inference) run here, off the request threads, at
@@ -137,7 +138,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        watcher = RepositoryWatcher(registry, metrics, settings.repository_poll_seconds)
+        watcher = RepositoryWatcher(registry, shadows, metrics, settings.repository_poll_seconds)
         watcher.start()
         batcher.start()
         if trainer is not None:
@@ -165,7 +166,7 @@ def create_app(
     app.state.loads = loads
     app.state.trainer = trainer
     app.state.batcher = batcher
-    app.state.shadow = shadow
+    app.state.shadows = shadows
     app.state.metrics = metrics
     app.state.max_length = max_length
     # Set when shutdown begins: /readyz fails from then on while requests are still served.
@@ -234,8 +235,11 @@ def _checked_trunk(repo: ModelRepository, spec: TrunkSpec, precision: str) -> Pa
 class RepositoryWatcher:
     """Polls the shared repository so that this replica converges on what others changed."""
 
-    def __init__(self, registry: HeadRegistry, metrics: Metrics, interval: float) -> None:
-        self._registry, self._metrics, self._interval = registry, metrics, interval
+    def __init__(
+        self, registry: HeadRegistry, shadows: Shadows, metrics: Metrics, interval: float
+    ) -> None:
+        self._registry, self._shadows = registry, shadows
+        self._metrics, self._interval = metrics, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="repository-watcher", daemon=True)
 
@@ -252,6 +256,7 @@ class RepositoryWatcher:
         while not self._stop.wait(self._interval):
             try:
                 _, dropped = self._registry.sync()
+                self._shadows.sync()
             except Exception:  # a bad poll must not end the watcher
                 log.exception("repository poll failed")
                 continue

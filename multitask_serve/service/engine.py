@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from multitask_serve.modelrepo.types import KINDS, HeadSpec, Kind, TrunkSpec
 from multitask_serve.service.errors import InvalidInput, TooLarge
 from multitask_serve.service.memory import TRIM_AFTER_BYTES, ActivationModel, MemoryBudget
 from multitask_serve.service.metrics import Metrics
-from multitask_serve.service.postprocess import decode
+from multitask_serve.service.outputs import decode
 from multitask_serve.service.registry import LoadedHead
 from multitask_serve.service.sessions import (
     CPU,
@@ -76,6 +77,92 @@ def _positions(held: list[int], rows: list[int]) -> list[int]:
     """Where each of ``rows`` sits in a tap that holds the rows ``held``."""
     at = {row: i for i, row in enumerate(held)}
     return [at[row] for row in rows]
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A head of a batch and the batch's rows that asked for it."""
+
+    head: LoadedHead
+    rows: list[int]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a batch will run: its texts, tokenized once, and who reads which rows."""
+
+    texts: list[str]
+    spans: list[range]  # per job, its rows
+    users: dict[int, Reader]  # by id of the head object
+    candidates: dict[int, LoadedHead]  # the same keys: the head's shadow candidate, if any
+    batch: TokenizedBatch
+    lengths: np.ndarray  # per row, its tokens
+    runs: list[list[int]]  # the trunk runs, each its rows in ascending order
+    largest: int  # the planned bytes of the largest run
+
+
+@dataclass(frozen=True)
+class TrunkRun:
+    """One trunk run of a plan: its rows, their sub-batch and the taps asked for."""
+
+    rows: list[int]
+    batch: TokenizedBatch
+    position: dict[int, int]  # row -> where the sub-batch holds it
+    members: dict[int, list[int]]  # head key -> its rows in this run
+    taps: dict[int, tuple[Tap, list[int]]]  # per tap: the hidden state and the rows it holds
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One head's results on its rows of a trunk run."""
+
+    rows: list[int]
+    local: list[int]  # where the run's sub-batch holds those rows
+    batch: TokenizedBatch  # those rows
+    texts: list[str]
+    outputs: list[Output]
+    seconds: float  # the head's time on them, decoding included
+
+
+def _shadow_work(
+    run: TrunkRun, served: LoadedHead, candidate: LoadedHead, answered: Answered
+) -> ShadowWork:
+    """What ``candidate`` needs to run later on the rows ``served`` answered: its own tap, which
+    the same trunk run yielded."""
+    tap, held = run.taps[candidate.spec.branch_layer]
+    picks = None if answered.local == held else _positions(held, answered.local)
+    return ShadowWork(
+        served,
+        candidate,
+        tap,
+        picks,
+        answered.batch,
+        answered.texts,
+        answered.outputs,
+        answered.seconds,
+    )
+
+
+def _assemble(
+    jobs: list[Job], plan: Plan, decoded: Mapping[int, Mapping[int, Output]]
+) -> list[JobResult]:
+    """Each job's answers in its own order, from the results of every head by row."""
+    return [
+        JobResult(
+            results={
+                task: TaskResult(
+                    task,
+                    head.version,
+                    str(head.spec.kind),
+                    [decoded[id(head)][i] for i in span],
+                )
+                for task, head in job.heads.items()
+            },
+            truncated=[plan.batch.truncated[i] for i in span],
+            tokens=[int(plan.lengths[i]) for i in span],
+        )
+        for job, span in zip(jobs, plan.spans, strict=True)
+    ]
 
 
 class Engine:
@@ -145,89 +232,90 @@ class Engine:
         candidate needs to run later on the same rows (``run_shadow``): each trunk run also yields
         the candidate's tap, so the shadow costs no trunk run of its own.
 
-        The texts run through the trunk as length groups (``length_groups``): each group is padded
-        only to its own longest text, and every group serves every head that has rows in it.
+        Plan (``_plan``: one tokenization, who reads which rows, length groups cut to the memory
+        budget), then per run: the trunk (``_run_trunk_rows``), each head on its rows
+        (``_run_head``) and its candidate's work (``_shadow_work``); last, the answers
+        (``_assemble``).
         """
+        plan = self._plan(jobs, shadows)
+        decoded: dict[int, dict[int, Output]] = {key: {} for key in plan.users}
+        works: list[ShadowWork] = []
+        for rows in plan.runs:
+            run = self._run_trunk_rows(plan, rows)
+            for key, wanted in run.members.items():
+                head, candidate = plan.users[key].head, plan.candidates.get(key)
+                answered = self._run_head(plan.texts, run, head, wanted)
+                decoded[key].update(zip(answered.rows, answered.outputs, strict=True))
+                if candidate is not None:
+                    works.append(_shadow_work(run, head, candidate, answered))
+        if (
+            plan.largest > TRIM_AFTER_BYTES
+        ):  # a rare large run: its freed activations back to the OS
+            release_freed_memory()
+        return _assemble(jobs, plan, decoded), works
+
+    def _plan(self, jobs: list[Job], shadows: Mapping[str, LoadedHead]) -> Plan:
+        """Tokenize every job's texts at once; note which rows each head (and its candidate)
+        reads; cut the rows into length groups (``length_groups``), each padded only to its own
+        longest text, and those into runs that fit the memory budget (``_fitted``)."""
         texts = [text for job in jobs for text in job.texts]
         spans, start = [], 0
         for job in jobs:
             spans.append(range(start, start + len(job.texts)))
             start += len(job.texts)
-        users: dict[int, tuple[LoadedHead, list[int]]] = {}  # by head object: versions may differ
+        users: dict[int, Reader] = {}  # by head object: versions may differ
         for job, span in zip(jobs, spans, strict=True):
             for head in job.heads.values():
-                users.setdefault(id(head), (head, []))[1].extend(span)
+                users.setdefault(id(head), Reader(head, [])).rows.extend(span)
         candidates = {
-            key: shadows[head.spec.task]
-            for key, (head, _) in users.items()
-            if shadows.get(head.spec.task, head) is not head
+            key: shadows[reader.head.spec.task]
+            for key, reader in users.items()
+            if shadows.get(reader.head.spec.task, reader.head) is not reader.head
         }
         batch = self._encode(texts)
         self._metrics.batch_texts.observe(len(texts))
         self._metrics.batch_tokens.observe(int(batch.attention_mask.sum()))
-        decoded: dict[int, dict[int, Output]] = {key: {} for key in users}
-        works: list[ShadowWork] = []
         lengths = batch.attention_mask.sum(axis=1)
-        groups, largest = self._fitted(length_groups(lengths, self._group_cost), lengths)
-        for group in groups:
-            sub = batch.group(group)  # holds the group's rows in the group's order
-            position = {row: i for i, row in enumerate(group)}
-            members = {
-                key: [row for row in rows if row in position] for key, (_, rows) in users.items()
-            }
-            active = [key for key, rows in members.items() if rows]
-            needs: dict[int, set[int]] = {}
-            for key in active:
-                wanted = {position[row] for row in members[key]}
-                needs.setdefault(users[key][0].spec.branch_layer, set()).update(wanted)
-                if key in candidates:  # the candidate reads the same rows, maybe another tap
-                    needs.setdefault(candidates[key].spec.branch_layer, set()).update(wanted)
-            taps = self._trunk_taps(sub, needs)
-            for key in active:
-                rows = members[key]
-                head = users[key][0]
-                t0 = time.perf_counter()
-                hidden, held = taps[head.spec.branch_layer]
-                local = [position[row] for row in rows]
-                if len(rows) == sub.size:  # every row of the group, in the group's order
-                    served, part = group, sub
-                else:
-                    served, part = rows, sub.rows(local)
-                if local != held:  # the tap holds other rows too: pick this head's
-                    hidden = self._rows.take(hidden, _positions(held, local))
-                raw = head.session.run(hidden, part.attention_mask)
-                row_texts = [texts[row] for row in served]
-                outputs = decode(head.spec, raw, part, row_texts)
-                decoded[key].update(zip(served, outputs, strict=True))
-                elapsed = time.perf_counter() - t0
-                self._metrics.head_seconds.labels(head.spec.task).observe(elapsed)
-                if key in candidates:
-                    tap, tap_held = taps[candidates[key].spec.branch_layer]
-                    picks = None if local == tap_held else _positions(tap_held, local)
-                    works.append(
-                        ShadowWork(
-                            head, candidates[key], tap, picks, part, row_texts, outputs, elapsed
-                        )
-                    )
-        results = [
-            JobResult(
-                results={
-                    task: TaskResult(
-                        task,
-                        head.version,
-                        str(head.spec.kind),
-                        [decoded[id(head)][i] for i in span],
-                    )
-                    for task, head in job.heads.items()
-                },
-                truncated=[batch.truncated[i] for i in span],
-                tokens=[int(lengths[i]) for i in span],
-            )
-            for job, span in zip(jobs, spans, strict=True)
-        ]
-        if largest > TRIM_AFTER_BYTES:  # a rare large run: its freed activations back to the OS
-            release_freed_memory()
-        return results, works
+        runs, largest = self._fitted(length_groups(lengths, self._group_cost), lengths)
+        return Plan(texts, spans, users, candidates, batch, lengths, runs, largest)
+
+    def _run_trunk_rows(self, plan: Plan, rows: list[int]) -> TrunkRun:
+        """One trunk run over ``rows`` (ascending), asked for the taps their heads (and
+        candidates) read, each for the rows that read it."""
+        sub = plan.batch.group(rows)  # holds the rows in this order
+        position = {row: i for i, row in enumerate(rows)}
+        members: dict[int, list[int]] = {}
+        needs: dict[int, set[int]] = {}
+        for key, reader in plan.users.items():
+            wanted = [row for row in reader.rows if row in position]
+            if not wanted:
+                continue
+            members[key] = wanted
+            local = {position[row] for row in wanted}
+            needs.setdefault(reader.head.spec.branch_layer, set()).update(local)
+            if key in plan.candidates:  # the candidate reads the same rows, maybe another tap
+                needs.setdefault(plan.candidates[key].spec.branch_layer, set()).update(local)
+        return TrunkRun(rows, sub, position, members, self._trunk_taps(sub, needs))
+
+    def _run_head(
+        self, texts: list[str], run: TrunkRun, head: LoadedHead, rows: list[int]
+    ) -> Answered:
+        """``head`` on its ``rows`` of a trunk run, decoded to one result per row."""
+        t0 = time.perf_counter()
+        hidden, held = run.taps[head.spec.branch_layer]
+        local = [run.position[row] for row in rows]
+        if len(rows) == run.batch.size:  # every row of the run, in the run's order
+            rows, part = run.rows, run.batch
+        else:
+            part = run.batch.rows(local)
+        if local != held:  # the tap holds other rows too: pick this head's
+            hidden = self._rows.take(hidden, _positions(held, local))
+        raw = head.session.run(hidden, part.attention_mask)
+        row_texts = [texts[row] for row in rows]
+        outputs = decode(head.spec, raw, part, row_texts)
+        elapsed = time.perf_counter() - t0
+        self._metrics.head_seconds.labels(head.spec.task).observe(elapsed)
+        return Answered(rows, local, part, row_texts, outputs, elapsed)
 
     def _fitted(self, groups: list[list[int]], lengths: np.ndarray) -> tuple[list[list[int]], int]:
         """The groups cut into runs that fit the memory budget (each a run of consecutive rows

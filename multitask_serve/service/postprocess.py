@@ -1,15 +1,14 @@
-"""Head outputs -> wire results: softmax and labels, BIO decoding to character spans, embeddings."""
+"""The arithmetic of decoding head outputs: softmax and labels, BIO tags to character spans.
+
+Which head uses which is service/outputs.py's table.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
-
-from multitask_serve.modelrepo.types import HeadSpec
-from multitask_serve.service.types import Output, TokenizedBatch
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -100,40 +99,13 @@ def entities(
     return spans
 
 
-def vectors(
-    spec: HeadSpec, raw: np.ndarray, batch: TokenizedBatch, texts: list[str]
-) -> list[Output]:
-    rows: list[Output] = raw.tolist()
-    return rows
-
-
-def classes(
-    spec: HeadSpec, raw: np.ndarray, batch: TokenizedBatch, texts: list[str]
-) -> list[Output]:
-    return list(classifications(softmax(raw), spec.labels))
-
-
-def spans(spec: HeadSpec, raw: np.ndarray, batch: TokenizedBatch, texts: list[str]) -> list[Output]:
-    probs = softmax(raw)
-    # Most texts have no entity: a text whose tokens' best labels are all outside-tags needs no
-    # walk over its words.
-    _, is_entity = _tags(spec.labels)
-    tagged = (is_entity[probs.argmax(axis=-1)] & (batch.attention_mask != 0)).any(axis=1)
-    return [
-        entities(texts[i], probs[i], batch.offsets[i], batch.word_ids[i], spec.labels)
-        if tagged[i]
-        else []
-        for i in range(batch.size)
-    ]
-
-
-Decoder = Callable[[HeadSpec, np.ndarray, TokenizedBatch, list[str]], list[Output]]
-# KindTraits.decode -> how a head's raw output for a batch becomes one result per text.
-DECODERS: dict[str, Decoder] = {"vector": vectors, "classes": classes, "spans": spans}
-
-
-def decode(
-    spec: HeadSpec, raw: np.ndarray, batch: TokenizedBatch, texts: list[str]
-) -> list[Output]:
-    """One result per text from a head's raw output for the whole batch."""
-    return DECODERS[spec.traits.decode](spec, raw, batch, texts)
+def entity_rows(
+    probs: np.ndarray, attention_mask: np.ndarray, labels: tuple[str, ...]
+) -> list[bool]:
+    """Per text, whether any of its tokens' best label tags an entity: most texts have none, and
+    need no walk over their words."""
+    _, is_entity = _tags(labels)
+    tagged: list[bool] = (
+        (is_entity[probs.argmax(axis=-1)] & (attention_mask != 0)).any(axis=1).tolist()
+    )
+    return tagged

@@ -4,9 +4,8 @@ A new head is validated outside the lock (spec vs the loaded trunk, ONNX load, s
 inference through trunk and head), persisted to the repository, and only then swapped in as a new
 read-only mapping. Requests take one snapshot and never see a half-made change.
 
-Beside the served heads it keeps the shadows: per task at most one candidate version that reads
-the same taps as the served head on live traffic and answers nobody (service/shadow.py) until it
-is promoted (``current`` moves to it, as a replace does) or discarded.
+Shadow candidates sit beside it (service/shadow.py ``Shadows``): they change under the same
+``lock``, promote through ``serve``, and hear of every change of a served head (``on_change``).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import IO
@@ -48,6 +47,8 @@ class LoadedHead:
 
 # Runs one real inference through trunk and head; raises InvalidInput if the head misbehaves.
 Probe = Callable[[LoadedHead], None]
+# Told (task, the head now served, or None: no longer served) each time a served head changes.
+Listener = Callable[[str, LoadedHead | None], None]
 
 
 class HeadRegistry:
@@ -64,16 +65,30 @@ class HeadRegistry:
         self._trunk = trunk
         self._probe = probe
         self._runtime = runtime
-        self._lock = threading.Lock()
+        # Held by every change of the served set, and of anything kept beside it (shadows).
+        self.lock = threading.Lock()
         self._heads: Mapping[str, LoadedHead] = MappingProxyType({})
-        self._shadows: Mapping[str, LoadedHead] = MappingProxyType({})
+        self._listeners: list[Listener] = []
+
+    @property
+    def repo(self) -> ModelRepository:
+        return self._repo
 
     def snapshot(self) -> Mapping[str, LoadedHead]:
         return self._heads
 
-    def shadows(self) -> Mapping[str, LoadedHead]:
-        """Task -> its candidate head, one read-only snapshot (a batch takes one)."""
-        return self._shadows
+    def on_change(self, listener: Listener) -> None:
+        """Call ``listener`` (with ``lock`` held) each time a task's served head changes."""
+        self._listeners.append(listener)
+
+    def serve(self, changes: Mapping[str, LoadedHead | None]) -> None:
+        """Swap in a new snapshot with each task's head (None: the task is no longer served),
+        then tell the listeners. The caller holds ``lock``."""
+        heads = {**self._heads, **changes}
+        self._heads = MappingProxyType({t: h for t, h in heads.items() if h is not None})
+        for task, head in changes.items():
+            for listener in self._listeners:
+                listener(task, head)
 
     def resolve(self, tasks: list[str]) -> dict[str, LoadedHead]:
         """The heads of ``tasks``, from one snapshot; UnknownTask names the first one not served."""
@@ -147,10 +162,8 @@ class HeadRegistry:
             except (RepositoryError, InvalidInput, Conflict, OSError) as exc:
                 log.error("not serving task %s: %s", task, exc)
                 failed.append(task)
-        shadows = self._load_versions(self._wanted_shadows(loaded), {}, "shadow")
-        with self._lock:
-            self._heads = MappingProxyType(loaded)
-            self._shadows = MappingProxyType(shadows)
+        with self.lock:
+            self.serve(loaded)
         return failed
 
     def add(self, spec: HeadSpec, model: bytes, replace: bool = False) -> LoadedHead:
@@ -158,36 +171,28 @@ class HeadRegistry:
         if not replace and spec.task in self._heads:
             raise Conflict(f"task {spec.task!r} exists; pass replace=true to serve a new version")
         head = self.load(spec, model)
-        with self._lock:
+        with self.lock:
             if not replace and spec.task in self._heads:
                 raise Conflict(f"task {spec.task!r} was added concurrently")
             version = self._repo.add_head(spec, model)
             head = LoadedHead(spec=spec, version=version, session=head.session)
-            self._heads = MappingProxyType({**self._heads, spec.task: head})
+            self.serve({spec.task: head})
         log.info(
             "serving %s version %d (%s, tap %d)", spec.task, version, spec.kind, spec.branch_layer
         )
         return head
 
     def remove(self, task: str) -> None:
-        with self._lock:
+        with self.lock:
             if task not in self._heads:
                 raise NotFound(f"unknown task {task!r}")
             try:
                 self._repo.remove_task(task)
             except RepositoryError as exc:  # another replica removed it since our last poll
-                self._drop(task)
+                self.serve({task: None})
                 raise NotFound(f"unknown task {task!r}: {exc}") from exc
-            self._drop(task)
+            self.serve({task: None})
         log.info("removed %s", task)
-
-    def _drop(self, task: str) -> None:
-        self._heads = MappingProxyType({k: v for k, v in self._heads.items() if k != task})
-        self._end_shadow(task)
-
-    def _end_shadow(self, task: str) -> None:
-        """Forget ``task``'s shadow here (the lock is held)."""
-        self._shadows = MappingProxyType({k: v for k, v in self._shadows.items() if k != task})
 
     def versions(self, task: str) -> tuple[int | None, list[StoredHead]]:
         """The current version and every stored one, oldest first."""
@@ -213,118 +218,35 @@ class HeadRegistry:
             raise NotFound(f"task {task!r} has no version {version} (has {numbers})")
         target = stored[numbers.index(version)]
         head = self.load(target.spec, target.model_path.read_bytes(), version)
-        with self._lock:
+        with self.lock:
             self._repo.set_current(task, version)
-            self._heads = MappingProxyType({**self._heads, task: head})
-            shadow = self._shadows.get(task)
-            if shadow is not None and shadow.version == version:  # served now: no more a shadow
-                self._repo.clear_shadow(task)
-                self._end_shadow(task)
+            self.serve({task: head})
         log.info("rolled %s back to version %d", task, version)
-        return head
-
-    def add_shadow(self, spec: HeadSpec, model: bytes, replace: bool = False) -> LoadedHead:
-        """Validate a candidate like any upload and store it as a version that is not served.
-
-        The task must be served, by a head that answers in the same form (labels, spans or
-        vectors: the comparison reads both outputs alike). One shadow per task: a second is a
-        conflict unless ``replace``.
-        """
-        task = spec.task
-        self._check_shadow(spec, replace)
-        head = self.load(spec, model)
-        with self._lock:
-            self._check_shadow(spec, replace)
-            version = self._repo.add_head(spec, model, make_current=False)
-            self._repo.set_shadow(task, version)
-            head = LoadedHead(spec=spec, version=version, session=head.session)
-            self._shadows = MappingProxyType({**self._shadows, task: head})
-        log.info("shadowing %s with version %d (tap %d)", task, version, spec.branch_layer)
-        return head
-
-    def _check_shadow(self, spec: HeadSpec, replace: bool) -> None:
-        served = self._heads.get(spec.task)
-        if served is None:
-            raise UnknownTask(spec.task)
-        if served.spec.traits.decode != spec.traits.decode:
-            raise Conflict(
-                f"task {spec.task!r} serves a {served.spec.kind} head; a {spec.kind} candidate "
-                "answers in another form and cannot be compared with it"
-            )
-        if not replace and spec.task in self._shadows:
-            version = self._shadows[spec.task].version
-            raise Conflict(
-                f"task {spec.task!r} already shadows version {version}; discard it first or "
-                "pass replace=true"
-            )
-
-    def shadow(self, task: str) -> LoadedHead:
-        shadow = self._shadows.get(task)
-        if shadow is None:
-            raise NotFound(f"task {task!r} has no shadow")
-        return shadow
-
-    def promote_shadow(self, task: str) -> LoadedHead:
-        """Serve the candidate: atomically, as ``replace`` does; the shadow ends."""
-        with self._lock:
-            head = self.shadow(task)
-            try:
-                self._repo.promote_shadow(task)
-            except RepositoryError as exc:  # another replica promoted or discarded it
-                raise NotFound(f"task {task!r} has no shadow: {exc}") from exc
-            self._heads = MappingProxyType({**self._heads, task: head})
-            self._end_shadow(task)
-        log.info("promoted %s version %d from shadow to served", task, head.version)
-        return head
-
-    def discard_shadow(self, task: str) -> LoadedHead:
-        """End the shadow; its version stays stored and is never served."""
-        with self._lock:
-            head = self.shadow(task)
-            self._repo.clear_shadow(task)
-            self._end_shadow(task)
-        log.info("discarded shadow version %d of %s", head.version, task)
         return head
 
     def sync(self) -> tuple[list[str], list[str]]:
         """Converge on the repository, which other replicas may have changed.
 
-        Loads each task whose current (or shadow) version differs from the one held here
-        (validated like an upload; a broken one is logged and left as it was) and drops tasks
-        (or shadows) that are gone. Returns (changed, dropped) served tasks.
+        Loads each task whose current version differs from the one held here (validated like an
+        upload; a broken one is logged and left as it was) and drops tasks that are gone.
+        Returns (changed, dropped) tasks.
         """
-        wanted: dict[str, int] = {}
-        for task in self._repo.tasks():
-            with contextlib.suppress(RepositoryError):
-                version = self._repo.current_version(task)
-                if version is not None:
-                    wanted[task] = version
-        served, shadows = self._heads, self._shadows
-        loaded = self._load_versions(wanted, served, "serving")
-        wanted_shadows = self._wanted_shadows(wanted)
-        loaded_shadows = self._load_versions(wanted_shadows, shadows, "shadow")
-        with self._lock:
+        wanted = pointed(self._repo.tasks(), self._repo.current_version)
+        served = self._heads
+        loaded = self.load_versions(wanted, served, "serving")
+        with self.lock:
             # Only apply what nobody changed while we loaded; the next poll sees the rest.
-            heads, changed, dropped = _converge(self._heads, served, wanted, loaded)
-            now_shadows, _, _ = _converge(self._shadows, shadows, wanted_shadows, loaded_shadows)
-            self._heads = MappingProxyType(heads)
-            self._shadows = MappingProxyType(now_shadows)
-        for task in changed:
-            log.info("repository: serving %s version %d", task, heads[task].version)
-        for task in dropped:
-            log.info("repository: %s was removed", task)
-        return changed, dropped
+            changes = converge(self._heads, served, wanted, loaded)
+            self.serve(changes)
+        for task, head in changes.items():
+            if head is None:
+                log.info("repository: %s was removed", task)
+            else:
+                log.info("repository: serving %s version %d", task, head.version)
+        changed = [task for task, head in changes.items() if head is not None]
+        return changed, [task for task, head in changes.items() if head is None]
 
-    def _wanted_shadows(self, tasks: Mapping[str, object]) -> dict[str, int]:
-        wanted = {}
-        for task in tasks:
-            with contextlib.suppress(RepositoryError):
-                version = self._repo.shadow_version(task)
-                if version is not None:
-                    wanted[task] = version
-        return wanted
-
-    def _load_versions(
+    def load_versions(
         self, wanted: Mapping[str, int], held: Mapping[str, LoadedHead], role: str
     ) -> dict[str, LoadedHead]:
         """Load each wanted (task, version) not already held; failures are logged, not raised."""
@@ -340,29 +262,39 @@ class HeadRegistry:
         return loaded
 
 
-def _converge(
+def pointed(tasks: Iterable[str], pointer: Callable[[str], int | None]) -> dict[str, int]:
+    """Task -> the version its ``pointer`` names in the repository, for the tasks that have one
+    (a task removed meanwhile has none)."""
+    wanted = {}
+    for task in tasks:
+        with contextlib.suppress(RepositoryError):
+            version = pointer(task)
+            if version is not None:
+                wanted[task] = version
+    return wanted
+
+
+def converge(
     now: Mapping[str, LoadedHead],
     seen: Mapping[str, LoadedHead],
     wanted: Mapping[str, int],
     loaded: Mapping[str, LoadedHead],
-) -> tuple[dict[str, LoadedHead], list[str], list[str]]:
-    """``now`` with ``loaded`` swapped in and unwanted tasks dropped, for the tasks whose head
-    is still the one ``seen`` before loading (a change made meanwhile wins)."""
-    heads = dict(now)
-    changed = [t for t in loaded if heads.get(t) is seen.get(t)]
-    dropped = [t for t in heads if t not in wanted and heads[t] is seen.get(t)]
-    for task in changed:
-        heads[task] = loaded[task]
-    for task in dropped:
-        del heads[task]
-    return heads, changed, dropped
+) -> dict[str, LoadedHead | None]:
+    """The changes that bring ``now`` to ``wanted``: ``loaded`` heads swapped in, unwanted tasks
+    dropped (None), for the tasks whose head is still the one ``seen`` before loading (a change
+    made meanwhile wins)."""
+    changes: dict[str, LoadedHead | None] = {
+        t: head for t, head in loaded.items() if now.get(t) is seen.get(t)
+    }
+    changes.update({t: None for t in now if t not in wanted and now[t] is seen.get(t)})
+    return changes
 
 
 def register_archive(
     file: IO[bytes], task: str, max_bytes: int, register: Callable[[HeadSpec, bytes], LoadedHead]
 ) -> LoadedHead:
     """Unpack a head archive meant for ``task`` and ``register`` it (``HeadRegistry.add`` or
-    ``add_shadow``, which validate it against the trunk): what the admin API does with an upload
+    ``Shadows.add``, which validate it against the trunk): what the admin API does with an upload
     and the first run with each head it trained. A bad archive, or one for another task, is
     InvalidInput."""
     try:

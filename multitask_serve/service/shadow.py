@@ -1,37 +1,43 @@
-"""Shadow runs: a task's candidate head reads live traffic and answers nobody.
+"""Shadows: a task's candidate head reads live traffic and answers nobody, until it is promoted
+(served atomically, as a replace is) or discarded. The whole feature is here:
 
-The trunk run that serves a batch also yields the candidate's tap (``Engine.predict_shadowed``);
-once the batch's answers are handed back, ``ShadowRunner`` runs the candidate on those taps on a
-thread of its own, at a lower CPU priority than serving, and compares its outputs with the served
-head's. The served path never waits on it: it holds one batch at a time, and a batch that finishes
-while it is still busy (serving keeps the cores, or the candidate is slow or hangs) is skipped and
-counted. A candidate that fails is counted too; nothing of it reaches a client.
-
-Agreement per text: the same label (classification), the same set of entity spans (token
-classification), cosine >= ``COSINE_AGREES`` (embeddings).
+- ``Shadows``, the lifecycle: per task at most one candidate version, validated like any upload
+  (``HeadRegistry.load``) and stored as a version that is not served; its report; promote; discard;
+  each replica's sync of the repository's shadow pointer. It sits beside the registry
+  (service/registry.py), which keeps the served set, changes under the registry's lock and hears
+  from it when a served head changes (a task removed, or its candidate served by a rollback or
+  another replica's promote, ends the shadow here).
+- ``ShadowRunner``, the runs: the trunk run that serves a batch also yields the candidate's tap
+  (``Engine.predict_shadowed``); once the batch's answers are handed back, the runner runs the
+  candidate on those taps on a thread of its own, at a lower CPU priority than serving, and
+  compares its outputs with the served head's (service/outputs.py, per form of output). The served
+  path never waits on it: it holds one batch at a time, and a batch that finishes while it is still
+  busy (serving keeps the cores, or the candidate is slow or hangs) is skipped and counted. A
+  candidate that fails is counted too; nothing of it reaches a client.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
+from multitask_serve.modelrepo.repository import RepositoryError
+from multitask_serve.modelrepo.types import HeadSpec
+from multitask_serve.service.errors import Conflict, NotFound, UnknownTask
 from multitask_serve.service.metrics import Metrics
-from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.outputs import Comparison, form_of
+from multitask_serve.service.registry import HeadRegistry, LoadedHead, converge, pointed
 from multitask_serve.service.sessions import Tap
 from multitask_serve.service.types import Output, TokenizedBatch
 
 log = logging.getLogger(__name__)
-
-# Two embeddings of one text "agree" at this cosine or above.
-COSINE_AGREES = 0.99
 
 
 @dataclass(frozen=True)
@@ -53,132 +59,41 @@ class ShadowWork:
 
 
 @dataclass
-class Comparison:
-    """What one batch's candidate outputs showed against the served ones."""
-
-    agreed: int = 0
-    score_diffs: list[float] = field(default_factory=list)
-    cosines: list[float] = field(default_factory=list)
-    spans_matched: int = 0
-    spans_served: int = 0
-    spans_candidate: int = 0
-
-
-def compare(decode: str, served: list[Output], candidate: list[Output]) -> Comparison:
-    out = Comparison()
-    for s, c in zip(served, candidate, strict=True):
-        if decode == "classes":
-            _classes(s, c, out)  # type: ignore[arg-type]
-        elif decode == "spans":
-            _spans(s, c, out)  # type: ignore[arg-type]
-        else:
-            _vectors(s, c, out)  # type: ignore[arg-type]
-    return out
-
-
-def _classes(served: dict[str, Any], candidate: dict[str, Any], out: Comparison) -> None:
-    out.agreed += served["label"] == candidate["label"]
-    common = served["scores"].keys() & candidate["scores"].keys()
-    if common:
-        diffs = [abs(served["scores"][k] - candidate["scores"][k]) for k in common]
-        out.score_diffs.append(sum(diffs) / len(diffs))
-
-
-def _spans(served: list[dict[str, Any]], candidate: list[dict[str, Any]], out: Comparison) -> None:
-    def key(span: dict[str, Any]) -> tuple[str, int, int]:
-        return span["entity"], span["start"], span["end"]
-
-    s = {key(span): span["score"] for span in served}
-    c = {key(span): span["score"] for span in candidate}
-    matched = s.keys() & c.keys()
-    out.agreed += s.keys() == c.keys()
-    out.spans_matched += len(matched)
-    out.spans_served += len(s)
-    out.spans_candidate += len(c)
-    out.score_diffs.extend(abs(s[k] - c[k]) for k in matched)
-
-
-def _vectors(served: list[float], candidate: list[float], out: Comparison) -> None:
-    dot = sum(a * b for a, b in zip(served, candidate, strict=True))
-    norms = math.sqrt(sum(a * a for a in served)) * math.sqrt(sum(b * b for b in candidate))
-    cosine = dot / norms if norms > 0 else 0.0
-    out.cosines.append(cosine)
-    out.agreed += cosine >= COSINE_AGREES
-    diffs = [abs(a - b) for a, b in zip(served, candidate, strict=True)]
-    out.score_diffs.append(sum(diffs) / len(diffs))
-
-
-@dataclass
 class ShadowStats:
     """One candidate's running totals on this replica, since it was loaded here."""
 
     candidate: LoadedHead
-    texts: int = 0  # compared with the served head
-    agreed: int = 0
+    seen: Comparison = field(default_factory=Comparison)  # texts compared with the served head
     skipped: int = 0  # never run: the shadow was busy with an earlier batch
     failed: int = 0  # the candidate raised on them
     batches: int = 0
-    score_diff_sum: float = 0.0
-    score_diff_count: int = 0
-    cosine_sum: float = 0.0
-    cosine_min: float | None = None
-    spans_matched: int = 0
-    spans_served: int = 0
-    spans_candidate: int = 0
     served_seconds: float = 0.0
     candidate_seconds: float = 0.0
     last_error: str | None = None
 
-    def add(self, texts: int, c: Comparison, served_s: float, candidate_s: float) -> None:
-        self.texts += texts
+    def add(self, found: Comparison, served_s: float, candidate_s: float) -> None:
+        self.seen.add(found)
         self.batches += 1
-        self.agreed += c.agreed
-        self.score_diff_sum += sum(c.score_diffs)
-        self.score_diff_count += len(c.score_diffs)
-        self.cosine_sum += sum(c.cosines)
-        if c.cosines:
-            low = min(c.cosines)
-            self.cosine_min = low if self.cosine_min is None else min(self.cosine_min, low)
-        self.spans_matched += c.spans_matched
-        self.spans_served += c.spans_served
-        self.spans_candidate += c.spans_candidate
         self.served_seconds += served_s
         self.candidate_seconds += candidate_s
 
     def report(self) -> dict[str, Any]:
-        decode = self.candidate.spec.traits.decode
-        seen = self.texts
-        body: dict[str, Any] = {
+        seen, batches = self.seen.texts, self.batches
+        return {
             "since": datetime.fromtimestamp(self.candidate.loaded_at, UTC).isoformat(),
             "texts_seen": seen,
             "texts_skipped": self.skipped,
             "texts_failed": self.failed,
-            "batches": self.batches,
-            "agreement": self.agreed / seen if seen else None,
-            "mean_abs_score_diff": (
-                self.score_diff_sum / self.score_diff_count if self.score_diff_count else None
-            ),
+            "batches": batches,
+            "agreement": self.seen.agreed / seen if seen else None,
+            "mean_abs_score_diff": self.seen.mean_abs_score_diff,
+            **form_of(self.candidate.spec).report(self.seen),
+            "latency_ms_per_batch": {
+                "served": 1000 * self.served_seconds / batches if batches else None,
+                "candidate": 1000 * self.candidate_seconds / batches if batches else None,
+            },
+            "last_error": self.last_error,
         }
-        if decode == "classes":
-            body["label_agreement"] = body["agreement"]
-        elif decode == "spans":
-            predicted = self.spans_served + self.spans_candidate
-            body["entity_span_f1"] = 2 * self.spans_matched / predicted if predicted else None
-            body["entity_spans"] = {
-                "served": self.spans_served,
-                "candidate": self.spans_candidate,
-                "matched": self.spans_matched,
-            }
-        else:
-            body["cosine_mean"] = self.cosine_sum / seen if seen else None
-            body["cosine_min"] = self.cosine_min
-        batches = self.batches
-        body["latency_ms_per_batch"] = {
-            "served": 1000 * self.served_seconds / batches if batches else None,
-            "candidate": 1000 * self.candidate_seconds / batches if batches else None,
-        }
-        body["last_error"] = self.last_error
-        return body
 
 
 class ShadowRunner:
@@ -192,8 +107,8 @@ class ShadowRunner:
         metrics: Metrics,
         executor: Executor,
     ) -> None:
-        """``candidates``: the registry's shadow snapshot; ``run``: the candidate head on a
-        work's rows (``Engine.run_shadow``); ``executor``: one low-priority thread."""
+        """``candidates``: the shadow snapshot (``Shadows.snapshot``); ``run``: the candidate
+        head on a work's rows (``Engine.run_shadow``); ``executor``: one low-priority thread."""
         self.candidates = candidates
         self._run = run
         self._metrics = metrics
@@ -250,7 +165,7 @@ class ShadowRunner:
         started = time.perf_counter()
         try:
             outputs = self._run(work)
-            found = compare(work.candidate.spec.traits.decode, work.served_outputs, outputs)
+            found = form_of(work.candidate.spec).compare(work.served_outputs, outputs)
         except Exception as exc:  # a candidate's failure is its report's business, no one else's
             with self._lock:
                 stats = self._stats_for(work.candidate)
@@ -263,7 +178,7 @@ class ShadowRunner:
             return
         elapsed = time.perf_counter() - started
         with self._lock:
-            self._stats_for(work.candidate).add(n, found, work.served_seconds, elapsed)
+            self._stats_for(work.candidate).add(found, work.served_seconds, elapsed)
         self._metrics.shadow_texts.labels(task, "compared").inc(n)
         self._metrics.shadow_agreements.labels(task).inc(found.agreed)
         self._metrics.shadow_head_seconds.labels(task).observe(elapsed)
@@ -288,3 +203,119 @@ class ShadowRunner:
             "candidate_strategy": candidate.spec.training.get("strategy"),
             **body,
         }
+
+
+class Shadows:
+    """Per task at most one candidate version, beside the served heads of ``registry``.
+
+    Every change happens under the registry's lock, so that a candidate and the head it shadows
+    change together: a task removed, or its candidate's version served (a rollback to it, or
+    another replica's promote seen by ``HeadRegistry.sync``), ends its shadow here.
+    """
+
+    def __init__(
+        self,
+        registry: HeadRegistry,
+        run: Callable[[ShadowWork], list[Output]],
+        metrics: Metrics,
+        executor: Executor,
+    ) -> None:
+        """``run``: a candidate head on a work's rows (``Engine.run_shadow``); ``executor``: the
+        one low-priority thread candidates run on."""
+        self._registry = registry
+        self._repo = registry.repo
+        self._shadows: Mapping[str, LoadedHead] = MappingProxyType({})
+        self.runner = ShadowRunner(self.snapshot, run, metrics, executor)
+        registry.on_change(self._served_changed)
+
+    def snapshot(self) -> Mapping[str, LoadedHead]:
+        """Task -> its candidate head, one read-only snapshot (a batch takes one)."""
+        return self._shadows
+
+    def get(self, task: str) -> LoadedHead:
+        shadow = self._shadows.get(task)
+        if shadow is None:
+            raise NotFound(f"task {task!r} has no shadow")
+        return shadow
+
+    def add(self, spec: HeadSpec, model: bytes, replace: bool = False) -> LoadedHead:
+        """Validate a candidate like any upload and store it as a version that is not served.
+
+        The task must be served, by a head that answers in the same form (labels, spans or
+        vectors: the comparison reads both outputs alike). One shadow per task: a second is a
+        conflict unless ``replace``.
+        """
+        task = spec.task
+        self._check(spec, replace)
+        head = self._registry.load(spec, model)
+        with self._registry.lock:
+            self._check(spec, replace)
+            version = self._repo.add_head(spec, model, make_current=False)
+            self._repo.set_shadow(task, version)
+            head = LoadedHead(spec=spec, version=version, session=head.session)
+            self._set({task: head})
+        log.info("shadowing %s with version %d (tap %d)", task, version, spec.branch_layer)
+        return head
+
+    def _check(self, spec: HeadSpec, replace: bool) -> None:
+        served = self._registry.snapshot().get(spec.task)
+        if served is None:
+            raise UnknownTask(spec.task)
+        if served.spec.traits.decode != spec.traits.decode:
+            raise Conflict(
+                f"task {spec.task!r} serves a {served.spec.kind} head; a {spec.kind} candidate "
+                "answers in another form and cannot be compared with it"
+            )
+        if not replace and spec.task in self._shadows:
+            version = self._shadows[spec.task].version
+            raise Conflict(
+                f"task {spec.task!r} already shadows version {version}; discard it first or "
+                "pass replace=true"
+            )
+
+    def report(self, task: str) -> dict[str, Any]:
+        """The candidate's report against the served head, as GET .../shadow answers it."""
+        return self.runner.report(self._registry.snapshot().get(task), self.get(task))
+
+    def promote(self, task: str) -> LoadedHead:
+        """Serve the candidate: atomically, as a replace does; the shadow ends."""
+        with self._registry.lock:
+            head = self.get(task)
+            try:
+                self._repo.promote_shadow(task)
+            except RepositoryError as exc:  # another replica promoted or discarded it
+                raise NotFound(f"task {task!r} has no shadow: {exc}") from exc
+            self._registry.serve({task: head})  # which ends the shadow (_served_changed)
+        log.info("promoted %s version %d from shadow to served", task, head.version)
+        return head
+
+    def discard(self, task: str) -> LoadedHead:
+        """End the shadow; its version stays stored and is never served."""
+        with self._registry.lock:
+            head = self.get(task)
+            self._repo.clear_shadow(task)
+            self._set({task: None})
+        log.info("discarded shadow version %d of %s", head.version, task)
+        return head
+
+    def sync(self) -> None:
+        """Converge on the repository's shadow pointers, which other replicas may have changed:
+        load each served task's candidate not held here (a broken one is logged and left as it
+        was), drop the candidates whose pointer is gone. Runs after ``HeadRegistry.sync``."""
+        wanted = pointed(self._registry.snapshot(), self._repo.shadow_version)
+        held = self._shadows
+        loaded = self._registry.load_versions(wanted, held, "shadow")
+        with self._registry.lock:
+            self._set(converge(self._shadows, held, wanted, loaded))
+
+    def _served_changed(self, task: str, head: LoadedHead | None) -> None:
+        """The registry's news (its lock held): a task no longer served, or one whose candidate
+        is served now, has no shadow."""
+        shadow = self._shadows.get(task)
+        if shadow is not None and (head is None or head.version == shadow.version):
+            self._set({task: None})
+
+    def _set(self, changes: Mapping[str, LoadedHead | None]) -> None:
+        """A new snapshot with each task's candidate (None: none). The registry's lock is held."""
+        shadows = {**self._shadows, **changes}
+        self._shadows = MappingProxyType({t: h for t, h in shadows.items() if h is not None})

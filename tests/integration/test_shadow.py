@@ -34,7 +34,7 @@ def _sample(client: TestClient, name: str, labels: dict[str, str] | None = None)
 
 def _settle(client: TestClient) -> None:
     """Wait until the shadow thread has finished what it was handed."""
-    runner: ShadowRunner = client.app.state.shadow
+    runner: ShadowRunner = client.app.state.shadows.runner
     deadline = time.monotonic() + 30
     while not runner.idle():
         assert time.monotonic() < deadline, "the shadow thread never finished"
@@ -73,7 +73,7 @@ def test_served_answers_are_bit_identical_with_and_without_a_shadow(client, admi
         Job({"sentiment": heads["sentiment"]}, TEXTS[6:]),
     ]
     plain, none = engine.predict_shadowed(jobs, {})
-    shadowed, works = engine.predict_shadowed(jobs, registry.shadows())
+    shadowed, works = engine.predict_shadowed(jobs, client.app.state.shadows.snapshot())
     assert none == [] and works and shadowed == plain
     assert {w.task for w in works} == {"sentiment"}
     assert sum(len(w.texts) for w in works) == 3 + len(TEXTS[6:])
@@ -209,24 +209,30 @@ def test_a_replica_picks_up_shadows_promotions_and_discards_from_the_repository(
     settings = make_settings(repo, repository_poll_seconds=0)
     a = TestClient(create_app(settings, CollectorRegistry()))
     b = TestClient(create_app(settings, CollectorRegistry()))
-    registry = b.app.state.registry
+    registry, shadows = b.app.state.registry, b.app.state.shadows
+
+    def sync() -> tuple[list[str], list[str]]:  # what the replica's repository watcher does
+        changed = registry.sync()
+        shadows.sync()
+        return changed
+
     a.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
     a.post("/admin/heads/sentiment/shadow", content=archives["sentiment-v2"], headers=admin)
-    registry.sync()
-    assert registry.shadow("sentiment").version == 2
+    sync()
+    assert shadows.get("sentiment").version == 2
     assert b.get("/admin/heads/sentiment/shadow", headers=admin).json()["candidate_version"] == 2
     a.delete("/admin/heads/sentiment/shadow", headers=admin)
-    registry.sync()
-    assert "sentiment" not in registry.shadows()
+    sync()
+    assert "sentiment" not in shadows.snapshot()
     a.post("/admin/heads/sentiment/shadow", content=archives["sentiment-v2"], headers=admin)
-    registry.sync()
+    sync()
     a.post("/admin/heads/sentiment/shadow/promote", headers=admin)
-    assert registry.sync() == (["sentiment"], [])
-    assert registry.shadows() == {} and registry.snapshot()["sentiment"].version == 3
+    assert registry.sync() == (["sentiment"], [])  # the served head alone ends the shadow here
+    assert shadows.snapshot() == {} and registry.snapshot()["sentiment"].version == 3
     # A restart reads the shadow pointer too.
     a.post("/admin/heads/sentiment/shadow", content=archives["sentiment"], headers=admin)
     c = create_app(settings, CollectorRegistry())
-    assert c.state.registry.shadow("sentiment").version == 4
+    assert c.state.shadows.get("sentiment").version == 4
 
 
 class _Exploding:

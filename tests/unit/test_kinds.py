@@ -6,7 +6,7 @@ import pytest
 
 from multitask_serve.modelrepo.types import KINDS, HeadSpec, Kind, SpecError
 from multitask_serve.service import oip
-from multitask_serve.service.postprocess import DECODERS
+from multitask_serve.service.outputs import FORMS
 from multitask_serve.service.types import TaskResult
 
 HIDDEN = 8
@@ -25,7 +25,7 @@ def head(kind: Kind) -> HeadSpec:
 def test_every_kind_has_one_entry_and_every_layer_knows_its_names():
     assert set(KINDS) == set(Kind)
     for traits in KINDS.values():
-        assert traits.decode in DECODERS
+        assert traits.decode in FORMS
         assert all(t.name in oip._DATA for t in traits.tensors)
         assert oip.TRUNCATED.name not in {t.name for t in traits.tensors}
 

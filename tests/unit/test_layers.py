@@ -27,6 +27,7 @@ CORE = (
     "trunk",
     "tokenize",
     "postprocess",
+    "outputs",
     "types",
     "predict",
     "metrics",
