@@ -65,7 +65,7 @@ settings = Settings(
     repository=Path(repo), cpu_arena=mode == "per session", memory_limit_mb=0
 )
 app = create_app(settings, CollectorRegistry())
-engine, registry = app.state.engine, app.state.registry
+engine, registry = app.state.services.engine, app.state.services.registry
 heads = registry.resolve(["sentiment", "topic", "ner"])
 words = "the market rallied as investors cheered strong results".split()
 long = [" ".join(words[(i + j) % len(words)] for j in range(300)) for i in range(32)]

@@ -54,12 +54,15 @@ def main() -> None:
         seconds: dict[int, list[float]] = {c: [] for c in costs}
         runs: dict[int, float] = {}
         for app in apps.values():  # warm every shape once
-            engine = app.state.engine
-            engine.predict_many([Job(app.state.registry.resolve(list(TASKS)), batches[0])])
+            engine = app.state.services.engine
+            engine.predict_many([Job(app.state.services.registry.resolve(list(TASKS)), batches[0])])
         for _ in range(args.rounds):
             for c, app in apps.items():
-                engine, counted = app.state.engine, app.state.metrics.registry.get_sample_value
-                heads = app.state.registry.resolve(list(TASKS))
+                engine, counted = (
+                    app.state.services.engine,
+                    app.state.services.metrics.registry.get_sample_value,
+                )
+                heads = app.state.services.registry.resolve(list(TASKS))
                 before = counted("mts_trunk_runs_total")
                 started = time.perf_counter()
                 for batch in batches:

@@ -77,7 +77,7 @@ app = create_app(settings, CollectorRegistry())
 gc.collect()
 release_freed_memory()
 loaded = status()["VmRSS"]
-engine, registry = app.state.engine, app.state.registry
+engine, registry = app.state.services.engine, app.state.services.registry
 heads = registry.resolve(args["tasks"])
 rows = []
 for n, length in args["shapes"]:

@@ -41,26 +41,6 @@ class Kind(StrEnum):
 
 
 @dataclass(frozen=True)
-class OipTensor:
-    """One output tensor of the Open Inference Protocol: a row per text, maybe ``width`` wide."""
-
-    name: str
-    datatype: str  # BYTES, FP32 or BOOL
-    # Whether each row holds the head's output width of values (else one value per row).
-    wide: bool = False
-
-    def shape(self, rows: int, width: int) -> list[int]:
-        return [rows, width] if self.wide else [rows]
-
-
-_CLASS_TENSORS = (
-    OipTensor("label", "BYTES"),
-    OipTensor("score", "FP32"),
-    OipTensor("scores", "FP32", wide=True),
-)
-
-
-@dataclass(frozen=True)
 class KindTraits:
     """What every layer needs to know about one kind of head: the one place it is written."""
 
@@ -72,9 +52,9 @@ class KindTraits:
     per_token: bool
     # Where the output width comes from: the trunk's hidden size or the number of labels.
     width: Literal["hidden", "labels"]
-    # The OIP output tensors of a prediction (the service adds "truncated" to every kind).
-    tensors: tuple[OipTensor, ...]
-    # How raw outputs become results: unit vectors, label scores, or entity spans.
+    # The form of its results: vectors, label scores, or entity spans. How raw outputs become
+    # results, compare and are reported (service/outputs.py) and how each wire format lays them out
+    # (the Open Inference Protocol's tensors: service/oip.py) are keyed by it.
     decode: Literal["vector", "classes", "spans"]
     # Trained in PyTorch and traced (the module is its own parity reference); else the graph is
     # built from the trunk alone and checked against a reference module (export/heads.py).
@@ -88,7 +68,6 @@ KINDS: Mapping[Kind, KindTraits] = MappingProxyType(
             labelled=False,
             per_token=False,
             width="hidden",
-            tensors=(OipTensor("embedding", "FP32", wide=True),),
             decode="vector",
             trained=False,
         ),
@@ -97,7 +76,6 @@ KINDS: Mapping[Kind, KindTraits] = MappingProxyType(
             labelled=True,
             per_token=False,
             width="labels",
-            tensors=_CLASS_TENSORS,
             decode="classes",
             trained=False,
         ),
@@ -106,7 +84,6 @@ KINDS: Mapping[Kind, KindTraits] = MappingProxyType(
             labelled=True,
             per_token=False,
             width="labels",
-            tensors=_CLASS_TENSORS,
             decode="classes",
             trained=True,
         ),
@@ -115,7 +92,6 @@ KINDS: Mapping[Kind, KindTraits] = MappingProxyType(
             labelled=True,
             per_token=True,
             width="labels",
-            tensors=(OipTensor("entities", "BYTES"),),  # one JSON list of spans per text
             decode="spans",
             trained=True,
         ),

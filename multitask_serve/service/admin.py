@@ -18,12 +18,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from multitask_serve.modelrepo.types import HeadSpec, SpecError, validate_task_name
-from multitask_serve.service.engine import Engine
 from multitask_serve.service.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
-from multitask_serve.service.registry import HeadRegistry, LoadedHead, register_archive
+from multitask_serve.service.registry import LoadedHead, register_archive
 from multitask_serve.service.schemas import RollbackRequest, ZeroShotRequest
-from multitask_serve.service.settings import Settings
-from multitask_serve.service.shadow import Shadows
+from multitask_serve.service.state import services
 
 T = TypeVar("T")
 
@@ -33,7 +31,7 @@ UPLOAD_WRITE_BYTES = 1 << 20
 
 
 def require_admin(request: Request, authorization: str | None = Header(None)) -> None:
-    settings: Settings = request.app.state.settings
+    settings = services(request.app).settings
     if settings.admin_token is None:
         if settings.allow_unauthenticated_admin:
             return
@@ -54,7 +52,7 @@ async def _off_path(request: Request, fn: Callable[..., T], *args: Any) -> T:
     """
     loop = asyncio.get_running_loop()
     call = functools.partial(contextvars.copy_context().run, fn, *args)
-    return await loop.run_in_executor(request.app.state.loads, call)
+    return await loop.run_in_executor(services(request.app).loads, call)
 
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -97,7 +95,7 @@ _ARCHIVE_BODY = {
     openapi_extra=_ARCHIVE_BODY,
 )
 async def add_head(task: str, request: Request, replace: bool = False) -> JSONResponse:
-    registry: HeadRegistry = request.app.state.registry
+    registry = services(request.app).registry
     head = await _upload(request, task, functools.partial(registry.add, replace=replace))
     return _added(head)
 
@@ -108,7 +106,7 @@ async def _upload(
     """Stage the archive body, unpack and check it off the event loop, then ``register`` it
     (which validates the head against the trunk: fingerprint, signature, probe)."""
     task = _task(task)
-    settings: Settings = request.app.state.settings
+    settings = services(request.app).settings
     max_bytes = settings.max_upload_bytes
     staged = await _stage_upload(request, settings.repository, max_bytes)
     # Whoever takes this closes (and so deletes) the staging file: the load, or this handler if
@@ -191,22 +189,20 @@ async def add_zero_shot(task: str, body: ZeroShotRequest, request: Request) -> J
         raise InvalidInput("labels must be unique")
     if any(not label.strip() or not text.strip() for label, text in labels.items()):
         raise InvalidInput("labels and descriptions must be non-empty")
-    engine: Engine = request.app.state.engine
-    registry: HeadRegistry = request.app.state.registry
+    app = services(request.app)
 
     def make() -> LoadedHead:
-        spec, model = engine.zero_shot_head(task, labels)
-        return registry.add(spec, model, body.replace)
+        spec, model = app.engine.zero_shot_head(task, labels)
+        return app.registry.add(spec, model, body.replace)
 
     return _added(await _off_path(request, make))
 
 
 @router.get("/heads/{task}/versions", summary="Every stored version and which one is served")
 async def versions(task: str, request: Request) -> dict[str, Any]:
-    registry: HeadRegistry = request.app.state.registry
-    current, stored = await run_in_threadpool(registry.versions, _task(task))
-    shadows: Shadows = request.app.state.shadows
-    shadow = shadows.snapshot().get(task)
+    app = services(request.app)
+    current, stored = await run_in_threadpool(app.registry.versions, _task(task))
+    shadow = app.shadows.snapshot().get(task)
     return {
         "task": task,
         "current": current,
@@ -229,7 +225,7 @@ async def versions(task: str, request: Request) -> dict[str, Any]:
 async def rollback(
     task: str, request: Request, body: RollbackRequest | None = None
 ) -> JSONResponse:
-    registry: HeadRegistry = request.app.state.registry
+    registry = services(request.app).registry
     version = body.version if body is not None else None
     head = await _off_path(request, registry.rollback, _task(task), version)
     return _added(head, 200)
@@ -238,9 +234,9 @@ async def rollback(
 @router.delete("/heads/{task}", summary="Stop serving a task and delete its versions")
 async def remove_head(task: str, request: Request) -> dict[str, Any]:
     task = _task(task)
-    registry: HeadRegistry = request.app.state.registry
-    await run_in_threadpool(registry.remove, task)
-    request.app.state.metrics.forget_task(task)
+    app = services(request.app)
+    await run_in_threadpool(app.registry.remove, task)
+    app.metrics.forget_task(task)
     return {"task": task, "removed": True}
 
 
@@ -255,7 +251,7 @@ async def remove_head(task: str, request: Request) -> dict[str, Any]:
 async def add_shadow(task: str, request: Request, replace: bool = False) -> JSONResponse:
     """Validated like any upload and stored as a new version that is not served. One shadow per
     task: a second is 409 unless ``replace=true``, which replaces it (its report starts over)."""
-    shadows: Shadows = request.app.state.shadows
+    shadows = services(request.app).shadows
     head = await _upload(request, task, functools.partial(shadows.add, replace=replace))
     return _added(head, shadow=True)
 
@@ -264,19 +260,19 @@ async def add_shadow(task: str, request: Request, replace: bool = False) -> JSON
     "/heads/{task}/shadow", summary="How the shadow candidate compares with the served head"
 )
 async def shadow_report(task: str, request: Request) -> dict[str, Any]:
-    shadows: Shadows = request.app.state.shadows
+    shadows = services(request.app).shadows
     return shadows.report(_task(task))
 
 
 @router.post("/heads/{task}/shadow/promote", summary="Serve the shadow candidate (atomically)")
 async def promote_shadow(task: str, request: Request) -> JSONResponse:
-    shadows: Shadows = request.app.state.shadows
+    shadows = services(request.app).shadows
     head = await run_in_threadpool(shadows.promote, _task(task))
     return _added(head, 200)
 
 
 @router.delete("/heads/{task}/shadow", summary="Discard the shadow candidate")
 async def discard_shadow(task: str, request: Request) -> dict[str, Any]:
-    shadows: Shadows = request.app.state.shadows
+    shadows = services(request.app).shadows
     head = await run_in_threadpool(shadows.discard, _task(task))
     return {"task": head.spec.task, "discarded": head.version}

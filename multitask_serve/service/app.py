@@ -23,7 +23,7 @@ from multitask_serve.service import admin, oip, openai_compat, routes, tei
 from multitask_serve.service.batcher import Batcher
 from multitask_serve.service.engine import Engine
 from multitask_serve.service.http_errors import install_handlers
-from multitask_serve.service.limits import BodyLimit, InFlightLimit, is_inference
+from multitask_serve.service.limits import BodyLimit, InferenceRoutes, InFlightLimit
 from multitask_serve.service.memory import ActivationModel, MemoryBudget, cgroup_limit_mb
 from multitask_serve.service.memory import describe as describe_memory
 from multitask_serve.service.metrics import Metrics
@@ -32,13 +32,20 @@ from multitask_serve.service.openapi import document_errors
 from multitask_serve.service.pending import PendingTrainer
 from multitask_serve.service.predict import Predictor
 from multitask_serve.service.registry import HeadRegistry
+from multitask_serve.service.schemas import SERVICE
 from multitask_serve.service.sessions import Runtime
 from multitask_serve.service.settings import Settings
 from multitask_serve.service.shadow import Shadows
+from multitask_serve.service.state import Services
 from multitask_serve.service.tokenize import TextEncoder
 from multitask_serve.service.trunk import TrunkSession
 
 log = logging.getLogger(__name__)
+
+# Every wire format the app speaks (each its own module), and the routes of theirs that run
+# inference: they share one in-flight bound (service/limits.py).
+FORMATS = (SERVICE, oip.OIP, tei.TEI, openai_compat.OPENAI)
+INFERENCE = InferenceRoutes(FORMATS)
 
 # Niceness of head-load threads: above serving's 0, so loads take the CPU serving leaves.
 LOAD_NICENESS = 10
@@ -159,23 +166,21 @@ def create_app(
         summary="Many NLP tasks from one frozen transformer trunk and hot-pluggable ONNX heads.",
         version="0.1.0",
     )
-    app.state.settings = settings
-    app.state.engine = engine
-    app.state.probe_engine = probe_engine
-    app.state.registry = registry
-    app.state.loads = loads
-    app.state.trainer = trainer
-    app.state.batcher = batcher
-    app.state.shadows = shadows
-    app.state.metrics = metrics
-    app.state.max_length = max_length
-    # Set when shutdown begins: /readyz fails from then on while requests are still served.
-    app.state.draining = threading.Event()
-    # Every route's way in: ours, the Open Inference Protocol's (and any other wire format's).
-    app.state.predictor = Predictor(
-        registry, batcher, metrics, settings, probe_engine, app.state.draining
+    draining = threading.Event()
+    predictor = Predictor(registry, batcher, metrics, settings, probe_engine, draining)
+    app.state.services = Services(
+        settings=settings,
+        predictor=predictor,
+        registry=registry,
+        shadows=shadows,
+        engine=engine,
+        metrics=metrics,
+        loads=loads,
+        trainer=trainer,
+        max_length=max_length,
+        draining=draining,
     )
-    install_handlers(app)
+    install_handlers(app, SERVICE)
     # The router tries routes in this order and each miss costs microseconds: inference routes
     # first, admin (rare) last.
     app.include_router(routes.router)
@@ -184,10 +189,16 @@ def create_app(
     app.include_router(oip.router)
     app.include_router(admin.router)
     # /openapi.json documents every error each route answers, in its wire format.
-    document_errors(app, is_inference)
-    app.add_middleware(BodyLimit, default=settings.max_body_bytes, upload=settings.max_upload_bytes)
+    document_errors(app, INFERENCE, SERVICE)
+    app.add_middleware(
+        BodyLimit,
+        default=settings.max_body_bytes,
+        upload=settings.max_upload_bytes,
+        inference=INFERENCE,
+        own=SERVICE,
+    )
     # Added last, so it runs first: an overloaded process refuses before reading the body.
-    app.add_middleware(InFlightLimit, limit=settings.max_in_flight_requests)
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight_requests, inference=INFERENCE)
     # Outermost: every answer, the limits' 429 and 413 included, is counted by route and status
     # and carries an X-Request-ID that every log line of the request names.
     app.add_middleware(RequestCounter, counter=metrics.http_requests, routes=app.router.routes)

@@ -147,6 +147,9 @@ class Batcher:
         return sum(min(len(t) // 4 + 2, self._max_length) for t in texts)
 
     async def submit(self, heads: Mapping[str, LoadedHead], texts: list[str]) -> JobResult:
+        """A request's answers: refused now if the queue is past its bounds (``_admit``), run at
+        once if it is all the work there is (``_run_inline``), else queued in entries of at most
+        ``max_texts`` texts that batches take (``_queue_and_join``)."""
         if self._failure is not None:
             raise WorkerStopped(self._failure)
         if self._queue is None:  # no running loop owns a worker (an app used without lifespan)
@@ -154,7 +157,19 @@ class Batcher:
             entry = Entry(Job(heads, texts), 0, time.perf_counter(), loop.create_future())
             await self._execute(loop, [entry])
             return await entry.future
-        if self._queued + len(texts) > self._max_queued:
+        self._admit(len(texts))
+        if (
+            self._outstanding == 0
+            and len(texts) <= self._max_texts
+            and self._estimate(texts) <= self._inline_max_tokens
+            and await self._alone()
+        ):
+            return self._run_inline(Job(heads, texts))
+        return await self._queue_and_join(heads, texts)
+
+    def _admit(self, texts: int) -> None:
+        """Raises Overloaded when ``texts`` more would pass the queue's bounds."""
+        if self._queued + texts > self._max_queued:
             # Beyond the bound a request would only wait longer than any client will: refuse it
             # now, cheaply, and let the client back off.
             raise Overloaded(
@@ -163,19 +178,15 @@ class Batcher:
         if self._max_queue_wait > 0 and self._texts_per_s:
             # The count bound alone lets the wait grow with how slow each text is; this one
             # refuses a request that would wait longer than the deadline at the recent pace.
-            wait = (self._queued + len(texts)) / self._texts_per_s
+            wait = (self._queued + texts) / self._texts_per_s
             if wait > self._max_queue_wait:
                 raise Overloaded(
                     f"the queue would take {wait:.2f} s to reach this request (limit "
                     f"{self._max_queue_wait:g} s); retry shortly"
                 )
-        if (
-            self._outstanding == 0
-            and len(texts) <= self._max_texts
-            and self._estimate(texts) <= self._inline_max_tokens
-            and await self._alone()
-        ):
-            return self._run_inline(Job(heads, texts))
+
+    async def _queue_and_join(self, heads: Mapping[str, LoadedHead], texts: list[str]) -> JobResult:
+        """Queue the texts in entries of at most ``max_texts``; their answers, in order."""
         self._queued += len(texts)
         loop = asyncio.get_running_loop()
         chunks = [texts[i : i + self._max_texts] for i in range(0, len(texts), self._max_texts)]

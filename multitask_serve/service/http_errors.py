@@ -1,16 +1,14 @@
-"""The one place errors become HTTP: statuses, headers and each wire format's error body.
+"""What every wire format shares when errors become HTTP: a core error's code -> its status,
+the headers that come with a status, and the machinery that answers in a format's own form.
 
-The core raises ``ServiceError``s that carry a code and a message (service/errors.py). This module
-maps a code to its status, adds ``Retry-After`` (429, 503) and ``WWW-Authenticate`` (401), adds
-route hints a client can act on, and writes the body in the form of the route's protocol: the
-service's own ``{"error": {"code", "message"}}`` (``SERVICE``), the Open Inference Protocol's
-``{"error": message}`` (``OIP``), Text Embeddings Inference's ``{"error", "error_type"}`` (``TEI``)
-or OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (``OPENAI``). Our routes'
-exception handlers (``install_handlers``), the route classes of the other formats (service/oip.py,
-tei.py, openai_compat.py) and the limits middleware (service/limits.py) all answer through it.
-Each format's body is also described as JSON Schema (``ERROR_SCHEMAS``, which the OpenAPI document
-references: service/openapi.py), and a method a path does not serve gets 405 in its route's form
-with ``Allow`` (``method_not_allowed``).
+The core raises ``ServiceError``s that carry a code and a message (service/errors.py). Each wire
+format is one module that knows its own error body, its error codes, the statuses it answers
+otherwise and its body's JSON Schema (a ``WireFormat``): the service's own in service/schemas.py
+(``SERVICE``), the Open Inference Protocol's in service/oip.py, Text Embeddings Inference's in
+service/tei.py, OpenAI's in service/openai_compat.py. Here: the code -> status mapping, the
+route class that makes a router answer every error in its format (``route_class``), the 405 in the
+form of the path's route (``method_not_allowed``) and the app's own handlers
+(``install_handlers``).
 """
 
 from __future__ import annotations
@@ -84,12 +82,21 @@ def as_http_exception(error: ServiceError) -> HTTPException:
 class WireFormat:
     """One protocol's error answers: ``body(code, message)``, and statuses it answers otherwise.
 
-    ``schema`` names the body's JSON Schema in the OpenAPI document (``ERROR_SCHEMAS``).
+    ``schema`` is the body's JSON Schema; its title names it in the OpenAPI document
+    (service/openapi.py). ``inference`` lists the paths (regular expressions, matched in full) of
+    the format's routes that run inference on POST: they share one in-flight bound
+    (service/limits.py).
     """
 
     body: Callable[[str, str], Any]
-    schema: str
+    schema: Mapping[str, Any]
     statuses: Mapping[int, int] = field(default_factory=dict)
+    inference: tuple[str, ...] = ()
+
+    @property
+    def schema_name(self) -> str:
+        name: str = self.schema["title"]
+        return name
 
     def answer(self, status: int, code: str, message: str) -> tuple[int, Any, dict[str, str]]:
         """(status, JSON body, headers) of an error with this status, code and message."""
@@ -107,124 +114,6 @@ class WireFormat:
             status, body, headers = self.answer(exc.status_code, code, str(exc.detail))
             headers = {**(exc.headers or {}), **headers}  # a 405's Allow, for one
         return JSONResponse(body, status, headers=headers or None)
-
-
-def service_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
-
-
-def oip_body(_code: str, message: str) -> dict[str, str]:
-    return {"error": message}
-
-
-# Text Embeddings Inference's error_type per core code: TEI's ErrorType variant names, which serde
-# writes as they are spelled (router/src/lib.rs derives Serialize with no renaming).
-TEI_ERROR_TYPES: Mapping[str, str] = {
-    "too_large": "Validation",
-    "invalid_input": "Validation",
-    "not_found": "Validation",
-    "method_not_allowed": "Validation",
-    "unsupported_media_type": "Validation",
-    "overloaded": "Overloaded",
-    "unavailable": "Unhealthy",
-    "internal": "Backend",
-}
-
-
-def tei_body(code: str, message: str) -> dict[str, str]:
-    return {"error": message, "error_type": TEI_ERROR_TYPES.get(code, "Backend")}
-
-
-# OpenAI's error code for the core codes it has one for; others keep the core's code.
-OPENAI_CODES: Mapping[str, str] = {"not_found": "model_not_found"}
-
-
-def openai_body(code: str, message: str) -> dict[str, dict[str, str | None]]:
-    kind = "invalid_request_error" if code in ("invalid_input", "too_large", "not_found") else code
-    return {
-        "error": {
-            "message": message,
-            "type": kind,
-            "param": None,
-            "code": OPENAI_CODES.get(code, code),
-        }
-    }
-
-
-# The service's own routes.
-SERVICE = WireFormat(service_body, "Error")
-# Open Inference Protocol v2: v2 clients treat any malformed request as a 400 Bad Request.
-OIP = WireFormat(oip_body, "OipError", {422: 400})
-# Text Embeddings Inference (service/tei.py): a failed inference is TEI's 424 (backend).
-TEI = WireFormat(tei_body, "TeiError", {500: 424})
-# OpenAI's embeddings API (service/openai_compat.py): a request it cannot serve is a 400.
-OPENAI = WireFormat(openai_body, "OpenAIError", {422: 400, 413: 400})
-
-
-def _string(description: str) -> dict[str, str]:
-    return {"type": "string", "description": description}
-
-
-# Each wire format's error body as JSON Schema, for the OpenAPI document (service/openapi.py).
-ERROR_SCHEMAS: Mapping[str, dict[str, Any]] = {
-    "Error": {
-        "title": "Error",
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {
-                    "code": {
-                        "type": "string",
-                        "description": "What went wrong, for a client to switch on.",
-                        "enum": sorted({*STATUS, *FRAMEWORK_CODES.values(), "http_error"}),
-                    },
-                    "message": _string("What went wrong, for a person."),
-                },
-            }
-        },
-    },
-    "OipError": {
-        "title": "OipError",
-        "description": "The Open Inference Protocol's error body.",
-        "type": "object",
-        "required": ["error"],
-        "properties": {"error": _string("What went wrong.")},
-    },
-    "TeiError": {
-        "title": "TeiError",
-        "description": "Text Embeddings Inference's error body.",
-        "type": "object",
-        "required": ["error", "error_type"],
-        "properties": {
-            "error": _string("What went wrong."),
-            "error_type": {
-                "type": "string",
-                "enum": sorted({*TEI_ERROR_TYPES.values(), "Backend", "Empty"}),
-            },
-        },
-    },
-    "OpenAIError": {
-        "title": "OpenAIError",
-        "description": "OpenAI's error body.",
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["message", "type", "param", "code"],
-                "properties": {
-                    "message": _string("What went wrong."),
-                    "type": _string("invalid_request_error, or the error's code."),
-                    "param": {"type": ["string", "null"]},
-                    "code": {"type": ["string", "null"]},
-                },
-            }
-        },
-    },
-}
 
 
 def validation_message(exc: RequestValidationError) -> str:
@@ -259,11 +148,17 @@ def route_class(wire: WireFormat) -> type[APIRoute]:
     return WireRoute
 
 
-def method_not_allowed(request: Request, exc: HTTPException) -> JSONResponse:
-    """405 in the form of the route the path belongs to, with ``Allow`` listing every method the
-    path serves (Starlette's lists only the first route that matched the path)."""
+def string(description: str) -> dict[str, str]:
+    """A string property of an error body's JSON Schema."""
+    return {"type": "string", "description": description}
+
+
+def method_not_allowed(request: Request, exc: HTTPException, default: WireFormat) -> JSONResponse:
+    """405 in the form of the route the path belongs to (``default`` for a route of no wire
+    format), with ``Allow`` listing every method the path serves (Starlette's lists only the first
+    route that matched the path)."""
     route = request.scope.get("route")
-    wire: WireFormat = getattr(route, "errors", SERVICE)
+    wire: WireFormat = getattr(route, "errors", default)
     methods: set[str] = set()
     for candidate in iter_route_contexts(request.app.routes):
         path_regex = getattr(candidate, "path_regex", None)
@@ -275,24 +170,25 @@ def method_not_allowed(request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse(body, status, headers={**headers, "Allow": allow})
 
 
-def install_handlers(app: FastAPI) -> None:
-    """Every error of the app's own routes in the service's form; OIP routes answer their own."""
+def install_handlers(app: FastAPI, own: WireFormat) -> None:
+    """Every error of the app's own routes in its own form ``own``; the routes of other wire
+    formats answer their own (``route_class``)."""
 
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        return SERVICE.response(exc)
+        return own.response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(service_body("invalid_input", validation_message(exc)), 422)
+        return JSONResponse(own.body("invalid_input", validation_message(exc)), 422)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 405 and "Allow" in (exc.headers or {}):  # the router's
-            return method_not_allowed(request, exc)
-        return SERVICE.response(exc)
+            return method_not_allowed(request, exc, own)
+        return own.response(exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse(service_body("internal", "internal server error"), 500)
+        return JSONResponse(own.body("internal", "internal server error"), 500)

@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from multitask_serve.service.errors import Overloaded, ServiceError, TooLarge
-from multitask_serve.service.http_errors import (
-    OIP,
-    OPENAI,
-    SERVICE,
-    TEI,
-    WireFormat,
-    as_http_exception,
-)
+from multitask_serve.service.http_errors import WireFormat, as_http_exception
 
 
 @dataclass(frozen=True)
@@ -34,41 +28,50 @@ class InferenceRoute:
     errors: WireFormat
 
 
-# Every route that runs inference, and only those: they share one in-flight bound. Health,
-# readiness, metrics, admin and metadata routes are absent, so they are never counted or refused.
-# A new inference route is one more entry here: tests/integration/test_inflight_limit.py checks
-# that of the app's operations exactly its list of inference operations is counted.
-INFERENCE_ROUTES: tuple[InferenceRoute, ...] = (
-    # The service's own routes: POST /predict and /predict/{task}.
-    InferenceRoute("POST", re.compile(r"/predict(?:/[^/]+)?"), SERVICE),
-    # Open Inference Protocol (service/oip.py): POST /v2/models/{task}[/versions/{v}]/infer.
-    InferenceRoute("POST", re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer"), OIP),
-    # Text Embeddings Inference (service/tei.py): POST /tei/{task}[/embed|/predict].
-    InferenceRoute("POST", re.compile(r"/tei/[^/]+(?:/embed|/predict)?"), TEI),
-    # OpenAI (service/openai_compat.py): POST /v1/embeddings.
-    InferenceRoute("POST", re.compile(r"/v1/embeddings"), OPENAI),
-)
+class InferenceRoutes:
+    """Every route that runs inference, and only those, from the wire formats' own lists
+    (``WireFormat.inference``): they share one in-flight bound. Health, readiness, metrics,
+    admin and metadata routes are absent, so they are never counted or refused. A new inference
+    route is one more entry in its format's list: tests/integration/test_inflight_limit.py checks
+    that of the app's operations exactly its list of inference operations is counted.
 
+    Called with (method, path), it says whether the request runs inference.
+    """
 
-def inference_route(method: str, path: str) -> InferenceRoute | None:
-    """The entry of ``INFERENCE_ROUTES`` a request matches, or None if it runs no inference."""
-    for route in INFERENCE_ROUTES:
-        if method == route.method and route.path.fullmatch(path):
-            return route
-    return None
+    def __init__(self, formats: Sequence[WireFormat]) -> None:
+        self.routes = tuple(
+            InferenceRoute("POST", re.compile(path), wire)
+            for wire in formats
+            for path in wire.inference
+        )
 
+    def match(self, method: str, path: str) -> InferenceRoute | None:
+        """The route a request matches, or None if it runs no inference."""
+        for route in self.routes:
+            if method == route.method and route.path.fullmatch(path):
+                return route
+        return None
 
-def is_inference(method: str, path: str) -> bool:
-    return inference_route(method, path) is not None
+    def __call__(self, method: str, path: str) -> bool:
+        return self.match(method, path) is not None
 
 
 class BodyLimit:
-    """413 for bodies over ``default`` bytes (``upload`` under ``/admin/``)."""
+    """413 for bodies over ``default`` bytes (``upload`` under ``/admin/``), in the form of the
+    route's wire format (``own`` for routes that run no inference)."""
 
-    def __init__(self, app: ASGIApp, default: int, upload: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        default: int,
+        upload: int,
+        inference: InferenceRoutes,
+        own: WireFormat,
+    ) -> None:
         self.app = app
         self.default = default
         self.upload = upload
+        self.inference, self.own = inference, own
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,9 +80,9 @@ class BodyLimit:
         limit = self.upload if scope["path"].startswith("/admin/") else self.default
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            route = inference_route(scope["method"], scope["path"])
+            route = self.inference.match(scope["method"], scope["path"])
             error = TooLarge(f"request body exceeds {limit} bytes")
-            await _refuse(send, route.errors if route else SERVICE, error, close=True)
+            await _refuse(send, route.errors if route else self.own, error, close=True)
             return
         seen = 0
 
@@ -100,7 +103,7 @@ class BodyLimit:
 class InFlightLimit:
     """429 with Retry-After for inference requests beyond ``limit`` in flight (0: no limit).
 
-    One count covers every route in ``INFERENCE_ROUTES`` together: they share the same batcher
+    One count covers every route of ``inference`` together: they share the same batcher
     and cores. Under overload an accepted request's latency is about the number of requests
     ahead of it divided by the throughput, so bounding requests in flight bounds it. Counting from
     the first byte to the answer covers every stage (body, validation, queue, inference,
@@ -108,15 +111,16 @@ class InFlightLimit:
     or validated.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, inference: InferenceRoutes) -> None:
         self.app = app
         self.limit = limit
+        self.inference = inference
         self.active = 0  # touched only on the event loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = None
         if scope["type"] == "http" and self.limit > 0:
-            route = inference_route(scope["method"], scope["path"])
+            route = self.inference.match(scope["method"], scope["path"])
         if route is None:
             await self.app(scope, receive, send)
             return

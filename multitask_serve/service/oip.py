@@ -6,8 +6,10 @@ version it serves is the model version. A model takes one BYTES tensor ``text`` 
 the tensors its kind produces (``outputs_meta``). Both the JSON tensor form and the binary tensor
 extension (which ``tritonclient`` uses by default) are read and written. Predictions go through
 the same prediction entry point as ``/predict`` (service/predict.py ``Predictor``: micro-batcher,
-limits, metrics); errors take the protocol's ``{"error": "message"}`` form (service/http_errors.py
-``OIP``).
+limits, metrics). Everything the protocol knows is here: its routes, its request as it reads it
+(``parse_infer``), its tensors per form of output (``TENSORS``), its error body ``{"error":
+"message"}`` with its schema and statuses (``OIP``: v2 clients treat any malformed request as a
+400).
 """
 
 from __future__ import annotations
@@ -15,18 +17,19 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from multitask_serve.modelrepo.types import HeadSpec, OipTensor
+from multitask_serve.modelrepo.types import HeadSpec
 from multitask_serve.service.errors import InvalidInput, NotFound
-from multitask_serve.service.http_errors import OIP, route_class
-from multitask_serve.service.predict import Predictor
+from multitask_serve.service.http_errors import WireFormat, route_class, string
 from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.state import services
 from multitask_serve.service.types import TaskResult
 
 INPUT_NAME = "text"
@@ -34,6 +37,26 @@ INPUT_NAME = "text"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "multitask-serve"
 
+
+def oip_body(_code: str, message: str) -> dict[str, str]:
+    return {"error": message}
+
+
+ERROR_SCHEMA = {
+    "title": "OipError",
+    "description": "The Open Inference Protocol's error body.",
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": string("What went wrong.")},
+}
+# Open Inference Protocol v2: v2 clients treat any malformed request as a 400 Bad Request.
+# POST /v2/models/{task}[/versions/{v}]/infer runs inference.
+OIP = WireFormat(
+    oip_body,
+    ERROR_SCHEMA,
+    {422: 400},
+    inference=(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer",),
+)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=route_class(OIP))
 
@@ -124,23 +147,59 @@ class Tensor:
         return entry, raw
 
 
-# Every kind's answer ends with whether each text was cut to the trunk's maximum length.
-TRUNCATED = OipTensor("truncated", "BOOL")
-# An OIP output tensor's name -> its flat data from a task's results (one per text) and labels.
-_DATA: dict[str, Callable[[list[Any], tuple[str, ...]], list[Any]]] = {
-    "embedding": lambda rows, labels: [x for r in rows for x in r],
-    "entities": lambda rows, labels: [json.dumps(r) for r in rows],
-    "label": lambda rows, labels: [r["label"] for r in rows],
-    "score": lambda rows, labels: [r["score"] for r in rows],
-    "scores": lambda rows, labels: [r["scores"][label] for r in rows for label in labels],
-}
+Rows = list[Any]  # a task's results, one per text
+
+
+@dataclass(frozen=True)
+class OipTensor:
+    """One output tensor: a row per text, maybe ``width`` wide, and how its flat data is made
+    from a task's results and labels."""
+
+    name: str
+    datatype: str  # BYTES, FP32 or BOOL
+    data: Callable[[Rows, tuple[str, ...]], list[Any]] = field(compare=False)
+    # Whether each row holds the head's output width of values (else one value per row).
+    wide: bool = False
+
+    def shape(self, rows: int, width: int) -> list[int]:
+        return [rows, width] if self.wide else [rows]
+
+
+_CLASSES = (
+    OipTensor("label", "BYTES", lambda rows, labels: [r["label"] for r in rows]),
+    OipTensor("score", "FP32", lambda rows, labels: [r["score"] for r in rows]),
+    OipTensor(
+        "scores",
+        "FP32",
+        lambda rows, labels: [r["scores"][label] for r in rows for label in labels],
+        wide=True,
+    ),
+)
+# The tensors of a prediction per form of output (the kind's decode trait, as service/outputs.py
+# FORMS); every kind's answer ends with ``TRUNCATED``.
+TENSORS: Mapping[str, tuple[OipTensor, ...]] = MappingProxyType(
+    {
+        "vector": (
+            OipTensor("embedding", "FP32", lambda rows, _: [x for r in rows for x in r], wide=True),
+        ),
+        "classes": _CLASSES,
+        # One JSON list of spans per text.
+        "spans": (OipTensor("entities", "BYTES", lambda rows, _: [json.dumps(r) for r in rows]),),
+    }
+)
+# Whether each text was cut to the trunk's maximum length (its data is the request's, not a head's).
+TRUNCATED = OipTensor("truncated", "BOOL", lambda rows, _: [])
+
+
+def tensors_of(spec: HeadSpec) -> tuple[OipTensor, ...]:
+    return TENSORS[spec.traits.decode]
 
 
 def outputs_meta(spec: HeadSpec) -> list[dict[str, Any]]:
     """The output tensors a head's kind produces (shapes with -1 for the batch)."""
     return [
         {"name": t.name, "datatype": t.datatype, "shape": t.shape(-1, spec.output_width)}
-        for t in (*spec.traits.tensors, TRUNCATED)
+        for t in (*tensors_of(spec), TRUNCATED)
     ]
 
 
@@ -148,8 +207,8 @@ def _tensors(spec: HeadSpec, result: TaskResult, truncated: list[bool]) -> list[
     rows: list[Any] = result.outputs
     n, width = len(rows), spec.output_width
     made = [
-        Tensor(t.name, t.datatype, t.shape(n, width), _DATA[t.name](rows, spec.labels))
-        for t in spec.traits.tensors
+        Tensor(t.name, t.datatype, t.shape(n, width), t.data(rows, spec.labels))
+        for t in tensors_of(spec)
     ]
     return [*made, Tensor(TRUNCATED.name, TRUNCATED.datatype, TRUNCATED.shape(n, width), truncated)]
 
@@ -258,13 +317,8 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     return InferRequest(texts, request_id, wanted, binary_default)
 
 
-def _predictor(request: Request) -> Predictor:
-    predictor: Predictor = request.app.state.predictor
-    return predictor
-
-
 def _head(request: Request, task: str, version: str | None = None) -> LoadedHead:
-    head = _predictor(request).resolve([task])[task]
+    head = services(request.app).predictor.resolve([task])[task]
     if version is not None and version != str(head.version):
         raise NotFound(
             f"model {task!r} serves version {head.version}, not {version!r}; a stored version "
@@ -291,7 +345,9 @@ async def live() -> dict[str, bool]:
     "/health/ready", summary="A real inference through trunk and a head", responses={503: {}}
 )
 async def ready(request: Request) -> dict[str, bool]:
-    await _predictor(request).ready()  # raises Unavailable (503) if the probe inference fails
+    await services(
+        request.app
+    ).predictor.ready()  # raises Unavailable (503) if the probe inference fails
     return {"ready": True}
 
 
@@ -318,10 +374,8 @@ async def _infer(request: Request, head: LoadedHead) -> Response:
     unknown = sorted(set(parsed.wanted or ()) - set(names))
     if unknown:
         raise InvalidInput(f"model {head.spec.task!r} has no output {unknown[0]!r}; it has {names}")
-    predictor = _predictor(request)
-    texts = predictor.texts(parsed.texts)
     task = head.spec.task
-    done = await predictor.run({task: head}, texts)
+    done = await services(request.app).predictor.predict(parsed.texts, {task: head})
     results = done.results
     entries, chunks = [], []
     for tensor in _tensors(head.spec, results[task], done.truncated):

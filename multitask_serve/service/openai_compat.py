@@ -7,7 +7,7 @@ the task's name; ``input`` one text or a list of texts; ``encoding_format`` ``fl
 tokenizer, special tokens included, after truncation). Vectors are the task's embeddings scaled to
 unit length, as OpenAI's are. Predictions go through the one prediction entry point
 (service/predict.py ``Predictor``); errors take OpenAI's ``{"error": {"message", "type", "param",
-"code"}}`` form and statuses (service/http_errors.py ``OPENAI``): a request that cannot be served
+"code"}}`` form and statuses (``OPENAI``): a request that cannot be served
 as sent (an empty list or an empty text, which OpenAI refuses too, too many texts, a task that is
 not an embedding task, an invalid body) is a 400 ``invalid_request_error``, an unknown model a 404
 with code ``model_not_found``, overload a 429 with Retry-After.
@@ -16,8 +16,8 @@ with code ``model_not_found``, overload a 429 with Retry-After.
 from __future__ import annotations
 
 import base64
-import math
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, cast
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -25,10 +25,49 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.errors import InvalidInput
-from multitask_serve.service.http_errors import OPENAI, route_class
-from multitask_serve.service.predict import Predictor
+from multitask_serve.service.http_errors import WireFormat, route_class, string
+from multitask_serve.service.postprocess import unit
+from multitask_serve.service.registry import LoadedHead
 from multitask_serve.service.responses import JSON
 from multitask_serve.service.schemas import Texts
+from multitask_serve.service.state import services
+
+# OpenAI's error code for the core codes it has one for; others keep the core's code.
+OPENAI_CODES: Mapping[str, str] = {"not_found": "model_not_found"}
+
+
+def openai_body(code: str, message: str) -> dict[str, dict[str, str | None]]:
+    kind = "invalid_request_error" if code in ("invalid_input", "too_large", "not_found") else code
+    return {
+        "error": {
+            "message": message,
+            "type": kind,
+            "param": None,
+            "code": OPENAI_CODES.get(code, code),
+        }
+    }
+
+
+ERROR_SCHEMA = {
+    "title": "OpenAIError",
+    "description": "OpenAI's error body.",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": string("What went wrong."),
+                "type": string("invalid_request_error, or the error's code."),
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+# A request it cannot serve is a 400. POST /v1/embeddings runs inference.
+OPENAI = WireFormat(openai_body, ERROR_SCHEMA, {422: 400, 413: 400}, inference=(r"/v1/embeddings",))
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=route_class(OPENAI))
 
@@ -43,35 +82,34 @@ class EmbeddingsRequest(BaseModel):
     dimensions: int | None = Field(None, description="Only the task's own width is served.")
 
 
-def _unit(vector: list[float]) -> list[float]:
-    norm = math.sqrt(sum(v * v for v in vector))
-    return [v / norm for v in vector] if norm > 0 else vector
-
-
 @router.post("/embeddings", summary="OpenAI embeddings of an embedding task")
 async def embeddings(body: EmbeddingsRequest, request: Request) -> JSON:
-    predictor: Predictor = request.app.state.predictor
-    texts = predictor.texts(body.input)
-    for i, text in enumerate(texts):
-        if not text:
-            raise InvalidInput(f"input[{i}] is empty; send non-empty strings")
-    heads = predictor.resolve([body.model])
-    spec = heads[body.model].spec
-    if spec.kind != Kind.EMBEDDING:
-        raise InvalidInput(f"model {body.model!r} is a {spec.kind} task, not an embedding task")
-    if body.dimensions is not None and body.dimensions != spec.output_width:
-        raise InvalidInput(
-            f"dimensions={body.dimensions}: model {body.model!r} serves "
-            f"{spec.output_width} dimensions only"
-        )
-    done = await predictor.run(heads, texts)
+    def check_texts(texts: list[str]) -> None:
+        for i, text in enumerate(texts):
+            if not text:
+                raise InvalidInput(f"input[{i}] is empty; send non-empty strings")
+
+    def check_heads(heads: Mapping[str, LoadedHead]) -> None:
+        spec = heads[body.model].spec
+        if spec.kind != Kind.EMBEDDING:
+            raise InvalidInput(f"model {body.model!r} is a {spec.kind} task, not an embedding task")
+        if body.dimensions is not None and body.dimensions != spec.output_width:
+            raise InvalidInput(
+                f"dimensions={body.dimensions}: model {body.model!r} serves "
+                f"{spec.output_width} dimensions only"
+            )
+
+    predictor = services(request.app).predictor
+    done = await predictor.predict(
+        body.input, [body.model], check_texts=check_texts, check_heads=check_heads
+    )
     tokens = sum(done.tokens)
     data = []
-    for i, vector in enumerate(done.results[body.model].outputs):
-        unit = _unit(vector)  # type: ignore[arg-type]
-        embedding: list[float] | str = unit
+    vectors = cast(list[list[float]], done.results[body.model].outputs)
+    for i, vector in enumerate(vectors):
+        embedding: list[float] | str = unit(vector)
         if body.encoding_format == "base64":
-            embedding = base64.b64encode(np.asarray(unit, dtype="<f4").tobytes()).decode()
+            embedding = base64.b64encode(np.asarray(embedding, dtype="<f4").tobytes()).decode()
         data.append({"object": "embedding", "index": i, "embedding": embedding})
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return JSON({"object": "list", "data": data, "model": body.model, "usage": usage})
@@ -79,7 +117,7 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> JSON:
 
 @router.get("/models", summary="OpenAI model list: the embedding tasks")
 async def models(request: Request) -> dict[str, Any]:
-    heads = request.app.state.registry.snapshot()
+    heads = services(request.app).registry.snapshot()
     return {
         "object": "list",
         "data": [

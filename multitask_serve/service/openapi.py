@@ -3,8 +3,8 @@
 FastAPI documents a route's success and its request body. ``document_errors`` adds to every
 operation the error statuses it can answer, derived in one place from what the operation is (it
 reads a body, takes a task, runs inference, is an admin route: ``error_statuses``), each with the
-error body's schema of the route's wire format (``http_errors.ERROR_SCHEMAS``: the route class
-names it) and the headers that come with it (``Retry-After``, ``WWW-Authenticate``). A route may
+error body's schema of the route's wire format (``WireFormat.schema``: the route class names
+the format) and the headers that come with it (``Retry-After``, ``WWW-Authenticate``). A route may
 also name a status of its own (``responses={503: {...}}``); it gets the same body schema. The
 admin routes declare their bearer token as a security scheme, so generated clients send it.
 """
@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from multitask_serve.modelrepo.types import TASK_NAME_RE
-from multitask_serve.service.http_errors import ERROR_SCHEMAS, SERVICE, WireFormat, headers_for
+from multitask_serve.service.http_errors import WireFormat, headers_for
 
 ADMIN_PREFIX = "/admin/"
 ADMIN_SECURITY = "adminToken"
@@ -70,7 +70,7 @@ def error_statuses(path: str, method: str, operation: dict[str, Any], inference:
 
 
 def _answer(status: int, wire: WireFormat, declared: dict[str, Any] | None) -> dict[str, Any]:
-    schema = {"$ref": f"#/components/schemas/{wire.schema}"}
+    schema = {"$ref": f"#/components/schemas/{wire.schema_name}"}
     answer: dict[str, Any] = {
         "description": (declared or {}).get("description") or DESCRIPTIONS.get(status, "Error"),
         "content": {"application/json": {"schema": schema}},
@@ -81,19 +81,23 @@ def _answer(status: int, wire: WireFormat, declared: dict[str, Any] | None) -> d
     return answer
 
 
-def _operations(app: FastAPI) -> list[tuple[str, str, WireFormat]]:
-    """(path, method, wire format) of every documented operation, routers' prefixes included."""
+def _operations(app: FastAPI, own: WireFormat) -> list[tuple[str, str, WireFormat]]:
+    """(path, method, wire format) of every documented operation, routers' prefixes included;
+    ``own`` for the app's own routes."""
     return [
-        (str(context.path_format), method.lower(), getattr(route, "errors", SERVICE))
+        (str(context.path_format), method.lower(), getattr(route, "errors", own))
         for context in iter_route_contexts(app.routes)
         if isinstance(route := context.original_route, APIRoute) and route.include_in_schema
         for method in sorted(context.methods or ())
     ]
 
 
-def document_errors(app: FastAPI, is_inference: Callable[[str, str], bool]) -> None:
+def document_errors(
+    app: FastAPI, is_inference: Callable[[str, str], bool], own: WireFormat
+) -> None:
     """Make ``app.openapi()`` document every error answer; ``is_inference(method, path)`` says
-    which operations run inference (service/limits.py's list)."""
+    which operations run inference (service/limits.py's list); ``own`` is the wire format of the
+    app's own routes."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -101,7 +105,9 @@ def document_errors(app: FastAPI, is_inference: Callable[[str, str], bool]) -> N
             return app.openapi_schema
         document = generate()
         components = document.setdefault("components", {})
-        components.setdefault("schemas", {}).update(ERROR_SCHEMAS)
+        operations = _operations(app, own)
+        schemas = components.setdefault("schemas", {})
+        schemas.update({wire.schema_name: wire.schema for _, _, wire in operations})
         # FastAPI's own 422 body (a list of pydantic errors) is not what any route answers.
         for unused in ("HTTPValidationError", "ValidationError"):
             components["schemas"].pop(unused, None)
@@ -110,7 +116,7 @@ def document_errors(app: FastAPI, is_inference: Callable[[str, str], bool]) -> N
             "scheme": "bearer",
             "description": "The admin token the service was started with (MTS_ADMIN_TOKEN).",
         }
-        for path, method, wire in _operations(app):
+        for path, method, wire in operations:
             operation = document["paths"][path][method]
             responses = operation["responses"]
             declared = {int(s): responses.pop(s) for s in list(responses) if int(s) >= 400}

@@ -1,14 +1,21 @@
-"""The arithmetic of decoding head outputs: softmax and labels, BIO tags to character spans.
+"""The arithmetic of head outputs: softmax and labels, BIO tags to character spans, unit vectors.
 
 Which head uses which is service/outputs.py's table.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+
+def unit(vector: list[float]) -> list[float]:
+    """``vector`` scaled to length 1 (a zero vector stays as it is)."""
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector] if norm > 0 else vector
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

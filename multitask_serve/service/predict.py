@@ -1,10 +1,10 @@
 """The one prediction entry point, which knows no HTTP: every wire format's routes call it.
 
-``Predictor`` checks the texts, resolves tasks against one registry snapshot, submits the work to
-the micro-batcher and counts it in the serving metrics; it also answers liveness and readiness
-(a real probe inference queued through the batch worker). The service's own routes
-(service/routes.py) and the Open Inference Protocol's (service/oip.py) shape its answers into
-their own formats; neither imports the other.
+``Predictor.predict`` checks the texts, resolves tasks against one registry snapshot, submits the
+work to the micro-batcher and counts it in the serving metrics; it also answers liveness and
+readiness (a real probe inference queued through the batch worker). Each wire format's routes
+(service/routes.py, oip.py, tei.py, openai_compat.py) shape its answers into their own format;
+none imports another.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from multitask_serve.service.batcher import Batcher
@@ -75,6 +75,26 @@ class Predictor:
     def tokens(self, texts: list[str]) -> list[list[Token]]:
         """Per text, the tokens the trunk reads: what a request costs, counted in tokens."""
         return self.probe_engine.tokens(texts)
+
+    async def predict(
+        self,
+        inputs: str | list[str],
+        tasks: Sequence[str] | Mapping[str, LoadedHead],
+        *,
+        check_texts: Callable[[list[str]], None] | None = None,
+        check_heads: Callable[[Mapping[str, LoadedHead]], None] | None = None,
+    ) -> JobResult:
+        """Every prediction route's one call: the request's texts, checked (``texts``, then a
+        format's own ``check_texts``); the tasks' heads from one snapshot (``resolve``; or the
+        heads a route resolved already, as OIP does to check the version its path names),
+        checked by a format's own ``check_heads``; then ``run``."""
+        texts = self.texts(inputs)
+        if check_texts is not None:
+            check_texts(texts)
+        heads = tasks if isinstance(tasks, Mapping) else self.resolve(list(tasks))
+        if check_heads is not None:
+            check_heads(heads)
+        return await self.run(heads, texts)
 
     async def run(self, heads: Mapping[str, LoadedHead], texts: list[str]) -> JobResult:
         """Every prediction's path: the micro-batcher, then per-task metrics."""

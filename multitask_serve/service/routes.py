@@ -1,8 +1,8 @@
-"""Public routes: predictions, the task list, health, readiness and metrics.
+"""The service's own public routes: predictions, the task list, health, readiness and metrics.
 
 Routes parse, hand the work to the one prediction entry point (service/predict.py ``Predictor``:
 task resolution, limits, the micro-batcher, metrics), and shape the answer; errors are raised as
-ServiceError and become JSON in one place (service/http_errors.py).
+ServiceError and answered in the service's own form (service/schemas.py ``SERVICE``).
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from multitask_serve.service.engine import Engine
-from multitask_serve.service.pending import PendingTrainer
-from multitask_serve.service.predict import Predictor
-from multitask_serve.service.registry import HeadRegistry
 from multitask_serve.service.responses import JSON
 from multitask_serve.service.schemas import MultiPredictRequest, PredictRequest
+from multitask_serve.service.state import services
 from multitask_serve.service.types import TaskResult
 
 router = APIRouter()
@@ -45,9 +42,7 @@ def _body(result: TaskResult, truncated: list[bool], single: bool) -> dict[str, 
 
 @router.post("/predict/{task}", tags=["predict"], summary="Run one task")
 async def predict_task(task: str, body: PredictRequest, request: Request) -> JSON:
-    predictor: Predictor = request.app.state.predictor
-    texts = predictor.texts(body.inputs)
-    done = await predictor.run(predictor.resolve([task]), texts)
+    done = await services(request.app).predictor.predict(body.inputs, [task])
     result = done.results[task]
     return JSON(
         _body(result, done.truncated, isinstance(body.inputs, str)),
@@ -57,10 +52,8 @@ async def predict_task(task: str, body: PredictRequest, request: Request) -> JSO
 
 @router.post("/predict", tags=["predict"], summary="Run several tasks with one trunk run")
 async def predict_tasks(body: MultiPredictRequest, request: Request) -> JSON:
-    predictor: Predictor = request.app.state.predictor
-    texts = predictor.texts(body.inputs)
     tasks = list(dict.fromkeys(body.tasks))
-    done = await predictor.run(predictor.resolve(tasks), texts)
+    done = await services(request.app).predictor.predict(body.inputs, tasks)
     single = isinstance(body.inputs, str)
     return JSON({task: _body(done.results[task], done.truncated, single) for task in tasks})
 
@@ -69,17 +62,15 @@ async def predict_tasks(body: MultiPredictRequest, request: Request) -> JSON:
 async def tasks(request: Request) -> dict[str, Any]:
     """The served tasks; under ``training``, the default heads a first run still trains
     (state waiting, training or failed, with epoch and step progress, or the error)."""
-    engine: Engine = request.app.state.engine
-    registry: HeadRegistry = request.app.state.registry
-    trainer: PendingTrainer | None = request.app.state.trainer
-    trunk = engine.trunk_spec
+    app = services(request.app)
+    trunk = app.engine.trunk_spec
     return {
         "trunk": {
             "base_model": trunk.base_model,
             "fingerprint": trunk.fingerprint,
             "num_layers": trunk.num_layers,
             "hidden_size": trunk.hidden_size,
-            "max_length": request.app.state.max_length,
+            "max_length": app.max_length,
         },
         "tasks": [
             {
@@ -89,9 +80,9 @@ async def tasks(request: Request) -> dict[str, Any]:
                 "branch_layer": head.spec.branch_layer,
                 "labels": list(head.spec.labels),
             }
-            for task, head in sorted(registry.snapshot().items())
+            for task, head in sorted(app.registry.snapshot().items())
         ],
-        "training": trainer.status() if trainer is not None else [],
+        "training": app.trainer.status() if app.trainer is not None else [],
     }
 
 
@@ -107,7 +98,7 @@ async def healthz(request: Request) -> dict[str, str]:
     A hung worker is readiness' concern (``/readyz``), not this: a long batch must not restart
     the pod.
     """
-    request.app.state.predictor.live()
+    services(request.app).predictor.live()
     return {"status": "ok"}
 
 
@@ -124,7 +115,7 @@ async def readyz(request: Request) -> dict[str, Any]:
     hung worker fails this within ``readiness_timeout_seconds`` with 503; probes are counted only
     in ``mts_readiness_probes_total``, never in the serving metrics.
     """
-    ready = await request.app.state.predictor.ready()
+    ready = await services(request.app).predictor.ready()
     return {"status": "ready", "heads": ready.heads, "probe": "ran" if ready.ran else "busy"}
 
 
@@ -136,4 +127,4 @@ async def readyz(request: Request) -> dict[str, Any]:
     responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {"schema": {"type": "string"}}}}},
 )
 async def metrics(request: Request) -> MetricsResponse:
-    return MetricsResponse(generate_latest(request.app.state.metrics.registry))
+    return MetricsResponse(generate_latest(services(request.app).metrics.registry))

@@ -1,4 +1,6 @@
-"""Request bodies of the wire formats (pydantic), so that OpenAPI at /docs documents them.
+"""The service's own wire format (its routes: service/routes.py, service/admin.py): request bodies
+(pydantic, so that OpenAPI at /docs documents them) and the error body ``{"error": {"code",
+"message"}}`` with its schema (``SERVICE``).
 
 ``Texts`` is what every prediction route reads: one text, or a non-empty list of texts (the one
 prediction entry point, service/predict.py, refuses an empty list whatever the route).
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+
+from multitask_serve.service.http_errors import FRAMEWORK_CODES, STATUS, WireFormat, string
 
 Texts = str | Annotated[list[str], Field(min_length=1)]
 # A label or a description: something besides whitespace.
@@ -64,3 +68,30 @@ class RollbackRequest(BaseModel):
     version: int | None = Field(
         None, ge=1, description="Version to serve; default: the newest one older than current."
     )
+
+
+def service_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
+ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "description": "What went wrong, for a client to switch on.",
+                    "enum": sorted({*STATUS, *FRAMEWORK_CODES.values(), "http_error"}),
+                },
+                "message": string("What went wrong, for a person."),
+            },
+        }
+    },
+}
+# The service's own routes; POST /predict and /predict/{task} run inference.
+SERVICE = WireFormat(service_body, ERROR_SCHEMA, inference=(r"/predict(?:/[^/]+)?",))

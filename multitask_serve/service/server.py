@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from multitask_serve.service import logs
 from multitask_serve.service.settings import Settings
+from multitask_serve.service.state import services
 
 log = logging.getLogger(__name__)
 
@@ -86,4 +87,4 @@ def serve(app: FastAPI, settings: Settings) -> None:
         http=settings.http_parser,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
-    DrainingServer(config, app.state.draining.set, settings.shutdown_drain_seconds).run()
+    DrainingServer(config, services(app).draining.set, settings.shutdown_drain_seconds).run()

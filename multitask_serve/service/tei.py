@@ -19,13 +19,13 @@ for what the served model cannot do (``/embed`` on a classifier, ``/predict`` on
 task, ``raw_scores``); 429 ``Overloaded``; 503 ``Unhealthy``. ``error_type`` is spelled as TEI's
 serializer writes it (the variant name). Cases TEI has no answer of its own for: an unknown task
 is a 404, and a body that fails validation a 422, both ``Validation``. Core errors map through
-service/http_errors.py ``TEI``; the TEI-only cases are ``TeiError``s answered by ``TeiRoute``.
+``TEI`` (its body, ``error_type`` per core code, its schema); the TEI-only cases are ``TeiError``s
+answered by ``TeiRoute``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Request, Response
@@ -34,10 +34,46 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.errors import TooLarge
-from multitask_serve.service.http_errors import TEI, route_class
-from multitask_serve.service.predict import Predictor
+from multitask_serve.service.http_errors import WireFormat, route_class, string
+from multitask_serve.service.postprocess import unit
+from multitask_serve.service.registry import LoadedHead
 from multitask_serve.service.responses import JSON
-from multitask_serve.service.types import JobResult, TaskResult
+from multitask_serve.service.state import services
+from multitask_serve.service.types import TaskResult
+
+# Text Embeddings Inference's error_type per core code: TEI's ErrorType variant names, which serde
+# writes as they are spelled (router/src/lib.rs derives Serialize with no renaming).
+TEI_ERROR_TYPES: Mapping[str, str] = {
+    "too_large": "Validation",
+    "invalid_input": "Validation",
+    "not_found": "Validation",
+    "method_not_allowed": "Validation",
+    "unsupported_media_type": "Validation",
+    "overloaded": "Overloaded",
+    "unavailable": "Unhealthy",
+    "internal": "Backend",
+}
+
+
+def tei_body(code: str, message: str) -> dict[str, str]:
+    return {"error": message, "error_type": TEI_ERROR_TYPES.get(code, "Backend")}
+
+
+ERROR_SCHEMA = {
+    "title": "TeiError",
+    "description": "Text Embeddings Inference's error body.",
+    "type": "object",
+    "required": ["error", "error_type"],
+    "properties": {
+        "error": string("What went wrong."),
+        "error_type": {
+            "type": "string",
+            "enum": sorted({*TEI_ERROR_TYPES.values(), "Backend", "Empty"}),
+        },
+    },
+}
+# A failed inference is TEI's 424 (backend). POST /tei/{task}[/embed|/predict] runs inference.
+TEI = WireFormat(tei_body, ERROR_SCHEMA, {500: 424}, inference=(r"/tei/[^/]+(?:/embed|/predict)?",))
 
 
 class TeiError(Exception):
@@ -118,16 +154,18 @@ class TokenizeRequest(BaseModel):
     add_special_tokens: bool = True
 
 
-def _texts(predictor: Predictor, inputs: str | list[str]) -> list[str]:
-    """The request's texts, refused as TEI refuses them: an empty list or an empty text is
-    ``Empty`` (400); too many texts ``Validation`` (413, from ``Predictor.texts``)."""
+def _no_empty_list(inputs: str | list[str]) -> None:
+    """An empty list is TEI's ``Empty`` (400), before any other check."""
     if inputs == []:
         raise TeiError(400, "Empty", "`inputs` cannot be empty")
-    texts = predictor.texts(inputs)
+
+
+def _no_empty_text(texts: list[str]) -> None:
+    """An empty text is TEI's ``Empty`` (400), once the texts passed ``Predictor.texts`` (which
+    refuses too many texts as ``Validation``, 413)."""
     for i, text in enumerate(texts):
         if not text:
             raise TeiError(400, "Empty", f"inputs[{i}] is empty: `inputs` cannot be empty")
-    return texts
 
 
 def _cannot(message: str) -> TeiError:
@@ -136,30 +174,28 @@ def _cannot(message: str) -> TeiError:
 
 
 async def _run(request: Request, task: str, body: TeiRequest, kinds: set[str]) -> TaskResult:
-    predictor: Predictor = request.app.state.predictor
-    texts = _texts(predictor, body.inputs)
-    heads = predictor.resolve([task])
-    kind = str(heads[task].spec.kind)
-    if kind not in kinds:
-        raise _cannot(f"task {task!r} is a {kind} head; this route serves {sorted(kinds)}")
-    done: JobResult = await predictor.run(heads, texts)
+    def check_heads(heads: Mapping[str, LoadedHead]) -> None:
+        kind = str(heads[task].spec.kind)
+        if kind not in kinds:
+            raise _cannot(f"task {task!r} is a {kind} head; this route serves {sorted(kinds)}")
+
+    app = services(request.app)
+    _no_empty_list(body.inputs)
+    done = await app.predictor.predict(
+        body.inputs, [task], check_texts=_no_empty_text, check_heads=check_heads
+    )
     if not body.truncate and any(done.truncated):
         index = done.truncated.index(True)
         raise TooLarge(
-            f"inputs[{index}] is longer than the served maximum of "
-            f"{request.app.state.max_length} tokens; send truncate=true to cut it"
+            f"inputs[{index}] is longer than the served maximum of {app.max_length} tokens; "
+            "send truncate=true to cut it"
         )
     return done.results[task]
 
 
-def _unit(vector: list[float]) -> list[float]:
-    norm = math.sqrt(sum(v * v for v in vector))
-    return [v / norm for v in vector] if norm > 0 else vector
-
-
 def _embeddings(result: TaskResult, normalize: bool) -> list[list[float]]:
     vectors = cast(list[list[float]], result.outputs)
-    return [_unit(v) for v in vectors] if normalize else vectors
+    return [unit(v) for v in vectors] if normalize else vectors
 
 
 def _classes(result: TaskResult) -> list[list[dict[str, Any]]]:
@@ -229,8 +265,10 @@ async def root(task: str, body: RootRequest, request: Request) -> JSON:
 
 @router.post("/{task}/tokenize", summary="TEI /tokenize: the tokens the trunk reads")
 async def tokenize(task: str, body: TokenizeRequest, request: Request) -> list[list[dict]]:
-    predictor: Predictor = request.app.state.predictor
-    texts = _texts(predictor, body.inputs)
+    predictor = services(request.app).predictor
+    _no_empty_list(body.inputs)
+    texts = predictor.texts(body.inputs)
+    _no_empty_text(texts)
     predictor.resolve([task])
     return [
         [
@@ -250,9 +288,9 @@ async def tokenize(task: str, body: TokenizeRequest, request: Request) -> list[l
 
 @router.get("/{task}/info", summary="TEI /info: what the task is and its limits")
 async def info(task: str, request: Request) -> dict[str, Any]:
-    predictor: Predictor = request.app.state.predictor
-    head = predictor.resolve([task])[task]
-    settings = request.app.state.settings
+    app = services(request.app)
+    head = app.predictor.resolve([task])[task]
+    settings = app.settings
     spec = head.spec
     model_type: dict[str, Any]
     if spec.kind == Kind.EMBEDDING:
@@ -263,11 +301,11 @@ async def info(task: str, request: Request) -> dict[str, Any]:
         model_type = {"classifier": {"id2label": id2label, "label2id": label2id}}
     return {
         "model_id": task,
-        "model_sha": request.app.state.engine.trunk_spec.fingerprint,
+        "model_sha": app.engine.trunk_spec.fingerprint,
         "model_dtype": settings.trunk_precision,
         "model_type": model_type,
         "max_concurrent_requests": settings.max_in_flight_requests,
-        "max_input_length": request.app.state.max_length,
+        "max_input_length": app.max_length,
         "max_batch_tokens": settings.batch_max_tokens,
         "max_batch_requests": None,
         "max_client_batch_size": settings.max_batch_texts,

@@ -79,4 +79,4 @@ def test_tokens_never_reach_the_logs_or_the_settings_repr(client, caplog):
     assert caplog.records  # something was logged, so the check below means something
     for secret in (ADMIN_TOKEN, wrong):
         assert secret not in caplog.text
-    assert ADMIN_TOKEN not in repr(client.app.state.settings)
+    assert ADMIN_TOKEN not in repr(client.app.state.services.settings)

@@ -57,13 +57,13 @@ def engines(tmp_path_factory: pytest.TempPathFactory, built_repo: Path, exporter
     made = {}
     for cost in GROUP_COSTS:
         app = create_app(make_settings(root, batch_group_cost_tokens=cost), CollectorRegistry())
-        made[cost] = app.state.engine, app.state.registry
+        made[cost] = app.state.services.engine, app.state.services.registry
     for rows in ROWS_PER_RUN:
         app = create_app(make_settings(root), CollectorRegistry())
-        engine = app.state.engine
+        engine = app.state.services.engine
         spec = engine.trunk_spec
         engine.budget = budget_for(rows, spec.hidden_size, spec.max_length)
-        made[f"{rows} rows per run"] = engine, app.state.registry
+        made[f"{rows} rows per run"] = engine, app.state.services.registry
     return made
 
 

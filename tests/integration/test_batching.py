@@ -29,8 +29,8 @@ def flat(outputs) -> np.ndarray:
 
 def test_concurrent_requests_for_different_tasks_share_one_trunk_run(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
-    engine, metrics = app.state.engine, app.state.metrics
-    heads = app.state.registry.resolve(["embed", "topic-zs"])
+    engine, metrics = app.state.services.engine, app.state.services.metrics
+    heads = app.state.services.registry.resolve(["embed", "topic-zs"])
     alone = {
         (task, text): engine.predict({task: heads[task]}, [text])[0][task].outputs
         for task in heads
@@ -66,8 +66,8 @@ def test_a_small_request_alone_runs_on_the_event_loop_and_requests_read_together
     repo, monkeypatch
 ):
     app = create_app(make_settings(repo), CollectorRegistry())
-    engine, metrics = app.state.engine, app.state.metrics
-    heads = app.state.registry.resolve(["embed", "topic-zs"])
+    engine, metrics = app.state.services.engine, app.state.services.metrics
+    heads = app.state.services.registry.resolve(["embed", "topic-zs"])
     runs: list[tuple[str, int]] = []  # (thread, jobs) per batch the engine ran
     predict_many = engine.predict_many
 
@@ -104,8 +104,8 @@ def test_a_small_request_alone_runs_on_the_event_loop_and_requests_read_together
 
 def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
-    engine, metrics = app.state.engine, app.state.metrics
-    heads = app.state.registry.resolve(["embed"])
+    engine, metrics = app.state.services.engine, app.state.services.metrics
+    heads = app.state.services.registry.resolve(["embed"])
     texts = [f"text number {i}" for i in range(7)]
     whole = engine.predict(heads, texts)[0]["embed"].outputs
 
@@ -126,8 +126,8 @@ def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order(repo):
 
 def test_beyond_the_queue_bound_requests_are_refused_at_once(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
-    engine, metrics = app.state.engine, app.state.metrics
-    heads = app.state.registry.resolve(["embed"])
+    engine, metrics = app.state.services.engine, app.state.services.metrics
+    heads = app.state.services.registry.resolve(["embed"])
 
     async def main():
         batcher = Batcher(
@@ -172,8 +172,11 @@ def test_length_groups_give_the_outputs_of_one_padded_batch(repo, archives):
 
     def serve(cost):
         app = create_app(make_settings(repo, batch_group_cost_tokens=cost), CollectorRegistry())
-        engine, runs = app.state.engine, app.state.metrics.registry.get_sample_value
-        heads = app.state.registry.resolve(tasks)
+        engine, runs = (
+            app.state.services.engine,
+            app.state.services.metrics.registry.get_sample_value,
+        )
+        heads = app.state.services.registry.resolve(tasks)
         jobs = [Job({t: heads[t] for t in tasks[:3]}, texts[:3]), Job(heads, texts[2:])]
         before = runs("mts_trunk_runs_total")
         done = engine.predict_many(jobs)
@@ -197,8 +200,8 @@ def test_length_groups_give_the_outputs_of_one_padded_batch(repo, archives):
 
 def test_a_request_that_would_wait_past_the_deadline_is_refused_at_the_recent_pace(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
-    engine, metrics = app.state.engine, app.state.metrics
-    heads = app.state.registry.resolve(["embed"])
+    engine, metrics = app.state.services.engine, app.state.services.metrics
+    heads = app.state.services.registry.resolve(["embed"])
 
     async def main(deadline_in_texts: float):
         batcher = Batcher(

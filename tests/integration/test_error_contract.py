@@ -166,9 +166,10 @@ def test_framework_errors_follow_the_contract_with_a_named_code():
     from fastapi import FastAPI, HTTPException
 
     from multitask_serve.service.http_errors import install_handlers
+    from multitask_serve.service.schemas import SERVICE
 
     app = FastAPI()
-    install_handlers(app)
+    install_handlers(app, SERVICE)
 
     @app.get("/raise/{status}")
     def _raise(status: int) -> None:

@@ -73,14 +73,14 @@ def test_odd_but_valid_texts_are_answered_for_every_kind(client, admin, archives
 
 
 def test_a_text_as_large_as_the_body_limit_is_truncated_and_reported(client):
-    size = client.app.state.settings.max_body_bytes - 100
+    size = client.app.state.services.settings.max_body_bytes - 100
     r = client.post(PREDICT, json={"inputs": ["go " * (size // 3)]})
     assert r.status_code == 200 and r.json()["truncated"] == [True]
 
 
 def test_an_input_that_breaks_the_engine_fails_only_its_own_request_not_its_batch(client):
-    batcher = client.app.state.batcher
-    heads = client.app.state.registry.resolve(["embed"])
+    batcher = client.app.state.services.predictor.batcher
+    heads = client.app.state.services.registry.resolve(["embed"])
 
     async def two_requests_one_batch():
         # Past the route's checks: the engine itself fails on this text.

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from multitask_serve.service.app import INFERENCE as is_inference
 from multitask_serve.service.app import create_app
-from multitask_serve.service.limits import is_inference
 from tests.conftest import make_settings
 
 INFER_BODY = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]}
@@ -42,7 +42,7 @@ class Held:
         self.tickets = 0  # requests sent by post() that have not reached the batcher yet
         self.entered = threading.Semaphore(0)
         self.release = threading.Event()
-        batcher = client.app.state.batcher  # type: ignore[attr-defined]
+        batcher = client.app.state.services.predictor.batcher  # type: ignore[attr-defined]
         submit = batcher.submit
 
         async def held(heads, texts):
@@ -136,7 +136,8 @@ def test_other_routes_are_never_refused_while_the_bound_is_full(held, admin):
 
 
 def test_every_inference_route_of_the_app_and_no_other_is_counted(client):
-    """A new route must be classified: inference routes go in service.limits.INFERENCE_ROUTES."""
+    """A new route must be classified: inference routes go in their wire format's
+    ``WireFormat.inference``."""
     operations = {
         (method.upper(), path)
         for path, item in client.app.openapi()["paths"].items()  # type: ignore[attr-defined]

@@ -45,7 +45,7 @@ def plain(served: Path) -> TestClient:
 @pytest.fixture
 def tight(served: Path) -> TestClient:
     app = create_app(make_settings(served), CollectorRegistry())
-    engine = app.state.engine
+    engine = app.state.services.engine
     model = ActivationModel(engine.trunk_spec.hidden_size)
     room = model.run_bytes(1, FITS)
     engine.budget = budget_with_room(model, room)

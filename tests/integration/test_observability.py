@@ -74,7 +74,7 @@ def test_413_404_422_and_405_are_counted_with_their_route_template(limited, regi
 
 
 def test_unmatched_paths_and_unknown_methods_share_one_label_value(client):
-    registry = client.app.state.metrics.registry  # type: ignore[attr-defined]
+    registry = client.app.state.services.metrics.registry  # type: ignore[attr-defined]
     for path in ("/wp-admin/setup.php", "/.env", "/predict/a/b/c"):
         assert client.get(path).status_code == 404
     assert client.request("BREW", "/tasks").status_code == 405

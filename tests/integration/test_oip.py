@@ -220,7 +220,7 @@ def test_an_oversized_body_is_a_protocol_413_with_or_without_a_declared_length(r
 
 def test_requests_are_counted_in_flight_while_they_run_and_metrics_per_task(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
-    metrics, engine = app.state.metrics, app.state.engine
+    metrics, engine = app.state.services.metrics, app.state.services.engine
     value = metrics.registry.get_sample_value
     seen = []
     real = engine.predict_many

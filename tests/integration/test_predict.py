@@ -18,7 +18,7 @@ HINT = "unknown task 'nope'; GET /tasks lists the served ones"
 
 def test_texts_are_checked_before_any_work(repo):
     app = create_app(make_settings(repo, max_batch_texts=2), CollectorRegistry())
-    predictor: Predictor = app.state.predictor
+    predictor: Predictor = app.state.services.predictor
     assert predictor.texts("a") == ["a"] and predictor.texts(["a", "b"]) == ["a", "b"]
     with pytest.raises(InvalidInput, match="empty list"):
         predictor.texts([])
@@ -30,38 +30,38 @@ def test_texts_are_checked_before_any_work(repo):
 
 def test_tasks_resolve_in_the_registry_and_the_engine_holds_none(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
-    predictor: Predictor = app.state.predictor
+    predictor: Predictor = app.state.services.predictor
     heads = predictor.resolve(["topic-zs", "embed"])
     assert list(heads) == ["topic-zs", "embed"]
-    assert heads["embed"] is app.state.registry.snapshot()["embed"]
+    assert heads["embed"] is app.state.services.registry.snapshot()["embed"]
     with pytest.raises(UnknownTask) as refused:
         predictor.resolve(["embed", "nope", "nada"])
     assert refused.value.message == "unknown task 'nope'" and refused.value.task == "nope"
-    engine = app.state.engine
+    engine = app.state.services.engine
     assert not any(hasattr(engine, name) for name in ("registry", "attach", "resolve"))
 
 
 def test_a_prediction_runs_through_the_batcher_and_is_counted(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
-    predictor: Predictor = app.state.predictor
-    sample = app.state.metrics.registry.get_sample_value
+    predictor: Predictor = app.state.services.predictor
+    sample = app.state.services.metrics.registry.get_sample_value
     heads = predictor.resolve(["embed"])
-    alone = app.state.engine.predict(heads, ["a text", "another"])[0]["embed"].outputs
+    alone = app.state.services.engine.predict(heads, ["a text", "another"])[0]["embed"].outputs
     with TestClient(app) as client:  # the batch worker runs
         done = client.portal.call(predictor.run, heads, ["a text", "another"])
         ready = client.portal.call(predictor.ready)
     assert done.truncated == [False, False]
     assert np.allclose(done.results["embed"].outputs, alone, atol=1e-5)
     assert sample("mts_requests_total", {"task": "embed", "outcome": "ok"}) == 1
-    assert ready == Readiness(heads=len(app.state.registry.snapshot()), ran=True)
+    assert ready == Readiness(heads=len(app.state.services.registry.snapshot()), ran=True)
 
 
 def test_readiness_fails_while_draining_and_liveness_once_the_worker_stopped(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
-    predictor: Predictor = app.state.predictor
+    predictor: Predictor = app.state.services.predictor
     predictor.live()
     with TestClient(app) as client:
-        app.state.draining.set()
+        app.state.services.draining.set()
         with pytest.raises(Unavailable, match="shutting down"):
             client.portal.call(predictor.ready)
     with pytest.raises(Unavailable, match="batch worker stopped: shutting down"):
@@ -72,7 +72,7 @@ def test_both_wire_formats_answer_readiness_from_the_same_entry_point(client, mo
     async def not_ready() -> Readiness:
         raise Unavailable("not today")
 
-    monkeypatch.setattr(client.app.state.predictor, "ready", not_ready)
+    monkeypatch.setattr(client.app.state.services.predictor, "ready", not_ready)
     ours, theirs = client.get("/readyz"), client.get("/v2/health/ready")
     assert ours.status_code == theirs.status_code == 503
     assert ours.json() == {"error": {"code": "unavailable", "message": "not today"}}

@@ -61,9 +61,9 @@ def app_with(repo: Path, **overrides: object) -> FastAPI:
 @pytest.fixture
 def gated(repo: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, Gate]]:
     app = app_with(repo)
-    gate = Gate(app.state.engine)
+    gate = Gate(app.state.services.engine)
     # The batcher calls the serving engine's predict_many; the probe has an engine of its own.
-    monkeypatch.setattr(app.state.engine, "predict_many", gate)
+    monkeypatch.setattr(app.state.services.engine, "predict_many", gate)
     with TestClient(app) as client:
         try:
             yield client, gate
@@ -78,7 +78,7 @@ def timed_readyz(client: TestClient) -> tuple[int, dict, float]:
 
 
 def sample(client: TestClient, name: str, **labels: str) -> float:
-    return client.app.state.metrics.registry.get_sample_value(name, labels) or 0.0
+    return client.app.state.services.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 SERVING_SERIES = [
@@ -149,8 +149,8 @@ def test_a_probe_queued_behind_batches_that_finish_is_busy_not_stuck(repo, monke
     # Each request is a batch of its own that takes 0.25 s: 16 queued requests are 4 s of work,
     # four times the timeout, but a batch finishes every 0.25 s.
     app = app_with(repo, batch_max_texts=1)
-    gate = Gate(app.state.engine, delay=0.25)
-    monkeypatch.setattr(app.state.engine, "predict_many", gate)
+    gate = Gate(app.state.services.engine, delay=0.25)
+    monkeypatch.setattr(app.state.services.engine, "predict_many", gate)
     with TestClient(app) as client, ThreadPoolExecutor(16) as pool:
         requests = [
             pool.submit(client.post, "/predict/embed", json={"inputs": f"text {i}"})
@@ -171,8 +171,8 @@ def test_a_probe_queued_behind_batches_that_finish_is_busy_not_stuck(repo, monke
 
 def test_a_long_batch_shorter_than_the_timeout_is_not_taken_for_a_hang(repo, monkeypatch):
     app = app_with(repo)
-    gate = Gate(app.state.engine, delay=TIMEOUT_S * 0.6)
-    monkeypatch.setattr(app.state.engine, "predict_many", gate)
+    gate = Gate(app.state.services.engine, delay=TIMEOUT_S * 0.6)
+    monkeypatch.setattr(app.state.services.engine, "predict_many", gate)
     with TestClient(app) as client, ThreadPoolExecutor(1) as pool:
         request = pool.submit(client.post, "/predict/embed", json={"inputs": "a"})
         assert gate.entered.wait(10)
@@ -183,7 +183,7 @@ def test_a_long_batch_shorter_than_the_timeout_is_not_taken_for_a_hang(repo, mon
 
 
 def test_readyz_and_predictions_fail_at_once_when_the_batch_worker_has_stopped(client, caplog):
-    worker = client.app.state.batcher._worker
+    worker = client.app.state.services.predictor.batcher._worker
 
     async def cancel() -> None:
         worker.cancel()
@@ -221,7 +221,7 @@ def test_a_crash_in_the_batch_worker_is_logged_and_fails_its_requests_and_later_
     app = app_with(repo)
     # An engine that answers fewer results than it was given jobs: the worker's own code raises
     # while handing results out, outside any request's error handling.
-    monkeypatch.setattr(app.state.engine, "predict_many", lambda jobs: [])
+    monkeypatch.setattr(app.state.services.engine, "predict_many", lambda jobs: [])
     with (
         TestClient(app) as client,
         caplog.at_level(logging.ERROR, logger="multitask_serve.service.batcher"),
@@ -248,7 +248,7 @@ def test_readyz_fails_when_the_probe_inference_fails(client, monkeypatch):
     def broken(*_: object) -> None:
         raise RuntimeError("the trunk session is gone")
 
-    monkeypatch.setattr(client.app.state.probe_engine, "predict", broken)
+    monkeypatch.setattr(client.app.state.services.predictor.probe_engine, "predict", broken)
     r = client.get("/readyz")
     assert r.status_code == 503
     assert r.json()["error"]["message"] == "probe inference failed: the trunk session is gone"
@@ -267,7 +267,7 @@ def test_readyz_probes_the_trunk_alone_when_no_head_is_served(client, admin):
 
 
 def test_readyz_says_shutting_down_while_draining_even_with_a_healthy_worker(client):
-    client.app.state.draining.set()
+    client.app.state.services.draining.set()
     r = client.get("/readyz")
     assert r.status_code == 503
     assert r.json()["error"]["message"] == "shutting down: finishing in-flight requests"
@@ -279,8 +279,8 @@ def test_a_hang_in_a_request_run_inline_holds_every_answer_until_it_ends(repo, m
     so while it hangs nothing is answered, probes included; Kubernetes counts a probe that times
     out as failed, where the worker's hang gets a 503 (the tests above)."""
     app = app_with(repo, batch_inline_max_tokens=256)
-    gate = Gate(app.state.engine)
-    monkeypatch.setattr(app.state.engine, "predict_many", gate)
+    gate = Gate(app.state.services.engine)
+    monkeypatch.setattr(app.state.services.engine, "predict_many", gate)
     gate.opened.clear()
     with TestClient(app) as client, ThreadPoolExecutor(2) as pool:
         try:

@@ -55,7 +55,11 @@ def test_hot_added_classification_and_ner_heads_answer(client, admin, archives):
 
 def test_multi_task_request_costs_one_trunk_run(client, admin, archives):
     client.post("/admin/heads/topic", content=archives["topic"], headers=admin)
-    runs = lambda: client.app.state.metrics.registry.get_sample_value("mts_trunk_runs_total")  # noqa: E731
+    metrics = client.app.state.services.metrics.registry
+
+    def runs() -> float | None:
+        return metrics.get_sample_value("mts_trunk_runs_total")
+
     before = runs()
     r = client.post("/predict", json={"inputs": TEXTS, "tasks": ["embed", "topic-zs", "topic"]})
     assert r.status_code == 200, r.text
@@ -82,7 +86,7 @@ def test_long_texts_are_truncated_and_say_so(client):
 
 def test_metrics_expose_per_task_latency_and_stage_histograms(client):
     predict(client, "embed", "x")
-    registry = client.app.state.metrics.registry
+    registry = client.app.state.services.metrics.registry
     assert registry.get_sample_value("mts_request_duration_seconds_count", {"task": "embed"}) == 1
     for stage in ("tokenize", "trunk"):
         assert registry.get_sample_value("mts_stage_duration_seconds_count", {"stage": stage}) >= 1
@@ -115,7 +119,7 @@ def test_zero_shot_head_added_at_run_time_from_labels(client, admin):
 
 
 def test_head_loads_are_timed_and_refusals_counted(client, admin, archives):
-    registry = client.app.state.metrics.registry
+    registry = client.app.state.services.metrics.registry
     client.post("/admin/heads/sentiment", content=archives["foreign"], headers=admin)
     assert registry.get_sample_value("mts_head_load_failures_total", {"task": "sentiment"}) == 1
     client.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
@@ -131,5 +135,5 @@ def test_head_loads_run_at_a_lower_cpu_priority_than_serving(client):
 
     if niceness() >= LOAD_NICENESS:
         pytest.skip(f"this process already runs at niceness {niceness()}")
-    assert client.app.state.loads.submit(niceness).result() == LOAD_NICENESS
+    assert client.app.state.services.loads.submit(niceness).result() == LOAD_NICENESS
     assert niceness() < LOAD_NICENESS  # the serving threads keep theirs

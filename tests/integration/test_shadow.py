@@ -28,13 +28,13 @@ TEXTS = [*PROBES, "the market fell", "mary hates the phone", "a great film", "ba
 
 
 def _sample(client: TestClient, name: str, labels: dict[str, str] | None = None) -> float:
-    value = client.app.state.metrics.registry.get_sample_value(name, labels or {})
+    value = client.app.state.services.metrics.registry.get_sample_value(name, labels or {})
     return value or 0.0
 
 
 def _settle(client: TestClient) -> None:
     """Wait until the shadow thread has finished what it was handed."""
-    runner: ShadowRunner = client.app.state.shadows.runner
+    runner: ShadowRunner = client.app.state.services.shadows.runner
     deadline = time.monotonic() + 30
     while not runner.idle():
         assert time.monotonic() < deadline, "the shadow thread never finished"
@@ -65,7 +65,7 @@ def test_served_answers_are_bit_identical_with_and_without_a_shadow(client, admi
     assert outputs(client) == before
     # The engine itself, one batch composition, rows of several tasks and a sub-batch per head:
     # every result equal, bit for bit, with the candidate's tap asked of the same trunk run.
-    engine, registry = client.app.state.engine, client.app.state.registry
+    engine, registry = client.app.state.services.engine, client.app.state.services.registry
     heads = registry.snapshot()
     jobs = [
         Job({"sentiment": heads["sentiment"], "embed": heads["embed"]}, TEXTS[:3]),
@@ -73,7 +73,7 @@ def test_served_answers_are_bit_identical_with_and_without_a_shadow(client, admi
         Job({"sentiment": heads["sentiment"]}, TEXTS[6:]),
     ]
     plain, none = engine.predict_shadowed(jobs, {})
-    shadowed, works = engine.predict_shadowed(jobs, client.app.state.shadows.snapshot())
+    shadowed, works = engine.predict_shadowed(jobs, client.app.state.services.shadows.snapshot())
     assert none == [] and works and shadowed == plain
     assert {w.task for w in works} == {"sentiment"}
     assert sum(len(w.texts) for w in works) == 3 + len(TEXTS[6:])
@@ -209,7 +209,7 @@ def test_a_replica_picks_up_shadows_promotions_and_discards_from_the_repository(
     settings = make_settings(repo, repository_poll_seconds=0)
     a = TestClient(create_app(settings, CollectorRegistry()))
     b = TestClient(create_app(settings, CollectorRegistry()))
-    registry, shadows = b.app.state.registry, b.app.state.shadows
+    registry, shadows = b.app.state.services.registry, b.app.state.services.shadows
 
     def sync() -> tuple[list[str], list[str]]:  # what the replica's repository watcher does
         changed = registry.sync()
@@ -232,7 +232,7 @@ def test_a_replica_picks_up_shadows_promotions_and_discards_from_the_repository(
     # A restart reads the shadow pointer too.
     a.post("/admin/heads/sentiment/shadow", content=archives["sentiment"], headers=admin)
     c = create_app(settings, CollectorRegistry())
-    assert c.state.shadows.get("sentiment").version == 4
+    assert c.state.services.shadows.get("sentiment").version == 4
 
 
 class _Exploding:
@@ -257,20 +257,22 @@ def _batcher_with(client: TestClient, candidate: LoadedHead) -> tuple[Batcher, S
     app = client.app
     runner = ShadowRunner(
         lambda: {"sentiment": candidate},
-        app.state.engine.run_shadow,
-        app.state.metrics,
+        app.state.services.engine.run_shadow,
+        app.state.services.metrics,
         ThreadPoolExecutor(1),
     )
-    batcher = Batcher(app.state.engine, app.state.metrics, 32, 8192, 0.0, 64, shadow=runner)
+    batcher = Batcher(
+        app.state.services.engine, app.state.services.metrics, 32, 8192, 0.0, 64, shadow=runner
+    )
     return batcher, runner
 
 
 def test_a_failing_shadow_never_fails_the_served_answer(client, admin, archives):
     client.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
-    served = client.app.state.registry.snapshot()["sentiment"]
+    served = client.app.state.services.registry.snapshot()["sentiment"]
     candidate = LoadedHead(served.spec, 2, _Exploding())  # type: ignore[arg-type]
     batcher, runner = _batcher_with(client, candidate)
-    alone = client.app.state.engine.predict({"sentiment": served}, TEXTS)[0]
+    alone = client.app.state.services.engine.predict({"sentiment": served}, TEXTS)[0]
 
     async def go() -> Any:
         batcher.start()
@@ -293,7 +295,7 @@ def test_a_failing_shadow_never_fails_the_served_answer(client, admin, archives)
 
 def test_a_slow_shadow_never_delays_an_answer_and_counts_what_it_skips(client, admin, archives):
     client.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
-    served = client.app.state.registry.snapshot()["sentiment"]
+    served = client.app.state.services.registry.snapshot()["sentiment"]
     slow_s = 2.0
     candidate = LoadedHead(served.spec, 2, _Slow(served.session, slow_s))  # type: ignore[arg-type]
     batcher, runner = _batcher_with(client, candidate)

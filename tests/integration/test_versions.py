@@ -45,7 +45,7 @@ def test_a_replica_converges_on_adds_rollbacks_and_removals_made_through_another
     settings = make_settings(repo, repository_poll_seconds=0)
     a = TestClient(create_app(settings, CollectorRegistry()))
     b = TestClient(create_app(settings, CollectorRegistry()))
-    sync = b.app.state.registry.sync
+    sync = b.app.state.services.registry.sync
 
     a.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
     assert sync() == (["sentiment"], [])
@@ -69,7 +69,7 @@ def test_removing_a_task_another_replica_removed_first_is_a_404_and_stops_servin
     a = TestClient(create_app(settings, CollectorRegistry()))
     b = TestClient(create_app(settings, CollectorRegistry()))
     a.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
-    b.app.state.registry.sync()
+    b.app.state.services.registry.sync()
     assert a.delete("/admin/heads/sentiment", headers=admin).status_code == 200
     # B has not polled since: it still serves the task, but its files are gone.
     r = b.delete("/admin/heads/sentiment", headers=admin)

@@ -8,13 +8,13 @@ from starlette.exceptions import HTTPException
 from multitask_serve.service import errors
 from multitask_serve.service.batcher import WorkerStopped, WorkerStuck
 from multitask_serve.service.http_errors import (
-    OIP,
-    SERVICE,
     STATUS,
     as_http_exception,
     message_of,
     status_of,
 )
+from multitask_serve.service.oip import OIP
+from multitask_serve.service.schemas import SERVICE
 
 EXPECTED = {
     errors.ServiceError: 500,

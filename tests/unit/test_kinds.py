@@ -25,9 +25,9 @@ def head(kind: Kind) -> HeadSpec:
 def test_every_kind_has_one_entry_and_every_layer_knows_its_names():
     assert set(KINDS) == set(Kind)
     for traits in KINDS.values():
-        assert traits.decode in FORMS
-        assert all(t.name in oip._DATA for t in traits.tensors)
-        assert oip.TRUNCATED.name not in {t.name for t in traits.tensors}
+        assert traits.decode in FORMS and traits.decode in oip.TENSORS
+        assert oip.TRUNCATED.name not in {t.name for t in oip.TENSORS[traits.decode]}
+    assert set(oip.TENSORS) == set(FORMS)
 
 
 @pytest.mark.parametrize("kind", list(Kind))
@@ -51,8 +51,9 @@ def test_probe_shapes_stay_what_they_were():
 def test_oip_metadata_derives_from_the_table(kind):
     spec = head(kind)
     meta = oip.outputs_meta(spec)
-    assert [m["name"] for m in meta] == [t.name for t in KINDS[kind].tensors] + ["truncated"]
-    for m, t in zip(meta, KINDS[kind].tensors, strict=False):
+    tensors = oip.TENSORS[KINDS[kind].decode]
+    assert [m["name"] for m in meta] == [t.name for t in tensors] + ["truncated"]
+    for m, t in zip(meta, tensors, strict=False):
         assert m["datatype"] == t.datatype
         assert m["shape"] == ([-1, spec.output_width] if t.wide else [-1])
     assert meta[-1] == {"name": "truncated", "datatype": "BOOL", "shape": [-1]}

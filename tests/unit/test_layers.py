@@ -46,6 +46,7 @@ HTTP_SIDE = (
     "limits",
     "observability",
     "schemas",
+    "state",
     "openapi",
     "responses",
     "app",

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from multitask_serve.service.limits import InFlightLimit, is_inference
+from multitask_serve.service.app import INFERENCE as is_inference
+from multitask_serve.service.limits import InFlightLimit
 
 INFERENCE = [
     ("POST", "/predict"),
@@ -64,7 +65,7 @@ def gated_app(limit: int) -> tuple[InFlightLimit, asyncio.Event, list[str]]:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    return InFlightLimit(app, limit=limit), gate, reached
+    return InFlightLimit(app, limit=limit, inference=is_inference), gate, reached
 
 
 async def call(limited: InFlightLimit, method: str, path: str) -> Answer:
