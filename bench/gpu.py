@@ -183,7 +183,7 @@ def section_engine(
     engines = {
         p: create_app(
             Settings(repository=repo_path, device=device, trunk_precision=p), CollectorRegistry()
-        ).state
+        ).state.services
         for p in precisions
     }
     print("\n## 4. The engine end to end (tokenize, trunk, 3 heads, decode), real texts\n")
@@ -192,7 +192,7 @@ def section_engine(
     for size in (1, 32, 256):
         chunk = [texts[i % len(texts)] for i in range(size)]
         cells = []
-        for state in engines.values():  # each precision's app state: engine and registry
+        for state in engines.values():  # each precision's services: engine and registry
             engine, heads = state.engine, state.registry.resolve(list(TASKS))
             r, ms = rate(
                 lambda e=engine, h=heads, c=chunk: e.predict_many([Job(h, c)]),

@@ -34,7 +34,7 @@ def add_archives(repo, archives, names):
 
 def serve_mixed(repo, **overrides):
     """One micro-batch where every head reads a different subset of the rows."""
-    state = create_app(make_settings(repo, **overrides), CollectorRegistry()).state
+    state = create_app(make_settings(repo, **overrides), CollectorRegistry()).state.services
     engine = state.engine
     heads = state.registry.resolve(["embed", "topic-zs", "sentiment", "topic", "ner"])
     jobs = [
