@@ -66,7 +66,7 @@ settings = Settings(
 )
 app = create_app(settings, CollectorRegistry())
 engine, registry = app.state.services.engine, app.state.services.registry
-heads = registry.resolve(["sentiment", "topic", "ner"])
+heads = registry.loaded(["sentiment", "topic", "ner"])
 words = "the market rallied as investors cheered strong results".split()
 long = [" ".join(words[(i + j) % len(words)] for j in range(300)) for i in range(32)]
 short = ["the bank cut its profit forecast and shares fell sharply today"] * 8

@@ -193,7 +193,7 @@ def section_engine(
         chunk = [texts[i % len(texts)] for i in range(size)]
         cells = []
         for state in engines.values():  # each precision's services: engine and registry
-            engine, heads = state.engine, state.registry.resolve(list(TASKS))
+            engine, heads = state.engine, state.registry.loaded(list(TASKS))
             r, ms = rate(
                 lambda e=engine, h=heads, c=chunk: e.predict_many([Job(h, c)]),
                 size,

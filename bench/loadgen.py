@@ -33,6 +33,7 @@ class Run:
     seconds: float
     texts: int
     latencies: list[float] = field(default_factory=list)  # seconds, 2xx answers only
+    paths: list[str] = field(default_factory=list)  # each latency's request path
     failures: Counter[int] = field(default_factory=Counter)  # non-2xx answers by status
     client_cpu_s: float = 0.0  # CPU time this (client) process used meanwhile, all threads
 
@@ -84,6 +85,7 @@ async def _closed_loop(
                     run.failures[r.status_code] += 1
                     continue
                 run.latencies.append(time.perf_counter() - sent)
+                run.paths.append(path)
                 run.texts += texts
 
         started, cpu = time.perf_counter(), time.process_time()

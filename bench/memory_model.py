@@ -78,7 +78,7 @@ gc.collect()
 release_freed_memory()
 loaded = status()["VmRSS"]
 engine, registry = app.state.services.engine, app.state.services.registry
-heads = registry.resolve(args["tasks"])
+heads = registry.loaded(args["tasks"])
 rows = []
 for n, length in args["shapes"]:
     texts = [" ".join(["hello"] * (length - 2))] * n

@@ -301,11 +301,13 @@ def check_expression(expr: str) -> list[str]:
         unknown = labels - set(series[name]) - TARGET_LABELS
         if unknown:
             problems.append(f"{name} has no label {sorted(unknown)}")
-    known = {label for names in series.values() for label in names} | TARGET_LABELS
+    # A grouping label must be on a series the expression reads: `sum by (task, le)` over a
+    # histogram without a task label groups nothing, silently.
+    known = {label for name, _ in used for label in series.get(name, ())} | TARGET_LABELS
     for group in GROUPING.findall(expr):
         for label in (g.strip() for g in group.split(",")):
             if label and not label.startswith("<<") and label not in known:
-                problems.append(f"grouping by {label!r}, which no series has")
+                problems.append(f"grouping by {label!r}, which no series it reads has")
     return problems
 
 

@@ -16,10 +16,12 @@ readers and swept by ``sweep()``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,9 @@ HEAD_MODEL = "head.onnx"
 HEAD_SPEC = "head.json"
 CURRENT = "current"
 SHADOW = "shadow"
+PINNED = "pinned"
+# A task folder changed this recently is read again at the next scan (``changed_since``).
+RACY_SECONDS = 2
 
 
 class RepositoryError(RuntimeError):
@@ -148,6 +153,30 @@ class ModelRepository:
             for p in heads.iterdir()
             if not p.name.startswith(".") and (p / CURRENT).is_file()
         )
+
+    def changed_since(self, seen: Mapping[str, int]) -> tuple[dict[str, int], set[str]]:
+        """Which task folders changed since a scan that saw ``seen`` (folder -> signature): one
+        directory listing and one stat per folder, no file read. Every change to a task (a
+        version added, a pointer moved, a pin, the folder removed) renames or removes an entry
+        of its folder, which moves the folder's mtime. Returns this scan's signatures and the
+        folders that are new, changed or gone. A folder changed within ``RACY_SECONDS`` of the
+        scan reads as changed again next time (its mtime may not move for a second change
+        within the file system's clock tick), as git treats racily clean files."""
+        heads = self.root / HEADS_DIR
+        now = time.time_ns()
+        signatures: dict[str, int] = {}
+        with contextlib.suppress(FileNotFoundError), os.scandir(heads) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+                    # racy: a signature no later scan can match, so it is read again
+                    racy = now - mtime < RACY_SECONDS * 1_000_000_000
+                    signatures[entry.name] = -1 if racy else mtime
+        changed = {t for t, sig in signatures.items() if sig == -1 or seen.get(t) != sig}
+        changed |= set(seen) - set(signatures)
+        return signatures, changed
 
     def versions(self, task: str) -> list[int]:
         task_dir = self._task_dir(task)
@@ -255,6 +284,26 @@ class ModelRepository:
             raise RepositoryError(f"task {task!r} has no shadow version")
         self.set_current(task, version)
         return version
+
+    # -- pins: heads every replica keeps loaded, whatever MTS_HEAD_MEMORY_MB evicts ------------
+    def pinned(self, tasks: Iterable[str] | None = None) -> set[str]:
+        """The tasks (of ``tasks``; None: of all) pinned through the admin API: a ``pinned``
+        file in the task's folder."""
+        heads = self.root / HEADS_DIR
+        if not heads.is_dir():
+            return set()
+        folders = heads.iterdir() if tasks is None else (heads / t for t in tasks)
+        return {p.name for p in folders if (p / PINNED).is_file()}
+
+    def set_pinned(self, task: str, pinned: bool) -> None:
+        task_dir = self._task_dir(task)
+        if not task_dir.is_dir():
+            raise RepositoryError(f"task {task!r} does not exist")
+        if pinned:
+            atomic_write(task_dir / PINNED, b"")
+        else:
+            (task_dir / PINNED).unlink(missing_ok=True)
+            fsync_dir(task_dir)
 
     def remove_task(self, task: str) -> None:
         task_dir = self._task_dir(task)

@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse
 
 from multitask_serve.modelrepo.types import HeadSpec, SpecError, validate_task_name
 from multitask_serve.service.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
-from multitask_serve.service.registry import LoadedHead, register_archive
+from multitask_serve.service.registry import register_archive
+from multitask_serve.service.residency import LoadedHead
 from multitask_serve.service.schemas import RollbackRequest, ZeroShotRequest
 from multitask_serve.service.state import services
 
@@ -238,6 +239,22 @@ async def remove_head(task: str, request: Request) -> dict[str, Any]:
     await run_in_threadpool(app.registry.remove, task)
     app.metrics.forget_task(task)
     return {"task": task, "removed": True}
+
+
+@router.put("/heads/{task}/pin", summary="Keep a task's head loaded, never evicted")
+async def pin(task: str, request: Request) -> dict[str, Any]:
+    """Loads the head now if it is not loaded; every replica pins it (the pin is stored in the
+    repository, which they poll)."""
+    head = await _off_path(request, services(request.app).registry.pin, _task(task))
+    return {"task": task, "version": head.version, "pinned": True, "loaded": True}
+
+
+@router.delete("/heads/{task}/pin", summary="Let a task's head be evicted again")
+async def unpin(task: str, request: Request) -> dict[str, Any]:
+    registry = services(request.app).registry
+    head = await run_in_threadpool(registry.pin, _task(task), False)
+    loaded = registry.residency.loaded(task, head.version) is not None
+    return {"task": task, "version": head.version, "pinned": False, "loaded": loaded}
 
 
 # -- shadow: a candidate version on live traffic, answering nobody (service/shadow.py) ----------

@@ -24,7 +24,7 @@ from multitask_serve.service.batcher import Batcher
 from multitask_serve.service.engine import Engine
 from multitask_serve.service.http_errors import install_handlers
 from multitask_serve.service.limits import BodyLimit, InferenceRoutes, InFlightLimit
-from multitask_serve.service.memory import ActivationModel, MemoryBudget, cgroup_limit_mb
+from multitask_serve.service.memory import MIB, ActivationModel, MemoryBudget, cgroup_limit_mb
 from multitask_serve.service.memory import describe as describe_memory
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.observability import RequestCounter, RequestId
@@ -32,6 +32,7 @@ from multitask_serve.service.openapi import document_errors
 from multitask_serve.service.pending import PendingTrainer
 from multitask_serve.service.predict import Predictor
 from multitask_serve.service.registry import HeadRegistry
+from multitask_serve.service.residency import POLICIES
 from multitask_serve.service.schemas import SERVICE
 from multitask_serve.service.sessions import Runtime
 from multitask_serve.service.settings import Settings
@@ -100,21 +101,34 @@ def create_app(
     probe_engine = Engine(
         trunk_spec, trunk, encoder, Metrics(CollectorRegistry()), runtime, group_cost
     )
-    registry = HeadRegistry(repo, trunk_spec, engine.probe, metrics, runtime)
+    # Loads of heads a request waits for (not loaded, within MTS_HEAD_MEMORY_MB): off the event
+    # loop and the batch thread, at serving's CPU priority, since a request waits on each.
+    demand = ThreadPoolExecutor(settings.max_concurrent_loads, thread_name_prefix="head-demand")
+    registry = HeadRegistry(
+        repo,
+        trunk_spec,
+        engine.probe,
+        metrics,
+        demand,
+        runtime,
+        budget=None if settings.head_memory_mb is None else int(settings.head_memory_mb * MIB),
+        pinned=settings.pinned_tasks,
+        policy=POLICIES[settings.head_eviction](),
+    )
     # Shadow candidates run on one thread of their own at the loads' lower CPU priority.
     shadow_thread = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_background)
     shadows = Shadows(registry, engine.run_shadow, metrics, shadow_thread)
     failed = registry.load_repository()
     shadows.sync()
-    metrics.heads_loaded.set_function(lambda: len(registry.snapshot()))
     log.info(
-        "trunk %s (%s, %s %s%s), %d heads served%s",
+        "trunk %s (%s, %s %s%s), %d heads served, %d loaded%s",
         trunk_spec.base_model,
         trunk_spec.fingerprint[:12],
         settings.device,
         settings.trunk_precision,
         ", IO binding" if runtime.bound else "",
         len(registry.snapshot()),
+        len(registry.residency.tasks()),
         f", {len(failed)} refused: {failed}" if failed else "",
     )
     describe_memory(budget, settings.cpu_arena)
@@ -159,6 +173,7 @@ def create_app(
             shadow_thread.shutdown(wait=True)
             watcher.stop()
             loads.shutdown(wait=True)
+            demand.shutdown(wait=True)
 
     app = FastAPI(
         lifespan=lifespan,
@@ -244,7 +259,14 @@ def _checked_trunk(repo: ModelRepository, spec: TrunkSpec, precision: str) -> Pa
 
 
 class RepositoryWatcher:
-    """Polls the shared repository so that this replica converges on what others changed."""
+    """Polls the shared repository so that this replica converges on what others changed.
+
+    Each poll lists the heads folder and stats each task's folder (``changed_since``); only the
+    tasks whose folder changed are read. Every ``FULL_EVERY`` polls every task is read, in case
+    a file system kept a folder's mtime still.
+    """
+
+    FULL_EVERY = 30
 
     def __init__(
         self, registry: HeadRegistry, shadows: Shadows, metrics: Metrics, interval: float
@@ -264,10 +286,18 @@ class RepositoryWatcher:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        seen: dict[str, int] = {}
+        polls = 0
         while not self._stop.wait(self._interval):
             try:
-                _, dropped = self._registry.sync()
-                self._shadows.sync()
+                scanned, changed = self._registry.repo.changed_since(seen)
+                tasks = None if polls % self.FULL_EVERY == 0 else changed
+                polls += 1
+                if tasks is not None and not tasks:
+                    continue
+                _, dropped = self._registry.sync(tasks)
+                self._shadows.sync(tasks)
+                seen = scanned
             except Exception:  # a bad poll must not end the watcher
                 log.exception("repository poll failed")
                 continue

@@ -29,7 +29,7 @@ from typing import Any
 from multitask_serve.service.engine import Engine
 from multitask_serve.service.errors import Overloaded, Unavailable
 from multitask_serve.service.metrics import Metrics
-from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.residency import LoadedHead
 from multitask_serve.service.shadow import ShadowRunner, ShadowWork
 from multitask_serve.service.types import Job, JobResult
 

@@ -20,7 +20,7 @@ from multitask_serve.service.errors import InvalidInput, TooLarge
 from multitask_serve.service.memory import TRIM_AFTER_BYTES, ActivationModel, MemoryBudget
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.outputs import decode
-from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.residency import LoadedHead
 from multitask_serve.service.sessions import (
     CPU,
     HeadSession,
@@ -314,7 +314,7 @@ class Engine:
         row_texts = [texts[row] for row in rows]
         outputs = decode(head.spec, raw, part, row_texts)
         elapsed = time.perf_counter() - t0
-        self._metrics.head_seconds.labels(head.spec.task).observe(elapsed)
+        self._metrics.head_seconds.labels(head.spec.kind).observe(elapsed)
         return Answered(rows, local, part, row_texts, outputs, elapsed)
 
     def _fitted(self, groups: list[list[int]], lengths: np.ndarray) -> tuple[list[list[int]], int]:

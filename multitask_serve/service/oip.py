@@ -28,7 +28,7 @@ from fastapi import APIRouter, Request, Response
 from multitask_serve.modelrepo.types import HeadSpec
 from multitask_serve.service.errors import InvalidInput, NotFound
 from multitask_serve.service.http_errors import WireFormat, route_class, string
-from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.residency import ServedHead
 from multitask_serve.service.state import services
 from multitask_serve.service.types import TaskResult
 
@@ -317,7 +317,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     return InferRequest(texts, request_id, wanted, binary_default)
 
 
-def _head(request: Request, task: str, version: str | None = None) -> LoadedHead:
+def _head(request: Request, task: str, version: str | None = None) -> ServedHead:
     head = services(request.app).predictor.resolve([task])[task]
     if version is not None and version != str(head.version):
         raise NotFound(
@@ -351,7 +351,7 @@ async def ready(request: Request) -> dict[str, bool]:
     return {"ready": True}
 
 
-def _metadata(head: LoadedHead) -> dict[str, Any]:
+def _metadata(head: ServedHead) -> dict[str, Any]:
     spec = head.spec
     return {
         "name": spec.task,
@@ -368,7 +368,7 @@ def _metadata(head: LoadedHead) -> dict[str, Any]:
     }
 
 
-async def _infer(request: Request, head: LoadedHead) -> Response:
+async def _infer(request: Request, head: ServedHead) -> Response:
     parsed = parse_infer(await request.body(), request.headers.get(HEADER_LENGTH))
     names = [o["name"] for o in outputs_meta(head.spec)]
     unknown = sorted(set(parsed.wanted or ()) - set(names))

@@ -27,7 +27,7 @@ from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.errors import InvalidInput
 from multitask_serve.service.http_errors import WireFormat, route_class, string
 from multitask_serve.service.postprocess import unit
-from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.residency import ServedHead
 from multitask_serve.service.responses import JSON
 from multitask_serve.service.schemas import Texts
 from multitask_serve.service.state import services
@@ -89,7 +89,7 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> JSON:
             if not text:
                 raise InvalidInput(f"input[{i}] is empty; send non-empty strings")
 
-    def check_heads(heads: Mapping[str, LoadedHead]) -> None:
+    def check_heads(heads: Mapping[str, ServedHead]) -> None:
         spec = heads[body.model].spec
         if spec.kind != Kind.EMBEDDING:
             raise InvalidInput(f"model {body.model!r} is a {spec.kind} task, not an embedding task")

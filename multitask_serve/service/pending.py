@@ -32,7 +32,8 @@ from multitask_serve.modelrepo.pending import drop_pending, read_pending
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import SpecError
 from multitask_serve.service.errors import ServiceError
-from multitask_serve.service.registry import HeadRegistry, LoadedHead, register_archive
+from multitask_serve.service.registry import HeadRegistry, register_archive
+from multitask_serve.service.residency import LoadedHead
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """The one prediction entry point, which knows no HTTP: every wire format's routes call it.
 
-``Predictor.predict`` checks the texts, resolves tasks against one registry snapshot, submits the
-work to the micro-batcher and counts it in the serving metrics; it also answers liveness and
-readiness (a real probe inference queued through the batch worker). Each wire format's routes
-(service/routes.py, oip.py, tei.py, openai_compat.py) shape its answers into their own format;
-none imports another.
+``Predictor.predict`` checks the texts, resolves tasks against one registry snapshot, waits for
+any of their heads not loaded to load (service/residency.py), submits the work to the
+micro-batcher and counts it in the serving metrics; it also answers liveness and readiness (a real
+probe inference queued through the batch worker). Each wire format's routes (service/routes.py,
+oip.py, tei.py, openai_compat.py) shape its answers into their own format; none imports another.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from multitask_serve.service.batcher import Batcher
 from multitask_serve.service.engine import PROBE_TEXT, Engine
 from multitask_serve.service.errors import InvalidInput, TooLarge, Unavailable
 from multitask_serve.service.metrics import Metrics
-from multitask_serve.service.registry import HeadRegistry, LoadedHead
+from multitask_serve.service.registry import HeadRegistry
+from multitask_serve.service.residency import LoadedHead, ServedHead
 from multitask_serve.service.settings import Settings
 from multitask_serve.service.tokenize import Token
 from multitask_serve.service.types import JobResult
@@ -68,8 +69,8 @@ class Predictor:
                 ) from None
         return texts
 
-    def resolve(self, tasks: list[str]) -> dict[str, LoadedHead]:
-        """The served heads of ``tasks`` from one snapshot (raises UnknownTask)."""
+    def resolve(self, tasks: list[str]) -> dict[str, ServedHead]:
+        """The served heads of ``tasks`` from one snapshot, loaded or not (raises UnknownTask)."""
         return self.registry.resolve(tasks)
 
     def tokens(self, texts: list[str]) -> list[list[Token]]:
@@ -79,21 +80,22 @@ class Predictor:
     async def predict(
         self,
         inputs: str | list[str],
-        tasks: Sequence[str] | Mapping[str, LoadedHead],
+        tasks: Sequence[str] | Mapping[str, ServedHead],
         *,
         check_texts: Callable[[list[str]], None] | None = None,
-        check_heads: Callable[[Mapping[str, LoadedHead]], None] | None = None,
+        check_heads: Callable[[Mapping[str, ServedHead]], None] | None = None,
     ) -> JobResult:
         """Every prediction route's one call: the request's texts, checked (``texts``, then a
         format's own ``check_texts``); the tasks' heads from one snapshot (``resolve``; or the
         heads a route resolved already, as OIP does to check the version its path names),
-        checked by a format's own ``check_heads``; then ``run``."""
+        checked by a format's own ``check_heads``, loaded if they are not; then ``run``."""
         texts = self.texts(inputs)
         if check_texts is not None:
             check_texts(texts)
-        heads = tasks if isinstance(tasks, Mapping) else self.resolve(list(tasks))
+        served = tasks if isinstance(tasks, Mapping) else self.resolve(list(tasks))
         if check_heads is not None:
-            check_heads(heads)
+            check_heads(served)
+        heads = await self.registry.residency.acquire(served)
         return await self.run(heads, texts)
 
     async def run(self, heads: Mapping[str, LoadedHead], texts: list[str]) -> JobResult:
@@ -109,7 +111,7 @@ class Predictor:
             raise
         elapsed = time.perf_counter() - started
         for task in heads:
-            metrics.request_seconds.labels(task).observe(elapsed)
+            metrics.request_seconds.observe(elapsed)
             metrics.requests.labels(task, "ok").inc()
         return done
 
@@ -123,7 +125,8 @@ class Predictor:
             raise Unavailable(failure)
 
     async def ready(self) -> Readiness:
-        """Ready when the batch worker runs a probe inference, or is busy finishing batches.
+        """Ready when the batch worker runs a probe inference (through a loaded head, or the
+        trunk alone when none is), or is busy finishing batches.
 
         The probe queues like a request (``Batcher.check``), so a stopped or hung worker fails this
         within ``readiness_timeout_seconds``; probes are counted only in
@@ -132,10 +135,12 @@ class Predictor:
         if self.draining.is_set():
             raise Unavailable("shutting down: finishing in-flight requests")
         heads = self.registry.snapshot()
+        loaded = self.registry.residency.any_loaded()
         probe: Callable[[], object]
-        if heads:
-            task = sorted(heads)[0]
-            probe = functools.partial(self.probe_engine.predict, {task: heads[task]}, [PROBE_TEXT])
+        if loaded is not None:
+            probe = functools.partial(
+                self.probe_engine.predict, {loaded.task: loaded}, [PROBE_TEXT]
+            )
         else:
             probe = functools.partial(self.probe_engine.embed, [PROBE_TEXT])
         try:

@@ -4,6 +4,10 @@ A new head is validated outside the lock (spec vs the loaded trunk, ONNX load, s
 inference through trunk and head), persisted to the repository, and only then swapped in as a new
 read-only mapping. Requests take one snapshot and never see a half-made change.
 
+Every stored task is served; which served heads are loaded is ``residency``'s concern
+(service/residency.py): within ``MTS_HEAD_MEMORY_MB`` (None: all of them, loaded at start), the
+rest loaded when a request asks for them.
+
 Shadow candidates sit beside it (service/shadow.py ``Shadows``): they change under the same
 ``lock``, promote through ``serve``, and hear of every change of a served head (``on_change``).
 """
@@ -11,13 +15,14 @@ Shadow candidates sit beside it (service/shadow.py ``Shadows``): they change und
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from concurrent.futures import Executor
 from types import MappingProxyType
-from typing import IO
+from typing import IO, TypeVar
 
 from multitask_serve.modelrepo.archive import ArchiveError, unpack_head_file
 from multitask_serve.modelrepo.graphs import external_data_locations
@@ -28,27 +33,28 @@ from multitask_serve.service.errors import (
     InvalidInput,
     NotFound,
     ServiceError,
+    Unavailable,
     UnknownTask,
 )
 from multitask_serve.service.metrics import Metrics
+from multitask_serve.service.residency import (
+    LoadedHead,
+    Policy,
+    Residency,
+    ServedHead,
+    head_bytes,
+)
 from multitask_serve.service.sessions import CPU, GraphError, HeadSession, Runtime
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LoadedHead:
-    spec: HeadSpec
-    version: int
-    session: HeadSession
-    # When this process loaded it (epoch seconds): where a shadow's report starts.
-    loaded_at: float = field(default_factory=time.time, compare=False)
-
-
 # Runs one real inference through trunk and head; raises InvalidInput if the head misbehaves.
 Probe = Callable[[LoadedHead], None]
 # Told (task, the head now served, or None: no longer served) each time a served head changes.
-Listener = Callable[[str, LoadedHead | None], None]
+Listener = Callable[[str, ServedHead | None], None]
+# Why a stored head is not served, or not loaded now.
+LOAD_ERRORS = (RepositoryError, InvalidInput, Conflict, OSError)
 
 
 class HeadRegistry:
@@ -58,8 +64,14 @@ class HeadRegistry:
         trunk: TrunkSpec,
         probe: Probe,
         metrics: Metrics,
+        loads: Executor,
         runtime: Runtime = CPU,
+        budget: int | None = None,
+        pinned: Iterable[str] = (),
+        policy: Policy | None = None,
     ) -> None:
+        """``loads`` runs on-demand loads; ``budget`` bounds the loaded heads' bytes (None: every
+        head loaded); ``pinned`` tasks are loaded at start and never evicted."""
         self._metrics = metrics
         self._repo = repo
         self._trunk = trunk
@@ -67,49 +79,99 @@ class HeadRegistry:
         self._runtime = runtime
         # Held by every change of the served set, and of anything kept beside it (shadows).
         self.lock = threading.Lock()
-        self._heads: Mapping[str, LoadedHead] = MappingProxyType({})
+        self._heads: Mapping[str, ServedHead] = MappingProxyType({})
         self._listeners: list[Listener] = []
+        # Pinned by MTS_PINNED_TASKS: the admin API cannot unpin them.
+        self._configured_pins = frozenset(pinned)
+        # (task, version) whose probe inference passed in this process: loaded again after an
+        # eviction, they skip it.
+        self._probed: set[tuple[str, int]] = set()
+        self.residency = Residency(
+            self.load_stored, loads, metrics, budget, pinned, policy, current=self._served_version
+        )
+        metrics.heads_served.set_function(lambda: len(self._heads))
 
     @property
     def repo(self) -> ModelRepository:
         return self._repo
 
-    def snapshot(self) -> Mapping[str, LoadedHead]:
+    def snapshot(self) -> Mapping[str, ServedHead]:
+        """The served heads, loaded or not."""
         return self._heads
+
+    def _served_version(self, task: str) -> int | None:
+        head = self._heads.get(task)
+        return None if head is None else head.version
 
     def on_change(self, listener: Listener) -> None:
         """Call ``listener`` (with ``lock`` held) each time a task's served head changes."""
         self._listeners.append(listener)
 
-    def serve(self, changes: Mapping[str, LoadedHead | None]) -> None:
+    def serve(self, changes: Mapping[str, ServedHead | None]) -> None:
         """Swap in a new snapshot with each task's head (None: the task is no longer served),
-        then tell the listeners. The caller holds ``lock``."""
-        heads = {**self._heads, **changes}
-        self._heads = MappingProxyType({t: h for t, h in heads.items() if h is not None})
+        then tell the listeners. A ``LoadedHead`` is held loaded too; a task whose loaded head
+        is no longer the served one is unloaded. The caller holds ``lock``."""
+        heads = {**self._heads}
         for task, head in changes.items():
+            if head is None:
+                heads.pop(task, None)
+            else:
+                heads[task] = head.served() if isinstance(head, LoadedHead) else head
+        self._heads = MappingProxyType(heads)
+        for task, head in changes.items():
+            if isinstance(head, LoadedHead):
+                self.residency.put(head)
+            elif head is None or self.residency.loaded(task, head.version) is None:
+                self.residency.drop(task)
             for listener in self._listeners:
                 listener(task, head)
 
-    def resolve(self, tasks: list[str]) -> dict[str, LoadedHead]:
-        """The heads of ``tasks``, from one snapshot; UnknownTask names the first one not served."""
+    def resolve(self, tasks: list[str]) -> dict[str, ServedHead]:
+        """The served heads of ``tasks``, from one snapshot, loaded or not; UnknownTask names the
+        first one not served."""
         heads = self._heads
         for task in tasks:
             if task not in heads:
                 raise UnknownTask(task)
         return {task: heads[task] for task in tasks}
 
-    def load(self, spec: HeadSpec, model: bytes, version: int = 0) -> LoadedHead:
-        """Check a head against the trunk and build its session; touches no shared state."""
+    def loaded(self, tasks: list[str]) -> dict[str, LoadedHead]:
+        """``resolve``, then the loaded heads, loading those that are not (blocks; for threads
+        that may wait, never the batch thread or the event loop)."""
+        return self.residency.acquire_now(self.resolve(tasks))
+
+    def load(
+        self, spec: HeadSpec, model: bytes, version: int = 0, probe: bool = True
+    ) -> LoadedHead:
+        """Check a head against the trunk and build its session; touches no shared state.
+        ``probe``: run one real inference through trunk and head (False: a version this process
+        has probed before)."""
         started = time.perf_counter()
         try:
-            head = self._load(spec, model, version)
+            head = self._load(spec, model, version, probe, started)
         except ServiceError:
             self._metrics.head_load_failures.labels(spec.task).inc()
             raise
-        self._metrics.head_load_seconds.labels(spec.task).observe(time.perf_counter() - started)
+        self._metrics.head_load_seconds.observe(head.load_seconds)
         return head
 
-    def _load(self, spec: HeadSpec, model: bytes, version: int) -> LoadedHead:
+    def load_stored(self, served: ServedHead) -> LoadedHead:
+        """Load a served head from the repository (what a request for an unloaded head waits
+        on). Unavailable if it cannot be (the file is gone or broken)."""
+        task, version = served.task, served.version
+        try:
+            stored = self._repo.read_head(task, version)
+            model = stored.model_path.read_bytes()
+            head = self.load(stored.spec, model, version, probe=(task, version) not in self._probed)
+        except LOAD_ERRORS as exc:
+            raise Unavailable(
+                f"task {task!r} version {version} could not be loaded: {exc}"
+            ) from exc
+        return head
+
+    def _load(
+        self, spec: HeadSpec, model: bytes, version: int, probe: bool, started: float
+    ) -> LoadedHead:
         if spec.trunk_fingerprint != self._trunk.fingerprint:
             raise Conflict(
                 f"head {spec.task!r} was trained against trunk {spec.trunk_fingerprint[:12]}..., "
@@ -135,8 +197,11 @@ class HeadRegistry:
             session = HeadSession(model, spec.output_name, self._trunk.hidden_size, self._runtime)
         except GraphError as exc:
             raise InvalidInput(f"head {spec.task!r}: {exc}") from exc
-        head = LoadedHead(spec=spec, version=version, session=session)
-        self._probe(head)
+        head = LoadedHead(spec, version, head_bytes(len(model)), session)
+        if probe:
+            self._probe(head)
+            self._probed.add((spec.task, version))
+        head = dataclasses.replace(head, load_seconds=time.perf_counter() - started)
         quantization = spec.training.get("quantization")
         method = quantization.get("method") if isinstance(quantization, dict) else None
         if spec.precision == "int8" and EXACT_INTEGER_PRODUCTS not in str(method):
@@ -150,21 +215,36 @@ class HeadRegistry:
         return head
 
     def load_repository(self) -> list[str]:
-        """Serve every task's current version; a broken one is logged and skipped, not fatal."""
-        loaded: dict[str, LoadedHead] = {}
+        """Serve every task's current version. Without a budget every head is loaded now, as
+        is each pinned head with one; the rest load when asked for. A head that fails to load
+        here is logged and not served; returns those tasks."""
+        served: dict[str, ServedHead] = {}
         failed = []
+        self._sync_pins()
         for task in self._repo.tasks():
             try:
-                stored = self._repo.read_head(task)
-                loaded[task] = self.load(
-                    stored.spec, stored.model_path.read_bytes(), stored.version
-                )
-            except (RepositoryError, InvalidInput, Conflict, OSError) as exc:
+                served[task] = self.describe(task)
+            except LOAD_ERRORS as exc:
                 log.error("not serving task %s: %s", task, exc)
                 failed.append(task)
+        now = self._loaded_now(served)
+        failed += [task for task in served if task not in now and self._loads_at_start(task)]
         with self.lock:
-            self.serve(loaded)
+            self.serve({t: h for t, h in {**served, **now}.items() if t not in failed})
         return failed
+
+    def _loads_at_start(self, task: str) -> bool:
+        return self.residency.budget is None or task in self.residency.pinned
+
+    def _loaded_now(self, served: Mapping[str, ServedHead]) -> dict[str, LoadedHead]:
+        """The heads of ``served`` that are loaded at once: all without a budget, else pinned."""
+        wanted = {t: h.version for t, h in served.items() if self._loads_at_start(t)}
+        return self.load_versions(wanted, {}, "serving")
+
+    def describe(self, task: str, version: int | None = None) -> ServedHead:
+        """A stored head as served, without loading it: its spec and what it would cost."""
+        stored = self._repo.read_head(task, version)
+        return ServedHead(stored.spec, stored.version, head_bytes(stored.model_path.stat().st_size))
 
     def add(self, spec: HeadSpec, model: bytes, replace: bool = False) -> LoadedHead:
         """Validate, persist as a new version, then serve. Refusals change nothing."""
@@ -175,12 +255,48 @@ class HeadRegistry:
             if not replace and spec.task in self._heads:
                 raise Conflict(f"task {spec.task!r} was added concurrently")
             version = self._repo.add_head(spec, model)
-            head = LoadedHead(spec=spec, version=version, session=head.session)
+            head = dataclasses.replace(head, version=version)
+            self._probed.add((spec.task, version))
             self.serve({spec.task: head})
         log.info(
             "serving %s version %d (%s, tap %d)", spec.task, version, spec.kind, spec.branch_layer
         )
         return head
+
+    def pin(self, task: str, pinned: bool = True) -> ServedHead:
+        """Pin a served task's head (loaded now, never evicted) or unpin it, on every replica:
+        the pin is stored in the repository. A task pinned by MTS_PINNED_TASKS stays pinned."""
+        with self.lock:
+            head = self._heads.get(task)
+            if head is None:
+                raise NotFound(f"unknown task {task!r}")
+            if not pinned and task in self._configured_pins:
+                raise Conflict(f"task {task!r} is pinned by MTS_PINNED_TASKS; unset it there")
+            try:
+                self._repo.set_pinned(task, pinned)
+            except RepositoryError as exc:
+                raise NotFound(f"unknown task {task!r}: {exc}") from exc
+            self.residency.pin(task, pinned)
+        if pinned:
+            self.loaded([task])
+        log.info("%s %s", "pinned" if pinned else "unpinned", task)
+        return head
+
+    def _sync_pins(self, tasks: Iterable[str] | None = None) -> list[str]:
+        """Pin what the settings and the repository pin, unpin the rest (of ``tasks``; None:
+        of every task); returns the tasks pinned now that were not."""
+        held = self.residency.pinned
+        if tasks is None:
+            wanted = self._configured_pins | self._repo.pinned()
+        else:
+            named = set(tasks)
+            stored = self._repo.pinned(named)
+            wanted = self._configured_pins | {t for t in held if t not in named} | stored
+        for task in held - wanted:
+            self.residency.pin(task, False)
+        for task in wanted - held:
+            self.residency.pin(task)
+        return sorted(wanted - held)
 
     def remove(self, task: str) -> None:
         with self.lock:
@@ -224,20 +340,37 @@ class HeadRegistry:
         log.info("rolled %s back to version %d", task, version)
         return head
 
-    def sync(self) -> tuple[list[str], list[str]]:
+    def sync(self, tasks: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
         """Converge on the repository, which other replicas may have changed.
 
-        Loads each task whose current version differs from the one held here (validated like an
-        upload; a broken one is logged and left as it was) and drops tasks that are gone.
+        Serves each task whose current version differs from the one held here (a loaded one is
+        loaded again first, validated like an upload; a broken one is logged and left as it was)
+        and drops tasks that are gone. ``tasks``: only these may have changed (the watcher's
+        scan, ``ModelRepository.changed_since``); None reads every task's pointer.
         Returns (changed, dropped) tasks.
         """
-        wanted = pointed(self._repo.tasks(), self._repo.current_version)
+        if tasks is None:
+            wanted = pointed(self._repo.tasks(), self._repo.current_version)
+        else:  # the tasks not named stay as they are
+            named = set(tasks)
+            wanted = {t: h.version for t, h in self._heads.items() if t not in named}
+            wanted |= pointed(sorted(named), self._repo.current_version)
         served = self._heads
-        loaded = self.load_versions(wanted, served, "serving")
+        # A head loaded here is loaded again (validated like an upload) before it is swapped;
+        # one not loaded is only described, and loads when asked for.
+        reload = {t for t in wanted if self._reloads(t)}
+        loaded: dict[str, ServedHead] = {
+            **self.describe_versions({t: v for t, v in wanted.items() if t not in reload}, served),
+            **self.load_versions({t: wanted[t] for t in reload}, served, "serving"),
+        }
         with self.lock:
             # Only apply what nobody changed while we loaded; the next poll sees the rest.
             changes = converge(self._heads, served, wanted, loaded)
             self.serve(changes)
+        for task in self._sync_pins(tasks):  # pinned on another replica: load it here too
+            if task in self._heads:
+                with contextlib.suppress(ServiceError):
+                    self.loaded([task])
         for task, head in changes.items():
             if head is None:
                 log.info("repository: %s was removed", task)
@@ -246,20 +379,49 @@ class HeadRegistry:
         changed = [task for task, head in changes.items() if head is not None]
         return changed, [task for task, head in changes.items() if head is None]
 
+    def _reloads(self, task: str) -> bool:
+        """A changed head is loaded before it is served: without a budget, pinned, or loaded."""
+        return self._loads_at_start(task) or self.residency.loaded(task) is not None
+
+    def describe_versions(
+        self, wanted: Mapping[str, int], held: Mapping[str, ServedHead]
+    ) -> dict[str, ServedHead]:
+        """``describe`` each wanted (task, version) not already held; failures are logged."""
+        return _each_new(wanted, held, self.describe, "serving")
+
     def load_versions(
-        self, wanted: Mapping[str, int], held: Mapping[str, LoadedHead], role: str
+        self, wanted: Mapping[str, int], held: Mapping[str, ServedHead], role: str
     ) -> dict[str, LoadedHead]:
         """Load each wanted (task, version) not already held; failures are logged, not raised."""
-        loaded: dict[str, LoadedHead] = {}
-        for task, version in wanted.items():
-            if task in held and held[task].version == version:
-                continue
-            try:
-                stored = self._repo.read_head(task, version)
-                loaded[task] = self.load(stored.spec, stored.model_path.read_bytes(), version)
-            except (RepositoryError, InvalidInput, Conflict, OSError) as exc:
-                log.error("not %s %s version %d from the repository: %s", role, task, version, exc)
-        return loaded
+        return _each_new(wanted, held, self._read_and_load, role)
+
+    def _read_and_load(self, task: str, version: int) -> LoadedHead:
+        stored = self._repo.read_head(task, version)
+        return self.load(stored.spec, stored.model_path.read_bytes(), version)
+
+
+Made = TypeVar("Made", bound=ServedHead)
+
+
+def _each_new(
+    wanted: Mapping[str, int],
+    held: Mapping[str, ServedHead],
+    make: Callable[[str, int], Made],
+    role: str,
+) -> dict[str, Made]:
+    """``make`` each wanted (task, version) that ``held`` does not hold; failures are logged."""
+    made: dict[str, Made] = {}
+    for task, version in wanted.items():
+        if task in held and held[task].version == version:
+            continue
+        try:
+            made[task] = make(task, version)
+        except LOAD_ERRORS as exc:
+            log.error("not %s %s version %d from the repository: %s", role, task, version, exc)
+    return made
+
+
+Held = TypeVar("Held", bound=ServedHead)
 
 
 def pointed(tasks: Iterable[str], pointer: Callable[[str], int | None]) -> dict[str, int]:
@@ -275,15 +437,15 @@ def pointed(tasks: Iterable[str], pointer: Callable[[str], int | None]) -> dict[
 
 
 def converge(
-    now: Mapping[str, LoadedHead],
-    seen: Mapping[str, LoadedHead],
+    now: Mapping[str, Held],
+    seen: Mapping[str, Held],
     wanted: Mapping[str, int],
-    loaded: Mapping[str, LoadedHead],
-) -> dict[str, LoadedHead | None]:
+    loaded: Mapping[str, Held],
+) -> dict[str, Held | None]:
     """The changes that bring ``now`` to ``wanted``: ``loaded`` heads swapped in, unwanted tasks
     dropped (None), for the tasks whose head is still the one ``seen`` before loading (a change
     made meanwhile wins)."""
-    changes: dict[str, LoadedHead | None] = {
+    changes: dict[str, Held | None] = {
         t: head for t, head in loaded.items() if now.get(t) is seen.get(t)
     }
     changes.update({t: None for t in now if t not in wanted and now[t] is seen.get(t)})

@@ -7,11 +7,12 @@ ServiceError and answered in the service's own form (service/schemas.py ``SERVIC
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.responses import JSON
 from multitask_serve.service.schemas import MultiPredictRequest, PredictRequest
 from multitask_serve.service.state import services
@@ -59,11 +60,44 @@ async def predict_tasks(body: MultiPredictRequest, request: Request) -> JSON:
 
 
 @router.get("/tasks", tags=["tasks"], summary="What is served, and what is still training")
-async def tasks(request: Request) -> dict[str, Any]:
-    """The served tasks; under ``training``, the default heads a first run still trains
-    (state waiting, training or failed, with epoch and step progress, or the error)."""
+async def tasks(
+    request: Request,
+    loaded: Annotated[bool | None, Query(description="Only (not) loaded heads")] = None,
+    kind: Annotated[Kind | None, Query(description="Only tasks with heads of this kind")] = None,
+    after: Annotated[str | None, Query(description="Only tasks named after this one")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="At most this many tasks")] = None,
+) -> dict[str, Any]:
+    """The served tasks, by name, each with whether its head is loaded now (the rest load when
+    asked for, within MTS_HEAD_MEMORY_MB) and pinned; under ``training``, the default heads a
+    first run still trains (state waiting, training or failed, with epoch and step progress, or
+    the error). With ``limit``, ``next`` names the last task listed while more follow: pass it as
+    ``after`` for the next page."""
     app = services(request.app)
     trunk = app.engine.trunk_spec
+    residency = app.registry.residency
+    pinned = residency.pinned
+    listed: list[dict[str, Any]] = []
+    more = False
+    for task, head in sorted(app.registry.snapshot().items()):
+        is_loaded = residency.loaded(task, head.version) is not None
+        if (after is not None and task <= after) or (kind is not None and head.spec.kind != kind):
+            continue
+        if loaded is not None and is_loaded != loaded:
+            continue
+        if limit is not None and len(listed) == limit:
+            more = True  # one more matches: the page ends before it
+            break
+        listed.append(
+            {
+                "task": task,
+                "kind": str(head.spec.kind),
+                "version": head.version,
+                "branch_layer": head.spec.branch_layer,
+                "labels": list(head.spec.labels),
+                "loaded": is_loaded,
+                "pinned": task in pinned,
+            }
+        )
     return {
         "trunk": {
             "base_model": trunk.base_model,
@@ -72,16 +106,8 @@ async def tasks(request: Request) -> dict[str, Any]:
             "hidden_size": trunk.hidden_size,
             "max_length": app.max_length,
         },
-        "tasks": [
-            {
-                "task": task,
-                "kind": str(head.spec.kind),
-                "version": head.version,
-                "branch_layer": head.spec.branch_layer,
-                "labels": list(head.spec.labels),
-            }
-            for task, head in sorted(app.registry.snapshot().items())
-        ],
+        "tasks": listed,
+        "next": listed[-1]["task"] if more else None,
         "training": app.trainer.status() if app.trainer is not None else [],
     }
 

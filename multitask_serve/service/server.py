@@ -86,5 +86,6 @@ def serve(app: FastAPI, settings: Settings) -> None:
         loop=settings.event_loop,
         http=settings.http_parser,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        timeout_keep_alive=settings.keep_alive_seconds,
     )
     DrainingServer(config, services(app).draining.set, settings.shutdown_drain_seconds).run()

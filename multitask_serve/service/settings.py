@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import PositiveFloat, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -102,6 +102,17 @@ class Settings(BaseSettings):
     # Head loads (validation + a real inference) running at once, off the request threads. Each
     # load holds a copy of the graph in memory while it runs.
     max_concurrent_loads: int = 2
+    # The loaded heads' memory in MiB (graph bytes plus a session's fixed cost each,
+    # service/residency.py). Every stored head is served; beyond this, heads load when a request
+    # asks for them and others are evicted (recency, size and load time decide which). Unset:
+    # every head is loaded at start and stays loaded. Shadow candidates are not counted.
+    head_memory_mb: float | None = None
+    # Tasks whose heads are loaded at start and never evicted (comma-separated; the admin API
+    # pins and unpins others): the latency-critical few.
+    pinned_tasks: Annotated[list[str], NoDecode] = []
+    # Which loaded head goes first when room is needed: "gds" (GreedyDual-Size: recency, uses,
+    # size and load time; measured better than "lru" on a skewed trace, bench/eviction.py) or "lru".
+    head_eviction: Literal["gds", "lru"] = "gds"
     # Seconds between looks at the repository for heads other replicas added, replaced, rolled
     # back or removed. Lower converges faster and costs a directory scan per look; 0 disables.
     repository_poll_seconds: float = 2.0
@@ -120,6 +131,11 @@ class Settings(BaseSettings):
     # a hang sooner. Keep it under the readinessProbe's timeoutSeconds (15 in k8s/), or the
     # kubelet gives up first and the reason is lost.
     readiness_timeout_seconds: PositiveFloat = 10.0
+    # Seconds an idle HTTP/1.1 connection is kept open. A client (or load balancer) that sends on
+    # a pooled connection just as the server closes it gets "server disconnected without a
+    # response" (a 502 from a balancer); above the balancers' idle timeouts (60 s on AWS ALB and
+    # GCP, 75 s nginx) the client closes first. uvicorn's own default is 5 s.
+    keep_alive_seconds: int = 75
     # uvicorn's log level (its access and error lines); `mts --log-level` sets the rest.
     log_level: str = "info"
     # Log lines as "text" (one readable line each) or "json" (one object per line: time, level,
@@ -127,6 +143,20 @@ class Settings(BaseSettings):
     # that indexes fields; longer lines, worse to read in a terminal. Either way each line logged
     # while a request is handled names its X-Request-ID (the client's, or a generated one).
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("pinned_tasks", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [task.strip() for task in value.split(",") if task.strip()]
+        return value
+
+    @field_validator("head_memory_mb")
+    @classmethod
+    def _positive_budget(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("MTS_HEAD_MEMORY_MB must be positive (unset: every head loaded)")
+        return value
 
     @field_validator("admin_token")
     @classmethod

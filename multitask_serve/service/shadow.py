@@ -18,10 +18,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +34,8 @@ from multitask_serve.modelrepo.types import HeadSpec
 from multitask_serve.service.errors import Conflict, NotFound, UnknownTask
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.outputs import Comparison, form_of
-from multitask_serve.service.registry import HeadRegistry, LoadedHead, converge, pointed
+from multitask_serve.service.registry import HeadRegistry, converge, pointed
+from multitask_serve.service.residency import LoadedHead, ServedHead
 from multitask_serve.service.sessions import Tap
 from multitask_serve.service.types import Output, TokenizedBatch
 
@@ -190,7 +192,7 @@ class ShadowRunner:
             stats = self._stats[candidate.spec.task] = ShadowStats(candidate)
         return stats
 
-    def report(self, served: LoadedHead | None, candidate: LoadedHead) -> dict[str, Any]:
+    def report(self, served: ServedHead | None, candidate: LoadedHead) -> dict[str, Any]:
         """The candidate's report against the served head, as GET .../shadow answers it."""
         with self._lock:
             body = self._stats_for(candidate).report()
@@ -252,7 +254,7 @@ class Shadows:
             self._check(spec, replace)
             version = self._repo.add_head(spec, model, make_current=False)
             self._repo.set_shadow(task, version)
-            head = LoadedHead(spec=spec, version=version, session=head.session)
+            head = dataclasses.replace(head, version=version)
             self._set({task: head})
         log.info("shadowing %s with version %d (tap %d)", task, version, spec.branch_layer)
         return head
@@ -298,17 +300,24 @@ class Shadows:
         log.info("discarded shadow version %d of %s", head.version, task)
         return head
 
-    def sync(self) -> None:
+    def sync(self, tasks: Iterable[str] | None = None) -> None:
         """Converge on the repository's shadow pointers, which other replicas may have changed:
         load each served task's candidate not held here (a broken one is logged and left as it
-        was), drop the candidates whose pointer is gone. Runs after ``HeadRegistry.sync``."""
-        wanted = pointed(self._registry.snapshot(), self._repo.shadow_version)
+        was), drop the candidates whose pointer is gone. ``tasks``: only these may have changed
+        (None: read every served task's). Runs after ``HeadRegistry.sync``."""
+        served = self._registry.snapshot()
+        if tasks is None:
+            wanted = pointed(served, self._repo.shadow_version)
+        else:  # the tasks not named keep their candidates
+            named = set(tasks)
+            wanted = {t: h.version for t, h in self._shadows.items() if t not in named}
+            wanted |= pointed([t for t in sorted(named) if t in served], self._repo.shadow_version)
         held = self._shadows
         loaded = self._registry.load_versions(wanted, held, "shadow")
         with self._registry.lock:
             self._set(converge(self._shadows, held, wanted, loaded))
 
-    def _served_changed(self, task: str, head: LoadedHead | None) -> None:
+    def _served_changed(self, task: str, head: ServedHead | None) -> None:
         """The registry's news (its lock held): a task no longer served, or one whose candidate
         is served now, has no shadow."""
         shadow = self._shadows.get(task)

@@ -36,7 +36,7 @@ from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.errors import TooLarge
 from multitask_serve.service.http_errors import WireFormat, route_class, string
 from multitask_serve.service.postprocess import unit
-from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.residency import ServedHead
 from multitask_serve.service.responses import JSON
 from multitask_serve.service.state import services
 from multitask_serve.service.types import TaskResult
@@ -174,7 +174,7 @@ def _cannot(message: str) -> TeiError:
 
 
 async def _run(request: Request, task: str, body: TeiRequest, kinds: set[str]) -> TaskResult:
-    def check_heads(heads: Mapping[str, LoadedHead]) -> None:
+    def check_heads(heads: Mapping[str, ServedHead]) -> None:
         kind = str(heads[task].spec.kind)
         if kind not in kinds:
             raise _cannot(f"task {task!r} is a {kind} head; this route serves {sorted(kinds)}")

@@ -6,8 +6,11 @@ settings take random waves of concurrent requests (single-task, multi-task and O
 Protocol, TEI's root route and OpenAI's embeddings in float and base64; random texts, sizes and
 duplicates) while admin operations change *other* tasks; every answer for a task that exists
 throughout must equal its reference: labels, entities and spans exactly, scores within
-``tests.oracle.TOLERANCE``. TEI and OpenAI refuse an empty text; a call of theirs holding one must
-get that protocol's refusal (400, ``Empty`` or ``invalid_request_error``) and nothing else.
+``tests.oracle.TOLERANCE``. One server under test loads heads on demand within a budget that holds
+about two of them (``MTS_HEAD_MEMORY_MB``), so nearly every request finds its head evicted and
+loads it again: the figures count its loads and evictions. TEI and OpenAI refuse an empty text;
+a call of theirs holding one must get that protocol's refusal (400, ``Empty`` or
+``invalid_request_error``) and nothing else.
 
 hypothesis drives it as a state machine, seeded, and shrinks a failure to a minimal program.
 CI runs it for ``ORACLE_SECONDS`` (default 150 s); set it higher to run longer, and
@@ -56,7 +59,14 @@ SCRATCH = ("scratch", "scratch-zs")
 # never splits), batch size and wait.
 CONFIGS = (
     {"MTS_BATCH_GROUP_COST_TOKENS": "32", "MTS_BATCH_MAX_TEXTS": "32"},
-    {"MTS_BATCH_GROUP_COST_TOKENS": "4", "MTS_BATCH_MAX_TEXTS": "8", "MTS_BATCH_MAX_WAIT_MS": "3"},
+    # Room for about two of the oracle's heads (each counts its graph plus 256 KiB): nearly every
+    # request loads a head that was evicted, and every answer must still be its reference.
+    {
+        "MTS_BATCH_GROUP_COST_TOKENS": "4",
+        "MTS_BATCH_MAX_TEXTS": "8",
+        "MTS_BATCH_MAX_WAIT_MS": "3",
+        "MTS_HEAD_MEMORY_MB": "0.6",
+    },
     {
         "MTS_BATCH_GROUP_COST_TOKENS": "1000000",
         "MTS_BATCH_MAX_TEXTS": "64",
@@ -488,6 +498,23 @@ def _install_heads(repo: Path, exporter: Any) -> dict[str, bytes]:
     }
 
 
+def _residency(url: str) -> dict[str, float]:
+    """A server's head loads and evictions so far, from its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    wanted = {
+        "cold_loads": "mts_head_cold_load_duration_seconds_count",
+        "evictions": "mts_head_evictions_total",
+        "hits": 'mts_head_lookups_total{result="hit"}',
+        "misses": 'mts_head_lookups_total{result="miss"}',
+    }
+    found = dict.fromkeys(wanted, 0.0)
+    for line in text.splitlines():
+        for key, sample in wanted.items():
+            if line.startswith(sample + " "):
+                found[key] = float(line.split()[-1])
+    return found
+
+
 @contextlib.contextmanager
 def processes(repo: Path, logs: Path) -> Iterator[tuple[str, list[str]]]:
     poll = {"MTS_REPOSITORY_POLL_SECONDS": "0.5"}
@@ -528,6 +555,7 @@ def test_every_answer_equals_its_text_sent_alone_under_concurrent_traffic(repo, 
         finally:
             harness.close()
             figures = harness.figures
+            residency = [_residency(url) for url in servers]
             summary = {
                 "seconds": SECONDS,
                 "seed": SEED,
@@ -547,11 +575,14 @@ def test_every_answer_equals_its_text_sent_alone_under_concurrent_traffic(repo, 
                 "admin_ops": figures.admin_ops,
                 "max_score_deviation": figures.max_deviation,
                 "servers": [dict(c) for c in CONFIGS],
+                "residency": residency,
             }
             print(json.dumps(summary, indent=1))
             if os.environ.get("ORACLE_RESULTS"):
                 Path(os.environ["ORACLE_RESULTS"]).write_text(json.dumps(summary, indent=1))
     assert figures.answers_checked > 1000, "the oracle checked too little to mean anything"
+    churned = residency[CONFIGS.index(next(c for c in CONFIGS if "MTS_HEAD_MEMORY_MB" in c))]
+    assert churned["evictions"] > 10, residency  # the budget forced churn
     routes = {"task", "multi", "v2", "tei", "openai-float", "openai-base64"}
     assert set(figures.answers_by_route) == routes, figures.answers_by_route
     assert set(figures.max_deviation) >= {

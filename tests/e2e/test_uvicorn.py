@@ -28,7 +28,7 @@ def test_served_process_answers_predictions_and_hot_adds_over_http(server, archi
         tasks = {t["task"] for t in http.get("/tasks").json()["tasks"]}
         assert tasks == {"embed", "topic-zs", "ner"}
         metrics = http.get("/metrics").text
-        assert 'mts_request_duration_seconds_count{task="ner"} 1.0' in metrics
+        assert 'mts_requests_total{outcome="ok",task="ner"} 1.0' in metrics
 
 
 def test_admin_tokens_never_reach_the_server_log_even_at_debug_level(repo, tmp_path):

@@ -30,7 +30,7 @@ def flat(outputs) -> np.ndarray:
 def test_concurrent_requests_for_different_tasks_share_one_trunk_run(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
     engine, metrics = app.state.services.engine, app.state.services.metrics
-    heads = app.state.services.registry.resolve(["embed", "topic-zs"])
+    heads = app.state.services.registry.loaded(["embed", "topic-zs"])
     alone = {
         (task, text): engine.predict({task: heads[task]}, [text])[0][task].outputs
         for task in heads
@@ -67,7 +67,7 @@ def test_a_small_request_alone_runs_on_the_event_loop_and_requests_read_together
 ):
     app = create_app(make_settings(repo), CollectorRegistry())
     engine, metrics = app.state.services.engine, app.state.services.metrics
-    heads = app.state.services.registry.resolve(["embed", "topic-zs"])
+    heads = app.state.services.registry.loaded(["embed", "topic-zs"])
     runs: list[tuple[str, int]] = []  # (thread, jobs) per batch the engine ran
     predict_many = engine.predict_many
 
@@ -105,7 +105,7 @@ def test_a_small_request_alone_runs_on_the_event_loop_and_requests_read_together
 def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
     engine, metrics = app.state.services.engine, app.state.services.metrics
-    heads = app.state.services.registry.resolve(["embed"])
+    heads = app.state.services.registry.loaded(["embed"])
     texts = [f"text number {i}" for i in range(7)]
     whole = engine.predict(heads, texts)[0]["embed"].outputs
 
@@ -127,7 +127,7 @@ def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order(repo):
 def test_beyond_the_queue_bound_requests_are_refused_at_once(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
     engine, metrics = app.state.services.engine, app.state.services.metrics
-    heads = app.state.services.registry.resolve(["embed"])
+    heads = app.state.services.registry.loaded(["embed"])
 
     async def main():
         batcher = Batcher(
@@ -176,7 +176,7 @@ def test_length_groups_give_the_outputs_of_one_padded_batch(repo, archives):
             app.state.services.engine,
             app.state.services.metrics.registry.get_sample_value,
         )
-        heads = app.state.services.registry.resolve(tasks)
+        heads = app.state.services.registry.loaded(tasks)
         jobs = [Job({t: heads[t] for t in tasks[:3]}, texts[:3]), Job(heads, texts[2:])]
         before = runs("mts_trunk_runs_total")
         done = engine.predict_many(jobs)
@@ -201,7 +201,7 @@ def test_length_groups_give_the_outputs_of_one_padded_batch(repo, archives):
 def test_a_request_that_would_wait_past_the_deadline_is_refused_at_the_recent_pace(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
     engine, metrics = app.state.services.engine, app.state.services.metrics
-    heads = app.state.services.registry.resolve(["embed"])
+    heads = app.state.services.registry.loaded(["embed"])
 
     async def main(deadline_in_texts: float):
         batcher = Batcher(

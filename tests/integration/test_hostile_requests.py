@@ -80,7 +80,7 @@ def test_a_text_as_large_as_the_body_limit_is_truncated_and_reported(client):
 
 def test_an_input_that_breaks_the_engine_fails_only_its_own_request_not_its_batch(client):
     batcher = client.app.state.services.predictor.batcher
-    heads = client.app.state.services.registry.resolve(["embed"])
+    heads = client.app.state.services.registry.loaded(["embed"])
 
     async def two_requests_one_batch():
         # Past the route's checks: the engine itself fails on this text.

@@ -45,7 +45,7 @@ def test_a_prediction_runs_through_the_batcher_and_is_counted(repo):
     app = create_app(make_settings(repo), CollectorRegistry())
     predictor: Predictor = app.state.services.predictor
     sample = app.state.services.metrics.registry.get_sample_value
-    heads = predictor.resolve(["embed"])
+    heads = app.state.services.registry.loaded(["embed"])
     alone = app.state.services.engine.predict(heads, ["a text", "another"])[0]["embed"].outputs
     with TestClient(app) as client:  # the batch worker runs
         done = client.portal.call(predictor.run, heads, ["a text", "another"])

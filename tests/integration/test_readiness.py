@@ -88,10 +88,10 @@ SERVING_SERIES = [
     ("mts_queue_wait_duration_seconds_count", {}),
     ("mts_stage_duration_seconds_count", {"stage": "tokenize"}),
     ("mts_stage_duration_seconds_count", {"stage": "trunk"}),
-    ("mts_head_duration_seconds_count", {"task": "embed"}),
+    ("mts_head_duration_seconds_count", {"kind": "embedding"}),
     ("mts_requests_total", {"task": "embed", "outcome": "ok"}),
     ("mts_requests_total", {"task": "embed", "outcome": "error"}),
-    ("mts_request_duration_seconds_count", {"task": "embed"}),
+    ("mts_request_duration_seconds_count", {}),
     ("mts_requests_in_flight", {}),
 ]
 

@@ -36,7 +36,7 @@ def serve_mixed(repo, **overrides):
     """One micro-batch where every head reads a different subset of the rows."""
     state = create_app(make_settings(repo, **overrides), CollectorRegistry()).state.services
     engine = state.engine
-    heads = state.registry.resolve(["embed", "topic-zs", "sentiment", "topic", "ner"])
+    heads = state.registry.loaded(["embed", "topic-zs", "sentiment", "topic", "ner"])
     jobs = [
         Job({t: heads[t] for t in ("sentiment", "ner")}, TEXTS[:2]),
         Job({t: heads[t] for t in ("topic", "embed")}, TEXTS[2:]),

@@ -84,16 +84,27 @@ def test_long_texts_are_truncated_and_say_so(client):
     assert out["truncated"] == [True, False]
 
 
-def test_metrics_expose_per_task_latency_and_stage_histograms(client):
+def test_metrics_count_requests_per_task_and_time_them_per_stage_and_kind(client):
     predict(client, "embed", "x")
     registry = client.app.state.services.metrics.registry
-    assert registry.get_sample_value("mts_request_duration_seconds_count", {"task": "embed"}) == 1
+    ok = {"task": "embed", "outcome": "ok"}
+    assert registry.get_sample_value("mts_requests_total", ok) == 1
+    # Latency is pooled over tasks, head time split by kind (service/metrics.py says why).
+    assert registry.get_sample_value("mts_request_duration_seconds_count") == 1
     for stage in ("tokenize", "trunk"):
         assert registry.get_sample_value("mts_stage_duration_seconds_count", {"stage": stage}) >= 1
-    assert registry.get_sample_value("mts_head_duration_seconds_count", {"task": "embed"}) >= 1
-    assert registry.get_sample_value("mts_heads_loaded") == 2
+    kind = {"kind": "embedding"}
+    assert registry.get_sample_value("mts_head_duration_seconds_count", kind) >= 1
+    assert registry.get_sample_value("mts_heads_served") == 2
     text = client.get("/metrics").text
-    assert 'mts_request_duration_seconds_bucket{le="0.0001",task="embed"}' in text
+    assert 'mts_requests_total{outcome="ok",task="embed"} 1.0' in text
+    assert 'mts_request_duration_seconds_bucket{le="0.0001"}' in text
+    assert 'mts_head_duration_seconds_bucket{kind="embedding",le="0.0001"}' in text
+    # Only the per-task counter names a task; no series has a _created twin.
+    assert {line.split("{")[0] for line in text.splitlines() if 'task="' in line} == {
+        "mts_requests_total"
+    }
+    assert "_created" not in text
 
 
 def test_removing_a_head_removes_its_metric_series(client, admin):
@@ -122,9 +133,9 @@ def test_head_loads_are_timed_and_refusals_counted(client, admin, archives):
     registry = client.app.state.services.metrics.registry
     client.post("/admin/heads/sentiment", content=archives["foreign"], headers=admin)
     assert registry.get_sample_value("mts_head_load_failures_total", {"task": "sentiment"}) == 1
+    loads = registry.get_sample_value("mts_head_load_duration_seconds_count") or 0.0
     client.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
-    count = registry.get_sample_value("mts_head_load_duration_seconds_count", {"task": "sentiment"})
-    assert count == 1
+    assert registry.get_sample_value("mts_head_load_duration_seconds_count") == loads + 1
     client.delete("/admin/heads/sentiment", headers=admin)
     assert 'task="sentiment"' not in client.get("/metrics").text
 

@@ -18,7 +18,7 @@ from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.modelrepo.types import Kind
 from multitask_serve.service.app import create_app
 from multitask_serve.service.batcher import Batcher
-from multitask_serve.service.registry import LoadedHead
+from multitask_serve.service.residency import LoadedHead
 from multitask_serve.service.shadow import ShadowRunner
 from multitask_serve.service.types import Job
 from tests.conftest import make_settings
@@ -66,7 +66,7 @@ def test_served_answers_are_bit_identical_with_and_without_a_shadow(client, admi
     # The engine itself, one batch composition, rows of several tasks and a sub-batch per head:
     # every result equal, bit for bit, with the candidate's tap asked of the same trunk run.
     engine, registry = client.app.state.services.engine, client.app.state.services.registry
-    heads = registry.snapshot()
+    heads = registry.loaded(["sentiment", "embed", "topic-zs"])
     jobs = [
         Job({"sentiment": heads["sentiment"], "embed": heads["embed"]}, TEXTS[:3]),
         Job({"topic-zs": heads["topic-zs"]}, TEXTS[3:6]),
@@ -269,8 +269,8 @@ def _batcher_with(client: TestClient, candidate: LoadedHead) -> tuple[Batcher, S
 
 def test_a_failing_shadow_never_fails_the_served_answer(client, admin, archives):
     client.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
-    served = client.app.state.services.registry.snapshot()["sentiment"]
-    candidate = LoadedHead(served.spec, 2, _Exploding())  # type: ignore[arg-type]
+    served = client.app.state.services.registry.loaded(["sentiment"])["sentiment"]
+    candidate = LoadedHead(served.spec, 2, served.size, _Exploding())  # type: ignore[arg-type]
     batcher, runner = _batcher_with(client, candidate)
     alone = client.app.state.services.engine.predict({"sentiment": served}, TEXTS)[0]
 
@@ -295,9 +295,9 @@ def test_a_failing_shadow_never_fails_the_served_answer(client, admin, archives)
 
 def test_a_slow_shadow_never_delays_an_answer_and_counts_what_it_skips(client, admin, archives):
     client.post("/admin/heads/sentiment", content=archives["sentiment"], headers=admin)
-    served = client.app.state.services.registry.snapshot()["sentiment"]
+    served = client.app.state.services.registry.loaded(["sentiment"])["sentiment"]
     slow_s = 2.0
-    candidate = LoadedHead(served.spec, 2, _Slow(served.session, slow_s))  # type: ignore[arg-type]
+    candidate = LoadedHead(served.spec, 2, served.size, _Slow(served.session, slow_s))  # type: ignore[arg-type]
     batcher, runner = _batcher_with(client, candidate)
     requests = 4
 

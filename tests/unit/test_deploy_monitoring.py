@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy import K8S, by_kind, check_expression, render
+from tests.deploy import K8S, by_kind, check_expression, exposed_series, render
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
@@ -80,19 +80,50 @@ def test_every_query_names_series_and_labels_the_service_exposes(expr):
 def test_the_name_check_catches_a_misspelt_series_or_label():
     assert check_expression('rate(mts_request_total{task="a"}[5m])')
     assert check_expression('sum by (stage) (rate(mts_requests_total{stage="a"}[5m]))')
+    # A label another series has, grouped on one without it (the histograms have no task label).
+    assert check_expression("sum by (task, le) (rate(mts_head_load_duration_seconds_bucket[5m]))")
+
+
+def test_every_task_has_only_its_request_counter_the_other_per_task_series_are_rare():
+    """A task label multiplies a series by the number of tasks: every task gets only the request
+    counter (one line per outcome); the others exist for a refused head or a shadow candidate
+    (service/metrics.py says why each is per task, or not)."""
+    per_task = {name for name, labels in exposed_series().items() if "task" in labels}
+    assert per_task == {
+        "mts_requests_total",
+        "mts_head_load_failures_total",  # only for a refused head
+        "mts_shadow_texts_total",  # only for a task with a shadow candidate (few)
+        "mts_shadow_agreements_total",
+        "mts_shadow_head_duration_seconds_bucket",
+        "mts_shadow_head_duration_seconds_sum",
+        "mts_shadow_head_duration_seconds_count",
+    }
 
 
 def test_the_dashboard_covers_latency_throughput_errors_batching_and_heads():
     queries = " ".join(_dashboard_queries())
     for quantile in ("0.5", "0.95", "0.99"):
-        assert f"histogram_quantile({quantile}, sum by (task, le) " in queries
+        assert (
+            f"histogram_quantile({quantile}, sum by (le) (rate(mts_request_duration_seconds_bucket"
+            in queries
+        )
     for series in (
-        "mts_requests_total",
+        # Per task: traffic and errors (the one per-task serving series).
+        'mts_requests_total{namespace=~"$namespace", task=~"$task", outcome="ok"}',
         'outcome="error"',
+        "sum by (kind, le) (rate(mts_head_duration_seconds_bucket",
         "mts_batch_texts",
         "mts_queue_wait_duration_seconds_bucket",
-        "mts_heads_loaded",
         "mts_requests_in_flight",
+        # Residency: served and loaded heads, loaded bytes against the budget, the hit ratio, cold
+        # loads and evictions.
+        "max by (pod) (mts_heads_served",
+        "max by (pod) (mts_heads_loaded",
+        "mts_head_loaded_bytes",
+        "mts_head_memory_budget_bytes",
+        'mts_head_lookups_total{namespace=~"$namespace", result="hit"}',
+        "histogram_quantile(0.95, sum by (le) (rate(mts_head_cold_load_duration_seconds_bucket",
+        "rate(mts_head_evictions_total",
         # Every HTTP answer per status class, the limits' 429s apart from 5xx and other 4xx.
         'mts_http_requests_total{namespace=~"$namespace", status=~"5.."}',
         'mts_http_requests_total{namespace=~"$namespace", status="429"}',
@@ -126,6 +157,17 @@ def test_every_alert_has_unit_tests_that_see_it_fire_and_stay_quiet():
     fired = {c["alertname"] for c in checks if c["exp_alerts"]}
     quiet = {c["alertname"] for c in checks if not c["exp_alerts"]}
     assert fired == alerts and quiet == alerts
+
+
+def test_replicas_are_compared_on_heads_served_never_on_heads_loaded():
+    """Replicas load heads on demand within MTS_HEAD_MEMORY_MB, so their loaded counts differ on a
+    healthy fleet; the served ones must meet."""
+    rules = {rule["alert"]: rule["expr"] for group in ALERT_GROUPS for rule in group["rules"]}
+    for alert in ("MtsReplicasDisagree", "MtsNoHeadsServed"):
+        assert "mts_heads_served" in rules[alert] and "mts_heads_loaded" not in rules[alert]
+    assert not any("mts_heads_loaded" in expr for expr in rules.values())
+    replicas = next(p for p in DASHBOARD["panels"] if p["title"] == "Replicas")
+    assert "mts_heads_served" in replicas["targets"][0]["expr"]
 
 
 def test_the_ratio_alerts_read_5xx_and_429_apart_with_a_traffic_floor():

@@ -1,8 +1,8 @@
 """The serving core knows no HTTP, and no route module imports another.
 
-The core (errors, engine, batcher, registry, shadow, sessions, trunk, tokenize, postprocess,
-types, pending (the first run's training follower), and the one prediction entry point,
-predict) is what every wire format calls; only the HTTP side (routes, oip, admin, limits,
+The core (errors, engine, batcher, registry, residency, shadow, sessions, trunk, tokenize,
+postprocess, types, pending (the first run's training follower), and the one prediction entry
+point, predict) is what every wire format calls; only the HTTP side (routes, oip, admin, limits,
 observability, http_errors, openapi, responses, app, server) may import the web framework.
 """
 
@@ -22,6 +22,7 @@ CORE = (
     "engine",
     "batcher",
     "registry",
+    "residency",
     "shadow",
     "sessions",
     "trunk",

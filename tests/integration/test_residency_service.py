@@ -1,0 +1,117 @@
+"""Every stored head served, at most MTS_HEAD_MEMORY_MB of them loaded: a service whose budget
+holds one head answers every task, in any order and concurrently, exactly as one with every head
+loaded; pinned heads stay loaded; /tasks says which are loaded and pages."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from multitask_serve.modelrepo.archive import unpack_head
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.service.app import create_app
+from tests.conftest import make_settings
+
+TEXTS = ["john scored a great goal in the final", "the bank rates fell", "ok"]
+# Each head counts its graph x 1.04 plus a session's fixed cost (256 KiB), the largest tiny one
+# ~350 KB: any one fits, no two do.
+ONE_HEAD_MB = 0.5
+
+
+@pytest.fixture
+def repo(repo, archives):
+    """The built repository (embed, topic-zs) with a head of every trained kind added."""
+    store = ModelRepository(repo)
+    for name in ("sentiment", "topic", "ner"):
+        store.add_head(*unpack_head(archives[name], 1 << 30))
+    return repo
+
+
+def _answers(client: TestClient, task: str) -> Any:
+    r = client.post(f"/predict/{task}", json={"inputs": TEXTS})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _sample(client: TestClient, name: str, labels: dict[str, str] | None = None) -> float:
+    value = client.app.state.services.metrics.registry.get_sample_value(name, labels or {})
+    return value or 0.0
+
+
+def test_a_budget_of_one_head_answers_every_task_as_every_head_loaded_does(repo):
+    everything = create_app(make_settings(repo), CollectorRegistry())
+    bounded = create_app(make_settings(repo, head_memory_mb=ONE_HEAD_MB), CollectorRegistry())
+    with TestClient(everything) as full, TestClient(bounded) as small:
+        tasks = [t["task"] for t in full.get("/tasks").json()["tasks"]]
+        assert len(tasks) >= 4
+        listed = small.get("/tasks").json()["tasks"]
+        assert [t["task"] for t in listed] == tasks and not any(t["loaded"] for t in listed)
+        expected = {task: _answers(full, task) for task in tasks}
+        for _ in range(2):  # each task evicted by the next and loaded again
+            for task in tasks:
+                assert _answers(small, task) == expected[task], task
+        assert len(small.get("/tasks", params={"loaded": True}).json()["tasks"]) == 1
+        with ThreadPoolExecutor(8) as pool:
+            calls = [tasks[i % len(tasks)] for i in range(4 * len(tasks))]
+            for task, answer in zip(
+                calls, pool.map(lambda t: _answers(small, t), calls), strict=True
+            ):
+                assert answer == expected[task], task
+        misses = _sample(small, "mts_head_lookups_total", {"result": "miss"})
+        assert misses >= 2 * len(tasks)
+        assert _sample(small, "mts_head_evictions_total") >= 2 * len(tasks) - 1
+        assert _sample(small, "mts_head_cold_load_duration_seconds_count") >= 2 * len(tasks)
+        assert _sample(small, "mts_heads_served") == len(tasks)
+        assert _sample(small, "mts_head_loaded_bytes") <= ONE_HEAD_MB * 2**20
+        # readiness probes through a loaded head (or the trunk alone)
+        assert small.get("/readyz").status_code == 200
+
+
+def test_pinned_heads_are_loaded_at_start_and_never_evicted(repo, admin):
+    app = create_app(
+        make_settings(repo, head_memory_mb=ONE_HEAD_MB, pinned_tasks=["topic"]),
+        CollectorRegistry(),
+    )
+    with TestClient(app) as client:
+        listed = {t["task"]: t for t in client.get("/tasks").json()["tasks"]}
+        assert listed["topic"]["loaded"] and listed["topic"]["pinned"]
+        assert [t for t, v in listed.items() if v["loaded"]] == ["topic"]
+        r = client.put("/admin/heads/embed/pin", headers=admin)
+        assert r.status_code == 200 and r.json()["loaded"] and r.json()["pinned"]
+        for task in listed:
+            _answers(client, task)
+        loaded = {t["task"] for t in client.get("/tasks", params={"loaded": True}).json()["tasks"]}
+        assert {"topic", "embed"} <= loaded
+        # settings' pins stay; the admin API's are stored in the repository
+        assert client.delete("/admin/heads/topic/pin", headers=admin).status_code == 409
+        assert (repo / "heads" / "embed" / "pinned").is_file()
+        r = client.delete("/admin/heads/embed/pin", headers=admin)
+        assert r.status_code == 200 and not r.json()["pinned"]
+        assert not (repo / "heads" / "embed" / "pinned").exists()
+        assert client.put("/admin/heads/nope/pin", headers=admin).status_code == 404
+
+
+def test_tasks_filter_by_kind_and_loaded_and_page(repo):
+    app = create_app(make_settings(repo, head_memory_mb=ONE_HEAD_MB), CollectorRegistry())
+    with TestClient(app) as client:
+        every = [t["task"] for t in client.get("/tasks").json()["tasks"]]
+        pages, after = [], None
+        while True:
+            params: dict[str, Any] = {"limit": 2} | ({"after": after} if after else {})
+            body = client.get("/tasks", params=params).json()
+            pages.append([t["task"] for t in body["tasks"]])
+            after = body["next"]
+            if after is None:
+                break
+        assert [t for page in pages for t in page] == every and all(len(p) <= 2 for p in pages)
+        embeddings = client.get("/tasks", params={"kind": "embedding"}).json()["tasks"]
+        assert embeddings and all(t["kind"] == "embedding" for t in embeddings)
+        _answers(client, every[0])
+        loaded = client.get("/tasks", params={"loaded": True}).json()["tasks"]
+        assert [t["task"] for t in loaded] == [every[0]]
+        assert client.get("/tasks", params={"kind": "nope"}).status_code == 422
+        assert client.get("/tasks", params={"limit": 0}).status_code == 422
