@@ -195,7 +195,8 @@ class Residency:
         """The loaded heads of ``served``, loading those that are not (awaited off the loop)."""
         found, waiting = self._lookup(served)
         for task, future in waiting.items():
-            found[task] = await asyncio.wrap_future(future)
+            # Shielded: a request that goes away must not cancel a load others wait on.
+            found[task] = await asyncio.shield(asyncio.wrap_future(future))
         return found
 
     def acquire_now(self, served: Mapping[str, ServedHead]) -> dict[str, LoadedHead]:
@@ -220,7 +221,7 @@ class Residency:
                 misses += 1
                 key = (task, head.version)
                 future = self._loading.get(key)
-                if future is None:
+                if future is None or future.done():  # none, or one whose result went nowhere
                     future = self._executor.submit(self._load_on_demand, head)
                     self._loading[key] = future
                 waiting[task] = future

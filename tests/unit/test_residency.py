@@ -50,13 +50,16 @@ class FakeLoads:
 
 
 def table(
-    budget: int | None, pinned: tuple[str, ...] | list[str] = (), policy: Policy | None = None
+    budget: int | None,
+    pinned: tuple[str, ...] | list[str] = (),
+    policy: Policy | None = None,
+    workers: int = 4,
 ) -> tuple[Residency, FakeLoads, Callable[..., float | None]]:
     loads = FakeLoads()
     metrics = Metrics(CollectorRegistry())
     residency = Residency(
         loads,
-        ThreadPoolExecutor(4),
+        ThreadPoolExecutor(workers),
         metrics,
         budget,
         pinned,
@@ -167,3 +170,21 @@ def test_greedy_dual_size_keeps_what_is_dear_to_load_again_per_byte_and_ages_the
         gds.touch("big-often", 1000, 0.1)
     gds.touch("big-once", 1000, 0.1)
     assert gds.victim(["big-often", "big-once"]) == "big-once"
+
+
+def test_a_request_that_goes_away_leaves_the_load_it_waited_on_to_the_others():
+    residency, loads, _ = table(None, workers=1)
+    loads.gate["x"] = threading.Event()
+
+    async def go() -> LoadedHead:
+        blocker = asyncio.create_task(residency.acquire({"x": served("x")}))
+        await asyncio.sleep(0.05)  # the one load thread is busy: a's load waits in the queue
+        gone = asyncio.create_task(residency.acquire({"a": served("a")}))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        loads.gate["x"].set()
+        await blocker
+        return (await residency.acquire({"a": served("a")}))["a"]
+
+    assert asyncio.run(go()).version == 1
+    assert loads.calls.count(("a", 1)) == 1
