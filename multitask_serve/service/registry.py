@@ -83,9 +83,6 @@ class HeadRegistry:
         self._listeners: list[Listener] = []
         # Pinned by MTS_PINNED_TASKS: the admin API cannot unpin them.
         self._configured_pins = frozenset(pinned)
-        # (task, version) whose probe inference passed in this process: loaded again after an
-        # eviction, they skip it.
-        self._probed: set[tuple[str, int]] = set()
         self.residency = Residency(
             self.load_stored, loads, metrics, budget, pinned, policy, current=self._served_version
         )
@@ -144,8 +141,8 @@ class HeadRegistry:
         self, spec: HeadSpec, model: bytes, version: int = 0, probe: bool = True
     ) -> LoadedHead:
         """Check a head against the trunk and build its session; touches no shared state.
-        ``probe``: run one real inference through trunk and head (False: a version this process
-        has probed before)."""
+        ``probe``: run one real inference through trunk and head (False: a stored version,
+        probed before it was stored)."""
         started = time.perf_counter()
         try:
             head = self._load(spec, model, version, probe, started)
@@ -157,12 +154,15 @@ class HeadRegistry:
 
     def load_stored(self, served: ServedHead) -> LoadedHead:
         """Load a served head from the repository (what a request for an unloaded head waits
-        on). Unavailable if it cannot be (the file is gone or broken)."""
+        on): checked against the trunk and its graph's signature, without the probe inference,
+        which every stored version passed before it was stored (an upload, a shadow, the build)
+        and which would add a trunk run to every cold load. Unavailable if it cannot be loaded
+        (its files gone or broken)."""
         task, version = served.task, served.version
         try:
             stored = self._repo.read_head(task, version)
             model = stored.model_path.read_bytes()
-            head = self.load(stored.spec, model, version, probe=(task, version) not in self._probed)
+            head = self.load(stored.spec, model, version, probe=False)
         except LOAD_ERRORS as exc:
             raise Unavailable(
                 f"task {task!r} version {version} could not be loaded: {exc}"
@@ -200,7 +200,6 @@ class HeadRegistry:
         head = LoadedHead(spec, version, head_bytes(len(model)), session)
         if probe:
             self._probe(head)
-            self._probed.add((spec.task, version))
         head = dataclasses.replace(head, load_seconds=time.perf_counter() - started)
         quantization = spec.training.get("quantization")
         method = quantization.get("method") if isinstance(quantization, dict) else None
@@ -256,7 +255,6 @@ class HeadRegistry:
                 raise Conflict(f"task {spec.task!r} was added concurrently")
             version = self._repo.add_head(spec, model)
             head = dataclasses.replace(head, version=version)
-            self._probed.add((spec.task, version))
             self.serve({spec.task: head})
         log.info(
             "serving %s version %d (%s, tap %d)", spec.task, version, spec.kind, spec.branch_layer

@@ -1,13 +1,14 @@
 """Which served heads are loaded: every stored head is served, at most ``MTS_HEAD_MEMORY_MB`` of
 them are loaded, and a request for one that is not loads it first.
 
-A load runs in the loads executor, never on the batch thread or the event loop; each (task,
-version) loads once however many requests want it (they all wait on the same future), and a request
-whose heads are all loaded takes no lock a load holds. After a head is loaded, heads are evicted
-until the loaded ones fit the budget again: the policy picks which (``GreedyDualSize`` by default,
-chosen over plain LRU on a skewed trace by bench/eviction.py); pinned heads are never evicted. A
-head is evicted only from this table: a batch that holds it still runs it, and its memory goes back
-when the last such batch ends.
+A load runs in the loads executor, never on the batch thread or the event loop (checked against
+the trunk and its graph's signature; stored versions passed a probe inference before they were
+stored); each (task, version) loads once however many requests want it (they all wait on the
+same future), and a request whose heads are all loaded takes no lock a load holds. After a head
+is loaded, heads are evicted until the loaded ones fit the budget again: the policy picks which
+(``GreedyDualSize`` by default, chosen over plain LRU on a skewed trace by bench/eviction.py);
+pinned heads are never evicted. A head is evicted only from this table: a batch that holds it
+still runs it, and its memory goes back when the last such batch ends.
 
 What a head counts against the budget is what its session was measured to hold resident: its
 graph's bytes x ``GRAPH_FACTOR`` plus ``SESSION_BYTES`` (bench/head_costs.py,
@@ -29,7 +30,7 @@ from typing import Protocol
 
 from multitask_serve.modelrepo.types import HeadSpec
 from multitask_serve.service.metrics import Metrics
-from multitask_serve.service.sessions import HeadSession
+from multitask_serve.service.sessions import HeadSession, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -235,9 +236,9 @@ class Residency:
         started = time.perf_counter()
         try:
             head = self._load(served)
-            cost = time.perf_counter() - started
-            self._metrics.head_cold_load_seconds.observe(cost)
-            self.put(head, cost, only_if_current=True)
+            self.put(head, time.perf_counter() - started, only_if_current=True)
+            # what its requests waited: the load, the evictions it made and the memory given back
+            self._metrics.head_cold_load_seconds.observe(time.perf_counter() - started)
         finally:  # held (a hit from now on) or failed (the next request tries again)
             with self._lock:
                 self._loading.pop((served.task, served.version), None)
@@ -264,6 +265,10 @@ class Residency:
         for name in evicted:
             self._metrics.head_evictions.inc()
             log.debug("evicted %s to load %s", name, task)
+        if evicted:
+            # What the evicted sessions held goes back to the OS now (those no batch still runs),
+            # not into glibc's heap, where RSS would creep past the budget load after load.
+            release_freed_memory()
 
     def drop(self, task: str) -> None:
         """Unload ``task``'s head (it is no longer served, or another version is)."""
