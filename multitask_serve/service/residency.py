@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # optimised graph's copies): the measured envelope of every kind and depth.
 SESSION_BYTES = 256 * 1024
 GRAPH_FACTOR = 1.04
+# Freed heap goes back to the OS once this much has been evicted since the last time.
+TRIM_AFTER_EVICTED_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class Residency:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._bytes = 0
+        self._evicted_bytes = 0  # since the last trim
         self._loading: dict[tuple[str, int], Future[LoadedHead]] = {}
         metrics.head_memory_budget_bytes.set(float("inf") if budget is None else budget)
         metrics.heads_loaded.set_function(lambda: len(self._entries))
@@ -265,10 +268,13 @@ class Residency:
         for name in evicted:
             self._metrics.head_evictions.inc()
             log.debug("evicted %s to load %s", name, task)
-        if evicted:
-            # What the evicted sessions held goes back to the OS now (those no batch still runs),
-            # not into glibc's heap, where RSS would creep past the budget load after load.
-            release_freed_memory()
+        if self._evicted_bytes >= TRIM_AFTER_EVICTED_BYTES:
+            # What evicted sessions held goes back to the OS (those no batch still runs), not
+            # into glibc's heap, where RSS would creep past the budget load after load; off the
+            # request's path, once per TRIM_AFTER_EVICTED_BYTES evicted (a trim of a large heap
+            # takes a while).
+            self._evicted_bytes = 0
+            self._executor.submit(release_freed_memory)
 
     def drop(self, task: str) -> None:
         """Unload ``task``'s head (it is no longer served, or another version is)."""
@@ -298,6 +304,7 @@ class Residency:
             if not candidates:
                 break  # pinned heads and the one just loaded: over budget until they change
             victim = self._policy.victim(candidates)
+            self._evicted_bytes += self._entries[victim].head.size
             self._drop(victim)
             evicted.append(victim)
         return evicted
