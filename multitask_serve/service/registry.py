@@ -156,17 +156,20 @@ class HeadRegistry:
         """Load a served head from the repository (what a request for an unloaded head waits
         on): checked against the trunk and its graph's signature, without the probe inference,
         which every stored version passed before it was stored (an upload, a shadow, the build)
-        and which would add a trunk run to every cold load. Unavailable if it cannot be loaded
-        (its files gone or broken)."""
+        and which would add a trunk run to every cold load. UnknownTask if the version has been
+        removed meanwhile; Unavailable if it cannot be loaded (its files broken)."""
         task, version = served.task, served.version
         try:
             stored = self._repo.read_head(task, version)
             model = stored.model_path.read_bytes()
             head = self.load(stored.spec, model, version, probe=False)
         except LOAD_ERRORS as exc:
-            raise Unavailable(
-                f"task {task!r} version {version} could not be loaded: {exc}"
-            ) from exc
+            if version not in self._repo.versions(task):
+                # Removed since the request resolved it (here, or on another replica that this
+                # one has not polled yet): the task is gone, as a request a moment later finds.
+                raise UnknownTask(task) from exc
+            message = f"task {task!r} version {version} could not be loaded: {exc}"
+            raise Unavailable(message) from exc
         return head
 
     def _load(

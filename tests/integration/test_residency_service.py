@@ -4,6 +4,7 @@ loaded; pinned heads stay loaded; /tasks says which are loaded and pages."""
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -115,3 +116,19 @@ def test_tasks_filter_by_kind_and_loaded_and_page(repo):
         assert [t["task"] for t in loaded] == [every[0]]
         assert client.get("/tasks", params={"kind": "nope"}).status_code == 422
         assert client.get("/tasks", params={"limit": 0}).status_code == 422
+
+
+def test_a_head_removed_behind_the_replica_answers_404_and_a_broken_one_503(repo):
+    app = create_app(
+        make_settings(repo, head_memory_mb=ONE_HEAD_MB, repository_poll_seconds=0),
+        CollectorRegistry(),
+    )
+    with TestClient(app) as client:
+        # another replica removed the task; this one has not polled: the task is gone here too
+        shutil.rmtree(repo / "heads" / "topic")
+        r = client.post("/predict/topic", json={"inputs": "x"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+        (repo / "heads" / "ner" / "1" / "head.onnx").write_bytes(b"not a graph")
+        r = client.post("/predict/ner", json={"inputs": "x"})
+        assert r.status_code == 503 and "could not be loaded" in r.text, r.text
+        assert _answers(client, "sentiment")  # the others are untouched
