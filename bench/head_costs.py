@@ -58,7 +58,7 @@ with other jobs (102 s of it the export); ``--no-sharing`` skips part 2 (about h
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.head_costs [--rounds 3] [--copies 20]
         [--sharing-rounds 3] [--sharing-copies N] [--no-sharing]
-        [--out bench/results/head-costs.json] [--markdown /tmp/b30/head-costs.md]
+        [--out bench/results/head-costs.json] [--markdown head-costs.md]
 """
 
 from __future__ import annotations
