@@ -22,12 +22,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from types import MappingProxyType
-from typing import IO, TypeVar
+from typing import IO
 
 from multitask_serve.modelrepo.archive import ArchiveError, unpack_head_file
 from multitask_serve.modelrepo.graphs import external_data_locations
 from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError, StoredHead
 from multitask_serve.modelrepo.types import EXACT_INTEGER_PRODUCTS, HeadSpec, TrunkSpec
+from multitask_serve.service.convergence import LOAD_ERRORS, converge, each_new, pointed
 from multitask_serve.service.errors import (
     Conflict,
     InvalidInput,
@@ -53,8 +54,6 @@ log = logging.getLogger(__name__)
 Probe = Callable[[LoadedHead], None]
 # Told (task, the head now served, or None: no longer served) each time a served head changes.
 Listener = Callable[[str, ServedHead | None], None]
-# Why a stored head is not served, or not loaded now.
-LOAD_ERRORS = (RepositoryError, InvalidInput, Conflict, OSError)
 
 
 class HeadRegistry:
@@ -388,69 +387,17 @@ class HeadRegistry:
         self, wanted: Mapping[str, int], held: Mapping[str, ServedHead]
     ) -> dict[str, ServedHead]:
         """``describe`` each wanted (task, version) not already held; failures are logged."""
-        return _each_new(wanted, held, self.describe, "serving")
+        return each_new(wanted, held, self.describe, "serving")
 
     def load_versions(
         self, wanted: Mapping[str, int], held: Mapping[str, ServedHead], role: str
     ) -> dict[str, LoadedHead]:
         """Load each wanted (task, version) not already held; failures are logged, not raised."""
-        return _each_new(wanted, held, self._read_and_load, role)
+        return each_new(wanted, held, self._read_and_load, role)
 
     def _read_and_load(self, task: str, version: int) -> LoadedHead:
         stored = self._repo.read_head(task, version)
         return self.load(stored.spec, stored.model_path.read_bytes(), version)
-
-
-Made = TypeVar("Made", bound=ServedHead)
-
-
-def _each_new(
-    wanted: Mapping[str, int],
-    held: Mapping[str, ServedHead],
-    make: Callable[[str, int], Made],
-    role: str,
-) -> dict[str, Made]:
-    """``make`` each wanted (task, version) that ``held`` does not hold; failures are logged."""
-    made: dict[str, Made] = {}
-    for task, version in wanted.items():
-        if task in held and held[task].version == version:
-            continue
-        try:
-            made[task] = make(task, version)
-        except LOAD_ERRORS as exc:
-            log.error("not %s %s version %d from the repository: %s", role, task, version, exc)
-    return made
-
-
-Held = TypeVar("Held", bound=ServedHead)
-
-
-def pointed(tasks: Iterable[str], pointer: Callable[[str], int | None]) -> dict[str, int]:
-    """Task -> the version its ``pointer`` names in the repository, for the tasks that have one
-    (a task removed meanwhile has none)."""
-    wanted = {}
-    for task in tasks:
-        with contextlib.suppress(RepositoryError):
-            version = pointer(task)
-            if version is not None:
-                wanted[task] = version
-    return wanted
-
-
-def converge(
-    now: Mapping[str, Held],
-    seen: Mapping[str, Held],
-    wanted: Mapping[str, int],
-    loaded: Mapping[str, Held],
-) -> dict[str, Held | None]:
-    """The changes that bring ``now`` to ``wanted``: ``loaded`` heads swapped in, unwanted tasks
-    dropped (None), for the tasks whose head is still the one ``seen`` before loading (a change
-    made meanwhile wins)."""
-    changes: dict[str, Held | None] = {
-        t: head for t, head in loaded.items() if now.get(t) is seen.get(t)
-    }
-    changes.update({t: None for t in now if t not in wanted and now[t] is seen.get(t)})
-    return changes
 
 
 def register_archive(

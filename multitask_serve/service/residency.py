@@ -265,15 +265,17 @@ class Residency:
             self._bytes += head.size
             self._policy.touch(task, head.size, cost)
             evicted = self._evict(keep=task)
-        for name in evicted:
-            self._metrics.head_evictions.inc()
-            log.debug("evicted %s to load %s", name, task)
-        if self._evicted_bytes >= TRIM_AFTER_EVICTED_BYTES:
             # What evicted sessions held goes back to the OS (those no batch still runs), not
             # into glibc's heap, where RSS would creep past the budget load after load; off the
             # request's path, once per TRIM_AFTER_EVICTED_BYTES evicted (a trim of a large heap
             # takes a while).
-            self._evicted_bytes = 0
+            trim = self._evicted_bytes >= TRIM_AFTER_EVICTED_BYTES
+            if trim:
+                self._evicted_bytes = 0
+        for name in evicted:
+            self._metrics.head_evictions.inc()
+            log.debug("evicted %s to load %s", name, task)
+        if trim:
             self._executor.submit(release_freed_memory)
 
     def drop(self, task: str) -> None:

@@ -31,10 +31,11 @@ from typing import Any
 
 from multitask_serve.modelrepo.repository import RepositoryError
 from multitask_serve.modelrepo.types import HeadSpec
+from multitask_serve.service.convergence import converge, pointed
 from multitask_serve.service.errors import Conflict, NotFound, UnknownTask
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.outputs import Comparison, form_of
-from multitask_serve.service.registry import HeadRegistry, converge, pointed
+from multitask_serve.service.registry import HeadRegistry
 from multitask_serve.service.residency import LoadedHead, ServedHead
 from multitask_serve.service.sessions import Tap
 from multitask_serve.service.types import Output, TokenizedBatch

@@ -23,6 +23,7 @@ CORE = (
     "batcher",
     "registry",
     "residency",
+    "convergence",
     "shadow",
     "sessions",
     "trunk",
