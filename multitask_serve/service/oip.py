@@ -14,20 +14,23 @@ limits, metrics). Everything the protocol knows is here: its routes, its request
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from multitask_serve.modelrepo.types import HeadSpec
 from multitask_serve.service.errors import InvalidInput, NotFound
 from multitask_serve.service.http_errors import WireFormat, route_class, string
+from multitask_serve.service.listing import ListingQuery
 from multitask_serve.service.residency import ServedHead
 from multitask_serve.service.state import services
 from multitask_serve.service.types import TaskResult
@@ -400,6 +403,58 @@ async def _infer(request: Request, head: ServedHead) -> Response:
         media_type="application/octet-stream",
         headers={HEADER_LENGTH: str(len(header))},
     )
+
+
+def _index_request(body: bytes) -> bool | None:
+    """The repository index request's ``ready`` (None when the body leaves it out)."""
+    if not body.strip():
+        return None
+    try:
+        request = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"the index request is not JSON: {e}") from None
+    if not isinstance(request, dict):
+        raise InvalidInput("the index request must be a JSON object")
+    ready = request.get("ready")
+    if ready is not None and not isinstance(ready, bool):
+        raise InvalidInput("'ready' must be true or false")
+    return ready
+
+
+@router.post("/repository/index", summary="Model repository index", responses={400: {}})
+async def repository_index(request: Request, query: Annotated[ListingQuery, Depends()]) -> Response:
+    """The model repository extension's index: every served task, in name order. Each is READY:
+    a head that is not loaded is loaded by the first request for it (within MTS_HEAD_MEMORY_MB),
+    so ``"ready": true`` in the body leaves none out; ``parameters.loaded`` says whether it is
+    loaded now. Beyond the protocol, the query filters (``loaded``, ``kind``) and pages
+    (``after``, ``limit``); a page that is not the last has a ``Link`` header with
+    ``rel="next"``."""
+    _index_request(await request.body())
+    page = services(request.app).registry.page(**dataclasses.asdict(query))
+    index = [
+        {
+            "name": one.task,
+            "version": str(one.head.version),
+            "state": "READY",
+            "reason": "" if one.loaded else "not loaded: the first request loads it",
+            "parameters": {
+                "kind": str(one.head.spec.kind),
+                "loaded": one.loaded,
+                "pinned": one.pinned,
+            },
+        }
+        for one in page.heads
+    ]
+    headers = {}
+    if page.next is not None:
+        asked = dataclasses.replace(query, after=page.next)
+        kept = {
+            k: str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in dataclasses.asdict(asked).items()
+            if v is not None
+        }
+        headers["Link"] = f'<{request.url.path}?{urlencode(kept)}>; rel="next"'
+    return Response(json.dumps(index), media_type="application/json", headers=headers)
 
 
 @router.get("/models/{task}", summary="Model metadata")

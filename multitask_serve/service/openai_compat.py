@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from multitask_serve.modelrepo.types import Kind
@@ -116,13 +116,24 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> JSON:
 
 
 @router.get("/models", summary="OpenAI model list: the embedding tasks")
-async def models(request: Request) -> dict[str, Any]:
-    heads = services(request.app).registry.snapshot()
+async def models(
+    request: Request,
+    loaded: Annotated[bool | None, Query(description="Only (not) loaded heads")] = None,
+    after: Annotated[str | None, Query(description="Only models named after this one")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="At most this many models")] = None,
+) -> dict[str, Any]:
+    """The embedding tasks in name order, in OpenAI's list shape. Beyond OpenAI's model list, it
+    filters (``loaded``) and pages as OpenAI's paged lists do: ``after`` and ``limit`` in,
+    ``has_more``, ``first_id`` and ``last_id`` out."""
+    page = services(request.app).registry.page(loaded, Kind.EMBEDDING, after, limit)
+    data = [
+        {"id": one.task, "object": "model", "created": 0, "owned_by": "multitask-serve"}
+        for one in page.heads
+    ]
     return {
         "object": "list",
-        "data": [
-            {"id": task, "object": "model", "created": 0, "owned_by": "multitask-serve"}
-            for task, head in sorted(heads.items())
-            if head.spec.kind == Kind.EMBEDDING
-        ],
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": page.next is not None,
     }

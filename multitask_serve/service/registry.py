@@ -27,7 +27,7 @@ from typing import IO
 from multitask_serve.modelrepo.archive import ArchiveError, unpack_head_file
 from multitask_serve.modelrepo.graphs import external_data_locations
 from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError, StoredHead
-from multitask_serve.modelrepo.types import EXACT_INTEGER_PRODUCTS, HeadSpec, TrunkSpec
+from multitask_serve.modelrepo.types import EXACT_INTEGER_PRODUCTS, HeadSpec, Kind, TrunkSpec
 from multitask_serve.service.convergence import LOAD_ERRORS, converge, each_new, pointed
 from multitask_serve.service.errors import (
     Conflict,
@@ -48,6 +48,25 @@ from multitask_serve.service.residency import (
 from multitask_serve.service.sessions import CPU, GraphError, HeadSession, Runtime
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Listed:
+    """A served head as a listing shows it: loaded now or not, pinned or not."""
+
+    task: str
+    head: ServedHead
+    loaded: bool
+    pinned: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """One page of a listing; ``next`` names its last task while more match (pass it as
+    ``after`` for the next page), else None."""
+
+    heads: list[Listed]
+    next: str | None
 
 
 # Runs one real inference through trunk and head; raises InvalidInput if the head misbehaves.
@@ -94,6 +113,32 @@ class HeadRegistry:
     def snapshot(self) -> Mapping[str, ServedHead]:
         """The served heads, loaded or not."""
         return self._heads
+
+    def page(
+        self,
+        loaded: bool | None = None,
+        kind: Kind | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> Page:
+        """The served heads by task name from one snapshot: only those (not) ``loaded``, of the
+        ``kind``, named after ``after``; at most ``limit`` of them. Every listing (the service's
+        own, OIP's repository index, OpenAI's model list) pages through this one."""
+        residency = self.residency
+        pinned = residency.pinned
+        listed: list[Listed] = []
+        for task, head in sorted(self._heads.items()):
+            if (after is not None and task <= after) or (
+                kind is not None and head.spec.kind != kind
+            ):
+                continue
+            is_loaded = residency.loaded(task, head.version) is not None
+            if loaded is not None and is_loaded != loaded:
+                continue
+            if limit is not None and len(listed) == limit:
+                return Page(listed, listed[-1].task)  # one more matches: the page ends before it
+            listed.append(Listed(task, head, is_loaded, task in pinned))
+        return Page(listed, None)
 
     def _served_version(self, task: str) -> int | None:
         head = self._heads.get(task)

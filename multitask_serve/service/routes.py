@@ -7,12 +7,13 @@ ServiceError and answered in the service's own form (service/schemas.py ``SERVIC
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from multitask_serve.modelrepo.types import Kind
+from multitask_serve.service.listing import ListingQuery
 from multitask_serve.service.responses import JSON
 from multitask_serve.service.schemas import MultiPredictRequest, PredictRequest
 from multitask_serve.service.state import services
@@ -60,13 +61,7 @@ async def predict_tasks(body: MultiPredictRequest, request: Request) -> JSON:
 
 
 @router.get("/tasks", tags=["tasks"], summary="What is served, and what is still training")
-async def tasks(
-    request: Request,
-    loaded: Annotated[bool | None, Query(description="Only (not) loaded heads")] = None,
-    kind: Annotated[Kind | None, Query(description="Only tasks with heads of this kind")] = None,
-    after: Annotated[str | None, Query(description="Only tasks named after this one")] = None,
-    limit: Annotated[int | None, Query(ge=1, description="At most this many tasks")] = None,
-) -> dict[str, Any]:
+async def tasks(request: Request, query: Annotated[ListingQuery, Depends()]) -> dict[str, Any]:
     """The served tasks, by name, each with whether its head is loaded now (the rest load when
     asked for, within MTS_HEAD_MEMORY_MB) and pinned; under ``training``, the default heads a
     first run still trains (state waiting, training or failed, with epoch and step progress, or
@@ -74,30 +69,19 @@ async def tasks(
     ``after`` for the next page."""
     app = services(request.app)
     trunk = app.engine.trunk_spec
-    residency = app.registry.residency
-    pinned = residency.pinned
-    listed: list[dict[str, Any]] = []
-    more = False
-    for task, head in sorted(app.registry.snapshot().items()):
-        is_loaded = residency.loaded(task, head.version) is not None
-        if (after is not None and task <= after) or (kind is not None and head.spec.kind != kind):
-            continue
-        if loaded is not None and is_loaded != loaded:
-            continue
-        if limit is not None and len(listed) == limit:
-            more = True  # one more matches: the page ends before it
-            break
-        listed.append(
-            {
-                "task": task,
-                "kind": str(head.spec.kind),
-                "version": head.version,
-                "branch_layer": head.spec.branch_layer,
-                "labels": list(head.spec.labels),
-                "loaded": is_loaded,
-                "pinned": task in pinned,
-            }
-        )
+    page = app.registry.page(**dataclasses.asdict(query))
+    listed = [
+        {
+            "task": one.task,
+            "kind": str(one.head.spec.kind),
+            "version": one.head.version,
+            "branch_layer": one.head.spec.branch_layer,
+            "labels": list(one.head.spec.labels),
+            "loaded": one.loaded,
+            "pinned": one.pinned,
+        }
+        for one in page.heads
+    ]
     return {
         "trunk": {
             "base_model": trunk.base_model,
@@ -107,7 +91,7 @@ async def tasks(
             "max_length": app.max_length,
         },
         "tasks": listed,
-        "next": listed[-1]["task"] if more else None,
+        "next": page.next,
         "training": app.trainer.status() if app.trainer is not None else [],
     }
 

@@ -31,6 +31,7 @@ def test_tritonclient_reads_metadata_and_infers_every_kind(repo: Path, tmp_path:
                 task: http.post(f"/predict/{task}", json={"inputs": TEXTS}).json()["outputs"]
                 for task in ("topic-zs", "embed", "ner")
             }
+            served = [t["task"] for t in http.get("/tasks").json()["tasks"]]
         client = triton.InferenceServerClient(url.removeprefix("http://"))
         try:
             assert client.is_server_live() and client.is_server_ready()
@@ -40,6 +41,20 @@ def test_tritonclient_reads_metadata_and_infers_every_kind(repo: Path, tmp_path:
             meta = client.get_model_metadata("topic-zs")
             assert meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
             assert meta["parameters"]["labels"] == list(TOPIC_LABELS)
+
+            # The model repository extension's index, as the client asks for it (empty body);
+            # filtered and paged by the query.
+            index = client.get_model_repository_index()
+            assert [m["name"] for m in index] == served == sorted(served)
+            assert set(native) <= set(served)
+            assert {m["state"] for m in index} == {"READY"}
+            assert all(m["parameters"]["loaded"] for m in index)  # no budget: all loaded
+            page = client.get_model_repository_index(query_params={"limit": "2"})
+            assert [m["name"] for m in page] == served[:2]
+            taggers = client.get_model_repository_index(
+                query_params={"kind": "token-classification"}
+            )
+            assert [m["name"] for m in taggers] == ["ner"]
 
             # The client's defaults: binary tensors in both directions.
             result = client.infer("topic-zs", [text_input(TEXTS)], request_id="r1")

@@ -4,6 +4,7 @@ loaded; pinned heads stay loaded; /tasks says which are loaded and pages."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -132,3 +133,43 @@ def test_a_head_removed_behind_the_replica_answers_404_and_a_broken_one_503(repo
         r = client.post("/predict/ner", json={"inputs": "x"})
         assert r.status_code == 503 and "could not be loaded" in r.text, r.text
         assert _answers(client, "sentiment")  # the others are untouched
+
+
+def test_oip_index_and_openai_models_filter_and_page_as_tasks_does(repo):
+    store = ModelRepository(repo)
+    embed = store.read_head("embed")
+    for name in ("embed-b", "embed-c"):
+        store.add_head(dataclasses.replace(embed.spec, task=name), embed.model_path.read_bytes())
+    app = create_app(make_settings(repo, head_memory_mb=ONE_HEAD_MB), CollectorRegistry())
+    with TestClient(app) as client:
+        every = [t["task"] for t in client.get("/tasks").json()["tasks"]]
+        index = client.post("/v2/repository/index")
+        assert index.status_code == 200 and "link" not in index.headers
+        assert [m["name"] for m in index.json()] == every
+        assert all(m["state"] == "READY" and not m["parameters"]["loaded"] for m in index.json())
+        names, url = [], "/v2/repository/index?limit=2"
+        while url:  # the Link header's next page, as a client follows it
+            page = client.post(url, json={"ready": True})
+            names += [m["name"] for m in page.json()]
+            url = page.links.get("next", {}).get("url")
+        assert names == every
+        _answers(client, "embed-b")
+        loaded = client.post("/v2/repository/index", params={"loaded": True}).json()
+        assert [(m["name"], m["parameters"]["loaded"]) for m in loaded] == [("embed-b", True)]
+        taggers = client.post("/v2/repository/index", params={"kind": "token-classification"})
+        assert [m["name"] for m in taggers.json()] == ["ner"]
+        for bad in (b"[1]", b"{", b'{"ready": "yes"}'):
+            refused = client.post("/v2/repository/index", content=bad)
+            assert refused.status_code == 400 and "error" in refused.json(), bad
+        assert client.post("/v2/repository/index", params={"limit": 0}).status_code == 400
+
+        models = client.get("/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["embed", "embed-b", "embed-c"]
+        assert models["has_more"] is False and models["last_id"] == "embed-c"
+        first = client.get("/v1/models", params={"limit": 2}).json()
+        assert [m["id"] for m in first["data"]] == ["embed", "embed-b"] and first["has_more"]
+        rest = client.get("/v1/models", params={"limit": 2, "after": first["last_id"]}).json()
+        assert [m["id"] for m in rest["data"]] == ["embed-c"] and not rest["has_more"]
+        loaded_models = client.get("/v1/models", params={"loaded": True}).json()["data"]
+        assert [m["id"] for m in loaded_models] == ["embed-b"]
+        assert client.get("/v1/models", params={"limit": 0}).status_code == 400

@@ -48,6 +48,7 @@ HTTP_SIDE = (
     "limits",
     "observability",
     "schemas",
+    "listing",
     "state",
     "openapi",
     "responses",
