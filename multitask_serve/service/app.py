@@ -9,7 +9,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import threading
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +24,7 @@ from multitask_serve.modelrepo.repository import ModelRepository, RepositoryErro
 from multitask_serve.modelrepo.types import EXACT_INTEGER_PRODUCTS, TrunkSpec, trunk_fingerprint
 from multitask_serve.service import admin, oip, openai_compat, routes, tei
 from multitask_serve.service.batcher import Batcher
+from multitask_serve.service.compiled import CompiledHeads
 from multitask_serve.service.engine import Engine
 from multitask_serve.service.http_errors import install_handlers
 from multitask_serve.service.limits import BodyLimit, InferenceRoutes, InFlightLimit
@@ -104,6 +108,7 @@ def create_app(
     # Loads of heads a request waits for (not loaded, within MTS_HEAD_MEMORY_MB): off the event
     # loop and the batch thread, at serving's CPU priority, since a request waits on each.
     demand = ThreadPoolExecutor(settings.max_concurrent_loads, thread_name_prefix="head-demand")
+    compiled, compile_thread, made_cache_dir = _compiled_heads(settings, runtime, metrics)
     registry = HeadRegistry(
         repo,
         trunk_spec,
@@ -114,6 +119,7 @@ def create_app(
         budget=None if settings.head_memory_mb is None else int(settings.head_memory_mb * MIB),
         pinned=settings.pinned_tasks,
         policy=POLICIES[settings.head_eviction](),
+        compiled=compiled,
     )
     # Shadow candidates run on one thread of their own at the loads' lower CPU priority.
     shadow_thread = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_background)
@@ -174,6 +180,10 @@ def create_app(
             watcher.stop()
             loads.shutdown(wait=True)
             demand.shutdown(wait=True)
+            if compile_thread is not None:
+                compile_thread.shutdown(wait=True, cancel_futures=True)
+            if made_cache_dir is not None:
+                shutil.rmtree(made_cache_dir, ignore_errors=True)
 
     app = FastAPI(
         lifespan=lifespan,
@@ -219,6 +229,30 @@ def create_app(
     app.add_middleware(RequestCounter, counter=metrics.http_requests, routes=app.router.routes)
     app.add_middleware(RequestId)
     return app
+
+
+def _compiled_heads(
+    settings: Settings, runtime: Runtime, metrics: Metrics
+) -> tuple[CompiledHeads | None, ThreadPoolExecutor | None, Path | None]:
+    """The replica's compiled cache (with a budget, on the CPU, unless MTS_HEAD_CACHE_MB is 0),
+    the thread that compiles at the loads' lower priority, and the temporary folder made for it
+    when MTS_HEAD_CACHE_DIR is unset (removed at shutdown)."""
+    budget_mb = settings.head_memory_mb
+    cache_mb = settings.head_cache_mb
+    if cache_mb is None and budget_mb is not None:
+        cache_mb = 10 * budget_mb
+    if budget_mb is None or not cache_mb or not runtime.compiles:
+        return None, None, None
+    made = None
+    root = settings.head_cache_dir
+    if root is None:
+        root = made = Path(tempfile.mkdtemp(prefix="mts-compiled-heads-"))
+    thread = ThreadPoolExecutor(1, thread_name_prefix="head-compile", initializer=_background)
+    smallest = int(settings.head_cache_min_mb * MIB)
+    heads = CompiledHeads(root, int(cache_mb * MIB), runtime, thread, metrics, smallest)
+    if made is not None:  # also when the app never starts, or the process exits without stopping
+        weakref.finalize(heads, shutil.rmtree, made, True)
+    return heads, thread, made
 
 
 def _background() -> None:

@@ -207,6 +207,18 @@ class Metrics:
             "Heads unloaded to keep the loaded ones within MTS_HEAD_MEMORY_MB.",
             registry=registry,
         )
+        self.head_compiled_lookups = Counter(
+            "mts_head_compiled_lookups",
+            "Loads of heads large enough to compile, per result: hit (loaded from the replica's "
+            "compiled cache, MTS_HEAD_CACHE_DIR) or miss (loaded from the repository).",
+            ["result"],
+            registry=registry,
+        )
+        self.head_compiled_bytes = Gauge(
+            "mts_head_compiled_bytes",
+            "Bytes of compiled heads in the replica's cache (at most MTS_HEAD_CACHE_MB).",
+            registry=registry,
+        )
         # Queued plus running prediction requests: the load signal an autoscaler reads (through
         # prometheus-adapter), since CPU saturates before latency shows the backlog.
         self.in_flight = Gauge(

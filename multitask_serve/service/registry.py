@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
+from pathlib import Path
 from types import MappingProxyType
 from typing import IO
 
@@ -28,6 +29,7 @@ from multitask_serve.modelrepo.archive import ArchiveError, unpack_head_file
 from multitask_serve.modelrepo.graphs import external_data_locations
 from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError, StoredHead
 from multitask_serve.modelrepo.types import EXACT_INTEGER_PRODUCTS, HeadSpec, Kind, TrunkSpec
+from multitask_serve.service.compiled import CompiledHeads
 from multitask_serve.service.convergence import LOAD_ERRORS, converge, each_new, pointed
 from multitask_serve.service.errors import (
     Conflict,
@@ -87,9 +89,12 @@ class HeadRegistry:
         budget: int | None = None,
         pinned: Iterable[str] = (),
         policy: Policy | None = None,
+        compiled: CompiledHeads | None = None,
     ) -> None:
         """``loads`` runs on-demand loads; ``budget`` bounds the loaded heads' bytes (None: every
-        head loaded); ``pinned`` tasks are loaded at start and never evicted."""
+        head loaded); ``pinned`` tasks are loaded at start and never evicted; ``compiled``
+        heads load again cheaper (service/compiled.py)."""
+        self._compiled = compiled
         self._metrics = metrics
         self._repo = repo
         self._trunk = trunk
@@ -182,14 +187,20 @@ class HeadRegistry:
         return self.residency.acquire_now(self.resolve(tasks))
 
     def load(
-        self, spec: HeadSpec, model: bytes, version: int = 0, probe: bool = True
+        self,
+        spec: HeadSpec,
+        model: bytes | Path,
+        version: int = 0,
+        probe: bool = True,
+        size: int | None = None,
     ) -> LoadedHead:
         """Check a head against the trunk and build its session; touches no shared state.
-        ``probe``: run one real inference through trunk and head (False: a stored version,
-        probed before it was stored)."""
+        ``model``: the graph's bytes, or the folder of its compiled form (``size``: what the
+        stored graph counts, ``head_bytes``). ``probe``: run one real inference through trunk and
+        head (False: a stored version, probed before it was stored)."""
         started = time.perf_counter()
         try:
-            head = self._load(spec, model, version, probe, started)
+            head = self._load(spec, model, version, probe, started, size)
         except ServiceError:
             self._metrics.head_load_failures.labels(spec.task).inc()
             raise
@@ -205,8 +216,10 @@ class HeadRegistry:
         task, version = served.task, served.version
         try:
             stored = self._repo.read_head(task, version)
-            model = stored.model_path.read_bytes()
-            head = self.load(stored.spec, model, version, probe=False)
+            head = self._load_compiled(stored, version)
+            if head is None:
+                model = stored.model_path.read_bytes()
+                head = self.load(stored.spec, model, version, probe=False)
         except LOAD_ERRORS as exc:
             if version not in self._repo.versions(task):
                 # Removed since the request resolved it (here, or on another replica that this
@@ -216,8 +229,34 @@ class HeadRegistry:
             raise Unavailable(message) from exc
         return head
 
+    def _load_compiled(self, stored: StoredHead, version: int) -> LoadedHead | None:
+        """The head from this replica's compiled cache, if it is there; if not, it is compiled
+        in the background for the next load, and None."""
+        compiled = self._compiled
+        folder = (
+            None
+            if compiled is None
+            else compiled.folder(stored.spec.task, version, stored.model_path)
+        )
+        if compiled is None or folder is None:
+            return None
+        if compiled.find(folder):
+            size = head_bytes(stored.model_path.stat().st_size)
+            try:
+                return self.load(stored.spec, folder, version, probe=False, size=size)
+            except ServiceError:  # its files damaged: the stored graph loads, and is compiled
+                compiled.discard(folder)
+        compiled.compile_later(folder, stored.model_path.read_bytes)
+        return None
+
     def _load(
-        self, spec: HeadSpec, model: bytes, version: int, probe: bool, started: float
+        self,
+        spec: HeadSpec,
+        model: bytes | Path,
+        version: int,
+        probe: bool,
+        started: float,
+        size: int | None = None,
     ) -> LoadedHead:
         if spec.trunk_fingerprint != self._trunk.fingerprint:
             raise Conflict(
@@ -234,7 +273,7 @@ class HeadRegistry:
                 f"head {spec.task!r} branches at tap {spec.branch_layer}; the trunk has taps "
                 f"0..{self._trunk.num_layers}"
             )
-        external = external_data_locations(model)
+        external = [] if isinstance(model, Path) else external_data_locations(model)
         if external:
             raise InvalidInput(
                 f"head {spec.task!r} keeps tensor data outside its graph ({', '.join(external)}); "
@@ -244,7 +283,10 @@ class HeadRegistry:
             session = HeadSession(model, spec.output_name, self._trunk.hidden_size, self._runtime)
         except GraphError as exc:
             raise InvalidInput(f"head {spec.task!r}: {exc}") from exc
-        head = LoadedHead(spec, version, head_bytes(len(model)), session)
+        if size is None:
+            assert isinstance(model, bytes)
+            size = head_bytes(len(model))
+        head = LoadedHead(spec, version, size, session)
         if probe:
             self._probe(head)
         head = dataclasses.replace(head, load_seconds=time.perf_counter() - started)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import logging
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeAlias
 
 import numpy as np
@@ -93,8 +96,36 @@ class Runtime:
         )
         return options
 
-    def session(self, model: str | bytes) -> ort.InferenceSession:
-        session = ort.InferenceSession(model, self.options(), providers=self.providers())
+    @property
+    def compiles(self) -> bool:
+        """Whether heads can be compiled for this runtime (``compile``): on the CPU, whose
+        weight packing is what compiling saves."""
+        return self.device == "cpu"
+
+    def compile(self, model: bytes, folder: Path) -> None:
+        """Write ``model`` into the new folder ``folder`` as this runtime runs it: the graph
+        after ONNX Runtime's optimisations (``COMPILED_GRAPH``), its weights and their packed
+        forms in one file beside it (``COMPILED_WEIGHTS``), which ``session(folder)`` maps
+        instead of parsing, copying and packing them again. The packed forms are this CPU's and
+        this ONNX Runtime's (``compiled_key``): a compiled head is a replica's own cache."""
+        folder.mkdir()
+        options = self.options()
+        options.optimized_model_filepath = str(folder / COMPILED_GRAPH)
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", COMPILED_WEIGHTS
+        )
+        options.add_session_config_entry(
+            "session.save_external_prepacked_constant_initializers", "1"
+        )
+        ort.InferenceSession(model, options, providers=self.providers())
+
+    def session(self, model: str | bytes | Path) -> ort.InferenceSession:
+        """A session of a graph (its bytes or file), or of a folder ``compile`` wrote."""
+        options = self.options()
+        if isinstance(model, Path):  # compiled: already optimised, weights packed
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            model = str(model / COMPILED_GRAPH)
+        session = ort.InferenceSession(model, options, providers=self.providers())
         _forget_model_bytes(session)
         # ORT falls back to the CPU, with only a log line, when CUDA's libraries do not load.
         if self.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
@@ -106,6 +137,22 @@ class Runtime:
 
 
 CPU = Runtime()
+COMPILED_GRAPH = "head.onnx"
+COMPILED_WEIGHTS = "weights.bin"
+
+
+def compiled_key() -> str:
+    """What a compiled head is valid for: this ONNX Runtime and this CPU (its packed weights
+    are laid out for the kernels this build picks on this CPU's instruction set)."""
+    flags = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features", "model name")):
+                flags += line
+            if line.startswith("flags") or line.startswith("Features"):
+                break
+    cpu = hashlib.sha256(flags.encode()).hexdigest()[:12]
+    return f"ort-{ort.__version__}-{platform.machine()}-{cpu}"
 
 
 def _forget_model_bytes(session: ort.InferenceSession) -> None:
@@ -155,8 +202,10 @@ class RowPicker:
 
 class HeadSession:
     def __init__(
-        self, model: bytes, output_name: str, hidden_size: int, runtime: Runtime = CPU
+        self, model: bytes | Path, output_name: str, hidden_size: int, runtime: Runtime = CPU
     ) -> None:
+        """A head's session from its graph's bytes, or from the folder ``Runtime.compile``
+        made of them."""
         try:
             self._session = runtime.session(model)
         except Exception as exc:  # ORT raises several unrelated types for a bad graph

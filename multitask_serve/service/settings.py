@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import PositiveFloat, SecretStr, field_validator, model_validator
+from pydantic import NonNegativeFloat, PositiveFloat, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -113,6 +113,19 @@ class Settings(BaseSettings):
     # Which loaded head goes first when room is needed: "gds" (GreedyDual-Size: recency, uses,
     # size and load time; measured better than "lru" on a skewed trace, bench/eviction.py) or "lru".
     head_eviction: Literal["gds", "lru"] = "gds"
+    # With MTS_HEAD_MEMORY_MB, where this replica keeps heads compiled for its CPU (local disk,
+    # never the shared repository; service/compiled.py): an evicted head with copied layers loads
+    # again from there ~2x cheaper (bench/cold_loads.py). Unset: a temporary folder, removed at
+    # shutdown. A compiled head takes about twice its head.onnx on disk.
+    head_cache_dir: Path | None = None
+    # The compiled heads' disk bytes at most, in MiB (least recently used deleted first). Unset:
+    # 10 x MTS_HEAD_MEMORY_MB, room for every head when the budget holds a fifth of them; too
+    # small a cache compiles heads that are deleted before they are loaded again, which costs
+    # more than it saves (bench/skewed_heads.py). 0: no compiled heads.
+    head_cache_mb: NonNegativeFloat | None = None
+    # Heads whose head.onnx is smaller than this (MiB) are not compiled: a classifier-only head
+    # (a few KB) loads in a few ms as it is.
+    head_cache_min_mb: NonNegativeFloat = 1.0
     # Seconds between looks at the repository for heads other replicas added, replaced, rolled
     # back or removed. Lower converges faster and costs a directory scan per look; 0 disables.
     repository_poll_seconds: float = 2.0

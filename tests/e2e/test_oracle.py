@@ -8,7 +8,8 @@ duplicates) while admin operations change *other* tasks; every answer for a task
 throughout must equal its reference: labels, entities and spans exactly, scores within
 ``tests.oracle.TOLERANCE``. One server under test loads heads on demand within a budget that holds
 about two of them (``MTS_HEAD_MEMORY_MB``), so nearly every request finds its head evicted and
-loads it again: the figures count its loads and evictions. TEI and OpenAI refuse an empty text;
+loads it again, most often from its compiled form: the figures count its loads, evictions and
+compiled loads. TEI and OpenAI refuse an empty text;
 a call of theirs holding one must get that protocol's refusal (400, ``Empty`` or
 ``invalid_request_error``) and nothing else.
 
@@ -60,12 +61,14 @@ SCRATCH = ("scratch", "scratch-zs")
 CONFIGS = (
     {"MTS_BATCH_GROUP_COST_TOKENS": "32", "MTS_BATCH_MAX_TEXTS": "32"},
     # Room for about two of the oracle's heads (each counts its graph plus 256 KiB): nearly every
-    # request loads a head that was evicted, and every answer must still be its reference.
+    # request loads a head that was evicted, and every answer must still be its reference. Every
+    # head is compiled (however small), so most of those loads come from the compiled cache.
     {
         "MTS_BATCH_GROUP_COST_TOKENS": "4",
         "MTS_BATCH_MAX_TEXTS": "8",
         "MTS_BATCH_MAX_WAIT_MS": "3",
         "MTS_HEAD_MEMORY_MB": "0.6",
+        "MTS_HEAD_CACHE_MIN_MB": "0",
     },
     {
         "MTS_BATCH_GROUP_COST_TOKENS": "1000000",
@@ -506,6 +509,7 @@ def _residency(url: str) -> dict[str, float]:
         "evictions": "mts_head_evictions_total",
         "hits": 'mts_head_lookups_total{result="hit"}',
         "misses": 'mts_head_lookups_total{result="miss"}',
+        "compiled_loads": 'mts_head_compiled_lookups_total{result="hit"}',
     }
     found = dict.fromkeys(wanted, 0.0)
     for line in text.splitlines():
@@ -583,6 +587,7 @@ def test_every_answer_equals_its_text_sent_alone_under_concurrent_traffic(repo, 
     assert figures.answers_checked > 1000, "the oracle checked too little to mean anything"
     churned = residency[CONFIGS.index(next(c for c in CONFIGS if "MTS_HEAD_MEMORY_MB" in c))]
     assert churned["evictions"] > 10, residency  # the budget forced churn
+    assert churned["compiled_loads"] > 10, residency  # loads came from compiled heads
     routes = {"task", "multi", "v2", "tei", "openai-float", "openai-base64"}
     assert set(figures.answers_by_route) == routes, figures.answers_by_route
     assert set(figures.max_deviation) >= {

@@ -13,35 +13,20 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from multitask_serve.modelrepo.archive import unpack_head
 from multitask_serve.modelrepo.repository import ModelRepository
 from multitask_serve.service.app import create_app
 from tests.conftest import make_settings
-
-TEXTS = ["john scored a great goal in the final", "the bank rates fell", "ok"]
-# Each head counts its graph x 1.04 plus a session's fixed cost (256 KiB), the largest tiny one
-# ~350 KB: any one fits, no two do.
-ONE_HEAD_MB = 0.5
+from tests.integration.residency import (
+    ONE_HEAD_MB,
+    add_trained_heads,
+    answers,
+    sample,
+)
 
 
 @pytest.fixture
 def repo(repo, archives):
-    """The built repository (embed, topic-zs) with a head of every trained kind added."""
-    store = ModelRepository(repo)
-    for name in ("sentiment", "topic", "ner"):
-        store.add_head(*unpack_head(archives[name], 1 << 30))
-    return repo
-
-
-def _answers(client: TestClient, task: str) -> Any:
-    r = client.post(f"/predict/{task}", json={"inputs": TEXTS})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def _sample(client: TestClient, name: str, labels: dict[str, str] | None = None) -> float:
-    value = client.app.state.services.metrics.registry.get_sample_value(name, labels or {})
-    return value or 0.0
+    return add_trained_heads(repo, archives)
 
 
 def test_a_budget_of_one_head_answers_every_task_as_every_head_loaded_does(repo):
@@ -52,23 +37,23 @@ def test_a_budget_of_one_head_answers_every_task_as_every_head_loaded_does(repo)
         assert len(tasks) >= 4
         listed = small.get("/tasks").json()["tasks"]
         assert [t["task"] for t in listed] == tasks and not any(t["loaded"] for t in listed)
-        expected = {task: _answers(full, task) for task in tasks}
+        expected = {task: answers(full, task) for task in tasks}
         for _ in range(2):  # each task evicted by the next and loaded again
             for task in tasks:
-                assert _answers(small, task) == expected[task], task
+                assert answers(small, task) == expected[task], task
         assert len(small.get("/tasks", params={"loaded": True}).json()["tasks"]) == 1
         with ThreadPoolExecutor(8) as pool:
             calls = [tasks[i % len(tasks)] for i in range(4 * len(tasks))]
             for task, answer in zip(
-                calls, pool.map(lambda t: _answers(small, t), calls), strict=True
+                calls, pool.map(lambda t: answers(small, t), calls), strict=True
             ):
                 assert answer == expected[task], task
-        misses = _sample(small, "mts_head_lookups_total", {"result": "miss"})
+        misses = sample(small, "mts_head_lookups_total", {"result": "miss"})
         assert misses >= 2 * len(tasks)
-        assert _sample(small, "mts_head_evictions_total") >= 2 * len(tasks) - 1
-        assert _sample(small, "mts_head_cold_load_duration_seconds_count") >= 2 * len(tasks)
-        assert _sample(small, "mts_heads_served") == len(tasks)
-        assert _sample(small, "mts_head_loaded_bytes") <= ONE_HEAD_MB * 2**20
+        assert sample(small, "mts_head_evictions_total") >= 2 * len(tasks) - 1
+        assert sample(small, "mts_head_cold_load_duration_seconds_count") >= 2 * len(tasks)
+        assert sample(small, "mts_heads_served") == len(tasks)
+        assert sample(small, "mts_head_loaded_bytes") <= ONE_HEAD_MB * 2**20
         # readiness probes through a loaded head (or the trunk alone)
         assert small.get("/readyz").status_code == 200
 
@@ -85,7 +70,7 @@ def test_pinned_heads_are_loaded_at_start_and_never_evicted(repo, admin):
         r = client.put("/admin/heads/embed/pin", headers=admin)
         assert r.status_code == 200 and r.json()["loaded"] and r.json()["pinned"]
         for task in listed:
-            _answers(client, task)
+            answers(client, task)
         loaded = {t["task"] for t in client.get("/tasks", params={"loaded": True}).json()["tasks"]}
         assert {"topic", "embed"} <= loaded
         # settings' pins stay; the admin API's are stored in the repository
@@ -112,7 +97,7 @@ def test_tasks_filter_by_kind_and_loaded_and_page(repo):
         assert [t for page in pages for t in page] == every and all(len(p) <= 2 for p in pages)
         embeddings = client.get("/tasks", params={"kind": "embedding"}).json()["tasks"]
         assert embeddings and all(t["kind"] == "embedding" for t in embeddings)
-        _answers(client, every[0])
+        answers(client, every[0])
         loaded = client.get("/tasks", params={"loaded": True}).json()["tasks"]
         assert [t["task"] for t in loaded] == [every[0]]
         assert client.get("/tasks", params={"kind": "nope"}).status_code == 422
@@ -132,7 +117,7 @@ def test_a_head_removed_behind_the_replica_answers_404_and_a_broken_one_503(repo
         (repo / "heads" / "ner" / "1" / "head.onnx").write_bytes(b"not a graph")
         r = client.post("/predict/ner", json={"inputs": "x"})
         assert r.status_code == 503 and "could not be loaded" in r.text, r.text
-        assert _answers(client, "sentiment")  # the others are untouched
+        assert answers(client, "sentiment")  # the others are untouched
 
 
 def test_oip_index_and_openai_models_filter_and_page_as_tasks_does(repo):
@@ -153,7 +138,7 @@ def test_oip_index_and_openai_models_filter_and_page_as_tasks_does(repo):
             names += [m["name"] for m in page.json()]
             url = page.links.get("next", {}).get("url")
         assert names == every
-        _answers(client, "embed-b")
+        answers(client, "embed-b")
         loaded = client.post("/v2/repository/index", params={"loaded": True}).json()
         assert [(m["name"], m["parameters"]["loaded"]) for m in loaded] == [("embed-b", True)]
         taggers = client.post("/v2/repository/index", params={"kind": "token-classification"})

@@ -23,6 +23,7 @@ CORE = (
     "batcher",
     "registry",
     "residency",
+    "compiled",
     "convergence",
     "shadow",
     "sessions",
