@@ -9,6 +9,7 @@ Single-text requests, closed loop at ``--in-flight``, each for a head drawn from
 phase, phases interleaved over ``--rounds``:
 
 - ``budget``: every head stored, ``MTS_HEAD_MEMORY_MB`` a fifth of the heads' bytes;
+- ``budget-uncompiled``: the same without the replica's compiled heads (``MTS_HEAD_CACHE_MB=0``);
 - ``all-loaded``: the same traffic with every head loaded (no budget);
 - ``hot-3-stored``: only the three most requested heads stored, traffic over those three;
 - ``hot-1000-stored``: every head stored (budget as above), traffic over the same three.
@@ -43,11 +44,11 @@ from bench.http_vs_ort import TEXTS
 from bench.loadgen import Run, measure
 from multitask_serve.service.residency import head_bytes
 from support.results import write_results
-from support.servers import Sampler, start_server, stop, wait_idle
+from support.servers import Sampler, cpu_seconds, start_server, stop, wait_idle
 from support.stats import percentile, summary
 
 MIB = 1 << 20
-PHASES = ("budget", "all-loaded", "hot-3-stored", "hot-1000-stored")
+PHASES = ("budget", "budget-uncompiled", "all-loaded", "hot-3-stored", "hot-1000-stored")
 
 
 def make_repo(source: Path, dest: Path, heads: int, big: int, big_from: str) -> dict[str, str]:
@@ -146,22 +147,36 @@ def run_phase(
     before = scrape(url)
     sampler = Sampler(pid, 0.5)
     sampler.start()
+    cpu = cpu_seconds(pid)
     run: Run = measure(url, request, args.seconds, args.in_flight, strict=False)
+    cpu = cpu_seconds(pid) - cpu
     sampler.stop()
     after = scrape(url)
     hits = [sample_sum(t, "mts_head_lookups_total", 'result="hit"') for t in (before, after)]
     misses = [sample_sum(t, "mts_head_lookups_total", 'result="miss"') for t in (before, after)]
     lookups = (hits[1] - hits[0]) + (misses[1] - misses[0])
+    compiled = {
+        result: sample_sum(after, "mts_head_compiled_lookups_total", f'result="{result}"')
+        - sample_sum(before, "mts_head_compiled_lookups_total", f'result="{result}"')
+        for result in ("hit", "miss")
+    }
     cold = [buckets(t, "mts_head_cold_load_duration_seconds") for t in (before, after)]
     hot_latencies = [s for s, p in zip(run.latencies, run.paths, strict=True) if p.endswith(hot)]
     rss = [mib for _, mib in sampler.samples]
     return {
         "texts_per_s": run.texts_per_s,
+        # the server's CPU seconds per second measured (2.0: both cores busy)
+        "server_cores_busy": cpu / args.seconds,
+        "server_cpu_ms_per_text": 1e3 * cpu / (run.texts_per_s * args.seconds),
         "p50_ms": run.percentile_ms(50),
         "p99_ms": run.percentile_ms(99),
         "hot_p99_ms": _ms(percentile(hot_latencies, 99)) if hot_latencies else None,
         "failures": dict(run.failures),
         "hit_ratio": (hits[1] - hits[0]) / lookups if lookups else None,
+        # loads of heads large enough to compile that found them compiled (service/compiled.py)
+        "compiled_hit_ratio": compiled["hit"] / sum(compiled.values())
+        if sum(compiled.values())
+        else None,
         "cold_loads": sample_sum(after, "mts_head_cold_load_duration_seconds_count")
         - sample_sum(before, "mts_head_cold_load_duration_seconds_count"),
         "cold_load_p50_ms": _ms(quantile(cold[0], cold[1], 0.5)),
@@ -244,6 +259,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--in-flight", type=int, default=8)
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for every phase's server (a setting to compare)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/skewed-heads.json"))
     args = parser.parse_args()
 
@@ -264,20 +286,25 @@ def main() -> None:
         wide = trace(order, weights, 200_000, seed=1)
         narrow_weights = weights[:3] / weights[:3].sum()
         narrow = trace(hot3, narrow_weights, 200_000, seed=1)
-        budget = {"MTS_HEAD_MEMORY_MB": f"{budget_mb:.0f}"}
+        common = dict(item.split("=", 1) for item in args.set)
+        budget = common | {"MTS_HEAD_MEMORY_MB": f"{budget_mb:.0f}"}
         polls = poll_costs(every, budget_mb)
         print(f"start and poll: {json.dumps(polls)}", flush=True)
         plans = {
             "budget": (every, budget, wide),
-            "all-loaded": (every, {}, wide),
-            "hot-3-stored": (three, {}, narrow),
+            "budget-uncompiled": (every, budget | {"MTS_HEAD_CACHE_MB": "0"}, wide),
+            "all-loaded": (every, common, wide),
+            "hot-3-stored": (three, common, narrow),
             "hot-1000-stored": (every, budget, narrow),
         }
         results: dict[str, Any] = {
             "command": "python -m bench.skewed_heads "
             + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "phases"
-            ),
+                f"--{k.replace('_', '-')} {v}"
+                for k, v in vars(args).items()
+                if k not in ("phases", "set")
+            )
+            + "".join(f" --set {item}" for item in args.set),
             "heads": args.heads,
             "copies_of": {
                 o: sum(1 for c in copies.values() if c == o) for o in set(copies.values())
