@@ -24,6 +24,7 @@ CORE = (
     "registry",
     "residency",
     "compiled",
+    "windows",
     "convergence",
     "shadow",
     "sessions",
