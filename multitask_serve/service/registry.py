@@ -243,7 +243,8 @@ class HeadRegistry:
         if compiled.find(folder):
             size = head_bytes(stored.model_path.stat().st_size)
             try:
-                return self.load(stored.spec, folder, version, probe=False, size=size)
+                head = self.load(stored.spec, folder, version, probe=False, size=size)
+                return dataclasses.replace(head, mapped=True)
             except ServiceError:  # its files damaged: the stored graph loads, and is compiled
                 compiled.discard(folder)
         compiled.compile_later(folder, stored.model_path.read_bytes)

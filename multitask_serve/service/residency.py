@@ -63,6 +63,9 @@ class LoadedHead(ServedHead):
     loaded_at: float = field(default_factory=time.time, compare=False)
     # What loading it took (validation, session, probe): what loading it again would cost.
     load_seconds: float = field(default=0.0, compare=False)
+    # Its weights are mapped from a compiled head's file (service/compiled.py), not held in the
+    # heap: unloading it gives its pages back at once, with nothing for malloc_trim to do.
+    mapped: bool = field(default=False, compare=False)
 
     def served(self) -> ServedHead:
         """The same head without its session (what the served set keeps)."""
@@ -162,7 +165,8 @@ class Residency:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._bytes = 0
-        self._evicted_bytes = 0  # since the last trim
+        self._evicted_bytes = 0  # heap-held heads' bytes evicted since the last trim
+        self._reserved = 0  # bytes of on-demand loads under way, made room for before they start
         self._loading: dict[tuple[str, int], Future[LoadedHead]] = {}
         metrics.head_memory_budget_bytes.set(float("inf") if budget is None else budget)
         metrics.heads_loaded.set_function(lambda: len(self._entries))
@@ -237,9 +241,21 @@ class Residency:
 
     def _load_on_demand(self, served: ServedHead) -> LoadedHead:
         started = time.perf_counter()
+        # Room first, then the load: a replica's memory stays within the budget while heads
+        # load, not only once they are in.
+        with self._lock:
+            self._reserved += served.size
+            evicted, trim = self._evict(keep=None)
+        self._after_eviction(evicted, trim, served.task)
         try:
-            head = self._load(served)
-            self.put(head, time.perf_counter() - started, only_if_current=True)
+            try:
+                head = self._load(served)
+            except BaseException:
+                with self._lock:
+                    self._reserved -= served.size
+                raise
+            cost = time.perf_counter() - started
+            self.put(head, cost, only_if_current=True, reserved=served.size)
             # what its requests waited: the load, the evictions it made and the memory given back
             self._metrics.head_cold_load_seconds.observe(time.perf_counter() - started)
         finally:  # held (a hit from now on) or failed (the next request tries again)
@@ -250,28 +266,29 @@ class Residency:
     # -- changes -------------------------------------------------------------------------------
 
     def put(
-        self, head: LoadedHead, cost: float | None = None, only_if_current: bool = False
+        self,
+        head: LoadedHead,
+        cost: float | None = None,
+        only_if_current: bool = False,
+        reserved: int = 0,
     ) -> None:
         """Hold ``head`` as its task's loaded head (in place of any other version), then evict
         other heads until the loaded ones fit the budget. ``cost``: seconds to load it again
-        (default: what its load took)."""
+        (default: what its load took); ``reserved``: the room its load had made, now its own."""
         task = head.task
         cost = head.load_seconds if cost is None else cost
         with self._lock:
+            self._reserved -= reserved
             if only_if_current and self._current(task) != head.version:
                 return
             self._drop(task)
             self._entries[task] = _Entry(head, cost)
             self._bytes += head.size
             self._policy.touch(task, head.size, cost)
-            evicted = self._evict(keep=task)
-            # What evicted sessions held goes back to the OS (those no batch still runs), not
-            # into glibc's heap, where RSS would creep past the budget load after load; off the
-            # request's path, once per TRIM_AFTER_EVICTED_BYTES evicted (a trim of a large heap
-            # takes a while).
-            trim = self._evicted_bytes >= TRIM_AFTER_EVICTED_BYTES
-            if trim:
-                self._evicted_bytes = 0
+            evicted, trim = self._evict(keep=task)
+        self._after_eviction(evicted, trim, task)
+
+    def _after_eviction(self, evicted: list[str], trim: bool, task: str) -> None:
         for name in evicted:
             self._metrics.head_evictions.inc()
             log.debug("evicted %s to load %s", name, task)
@@ -297,16 +314,26 @@ class Residency:
             self._bytes -= entry.head.size
             self._policy.forget(task)
 
-    def _evict(self, keep: str) -> list[str]:
+    def _evict(self, keep: str | None) -> tuple[list[str], bool]:
+        """Evict heads other than ``keep`` until the loaded ones and the loads under way fit the
+        budget; returns them, and whether freed heap should now go back to the OS: what evicted
+        sessions held in the heap (those no batch still runs) goes back, not into glibc's free
+        lists, where RSS would creep past the budget load after load; off the request's path,
+        once per TRIM_AFTER_EVICTED_BYTES evicted (a trim of a large heap takes a while)."""
         if self.budget is None:
-            return []
+            return [], False
         evicted = []
-        while self._bytes > self.budget:
+        while self._bytes + self._reserved > self.budget:
             candidates = [t for t in self._entries if t != keep and t not in self._pinned]
             if not candidates:
                 break  # pinned heads and the one just loaded: over budget until they change
             victim = self._policy.victim(candidates)
-            self._evicted_bytes += self._entries[victim].head.size
+            head = self._entries[victim].head
+            if not head.mapped:
+                self._evicted_bytes += head.size
             self._drop(victim)
             evicted.append(victim)
-        return evicted
+        trim = self._evicted_bytes >= TRIM_AFTER_EVICTED_BYTES
+        if trim:
+            self._evicted_bytes = 0
+        return evicted, trim

@@ -38,6 +38,7 @@ class FakeLoads:
         self.gate: dict[str, threading.Event] = {}
         self.fail: set[str] = set()
         self.current: dict[str, int] = {}
+        self.mapped = False
 
     def __call__(self, head: ServedHead) -> LoadedHead:
         self.calls.append((head.task, head.version))
@@ -46,7 +47,8 @@ class FakeLoads:
             assert gate.wait(10)
         if head.task in self.fail:
             raise Unavailable(f"{head.task} is broken")
-        return LoadedHead(head.spec, head.version, head.size, session=object())  # type: ignore[arg-type]
+        session = object()
+        return LoadedHead(head.spec, head.version, head.size, session, mapped=self.mapped)  # type: ignore[arg-type]
 
 
 def table(
@@ -116,6 +118,30 @@ def test_loads_evict_to_the_budget_and_never_evict_pinned_heads():
     # an evicted head loads again, once
     residency.acquire_now({"a": served("a")})
     assert loads.calls.count(("a", 1)) == 2
+
+
+def test_room_is_made_before_a_load_starts_and_given_back_when_it_fails():
+    residency, loads, sample = table(30, policy=LRU())
+    for task in "abc":
+        residency.acquire_now({task: served(task)})
+    loads.gate["d"] = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(residency.acquire_now, {"d": served("d")})
+        deadline = time.monotonic() + 10
+        while ("d", 1) not in loads.calls:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # while d loads, its room is already made: the loaded heads and d fit the budget
+        assert residency.tasks() == ["b", "c"] and residency.loaded_bytes == 20
+        loads.gate["d"].set()
+        waiting.result(10)
+    assert residency.tasks() == ["b", "c", "d"] and sample("mts_head_evictions_total") == 1
+    loads.fail.add("e")
+    with pytest.raises(Unavailable):
+        residency.acquire_now({"e": served("e")})
+    assert residency.loaded_bytes == 20  # b made room for e, and e's room is free again
+    residency.acquire_now({"f": served("f")})
+    assert residency.tasks() == ["c", "d", "f"] and sample("mts_head_evictions_total") == 2
 
 
 def test_a_head_larger_than_the_budget_is_loaded_for_its_request_then_evicted_first():
@@ -188,3 +214,20 @@ def test_a_request_that_goes_away_leaves_the_load_it_waited_on_to_the_others():
 
     assert asyncio.run(go()).version == 1
     assert loads.calls.count(("a", 1)) == 1
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_freed_heap_goes_back_after_heap_held_heads_are_evicted_not_mapped_ones(
+    monkeypatch, mapped
+):
+    from multitask_serve.service import residency as module
+
+    trims = []
+    monkeypatch.setattr(module, "release_freed_memory", lambda: trims.append(1))
+    size = module.TRIM_AFTER_EVICTED_BYTES // 4
+    residency, loads, _ = table(2 * size, policy=LRU(), workers=1)
+    loads.mapped = mapped
+    for i in range(12):  # 10 evictions, 2.5x the trim threshold
+        residency.acquire_now({f"h{i}": served(f"h{i}", size=size)})
+    residency._executor.shutdown(wait=True)
+    assert len(trims) == (0 if mapped else 2)
