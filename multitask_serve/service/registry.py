@@ -216,7 +216,7 @@ class HeadRegistry:
         task, version = served.task, served.version
         try:
             stored = self._repo.read_head(task, version)
-            head = self._load_compiled(stored, version)
+            head = self._load_compiled(stored, served)
             if head is None:
                 model = stored.model_path.read_bytes()
                 head = self.load(stored.spec, model, version, probe=False)
@@ -229,24 +229,26 @@ class HeadRegistry:
             raise Unavailable(message) from exc
         return head
 
-    def _load_compiled(self, stored: StoredHead, version: int) -> LoadedHead | None:
+    def _load_compiled(self, stored: StoredHead, served: ServedHead) -> LoadedHead | None:
         """The head from this replica's compiled cache, if it is there; if not, it is compiled
         in the background for the next load, and None."""
         compiled = self._compiled
         folder = (
             None
             if compiled is None
-            else compiled.folder(stored.spec.task, version, stored.model_path)
+            else compiled.folder(served.task, served.version, stored.model_path)
         )
         if compiled is None or folder is None:
             return None
         if compiled.find(folder):
-            size = head_bytes(stored.model_path.stat().st_size)
+            started = time.perf_counter()
             try:
-                head = self.load(stored.spec, folder, version, probe=False, size=size)
-                return dataclasses.replace(head, mapped=True)
-            except ServiceError:  # its files damaged: the stored graph loads, and is compiled
+                head = self._load(stored.spec, folder, served.version, False, started, served.size)
+            except ServiceError:  # the cache's files damaged, not the head: the graph loads
                 compiled.discard(folder)
+            else:
+                self._metrics.head_load_seconds.observe(head.load_seconds)
+                return dataclasses.replace(head, mapped=True)
         compiled.compile_later(folder, stored.model_path.read_bytes)
         return None
 
