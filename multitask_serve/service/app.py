@@ -96,10 +96,14 @@ def create_app(
     trunk = TrunkSession(
         trunk_path, runtime, "fp16" if fp16 else "fp32", segmented=settings.trunk_segments
     )
-    encoder = TextEncoder(repo.tokenizer_path, max_length, trunk_spec.input_names)
+    encoder = TextEncoder(
+        repo.tokenizer_path, max_length, trunk_spec.input_names, settings.window_overlap
+    )
     group_cost = settings.batch_group_cost_tokens
     budget = MemoryBudget(_memory_limit(settings), ActivationModel(trunk_spec.hidden_size))
-    engine = Engine(trunk_spec, trunk, encoder, metrics, runtime, group_cost, budget)
+    engine = Engine(
+        trunk_spec, trunk, encoder, metrics, runtime, group_cost, budget, settings.max_windows
+    )
     # /readyz's probe inference: the same sessions, run by the batch worker in its turn, but
     # observed in metrics of its own, so that probes stay out of the serving series.
     probe_engine = Engine(
@@ -150,6 +154,7 @@ def create_app(
         settings.max_queue_wait_seconds,
         shadows.runner,
         settings.batch_inline_max_tokens,
+        encoder.windows,
     )
     # Head loads (validation, session, probe inference) run here, off the request threads, at
     # most max_concurrent_loads at a time, at a lower CPU priority than serving.

@@ -1,10 +1,12 @@
 """Micro-batching across requests and tasks: concurrent requests share one trunk run.
 
 Requests enqueue typed entries. One worker takes the oldest, then keeps adding entries until the
-batch holds ``max_texts`` texts or ``max_tokens`` estimated tokens, or ``max_wait`` has passed since
-the oldest arrived; it then runs the whole batch through the engine in a single thread (one trunk
-run on all cores, every head on the rows that asked for it) while the next batch gathers. A request
-with more texts than a batch holds is split into several entries and reassembled in order.
+batch holds ``max_texts`` rows or ``max_tokens`` estimated tokens, or ``max_wait`` has passed since
+the oldest arrived (a text longer than the served length, read whole, is a row per window, and
+the queue's bounds count rows too: long texts claim no more work than as many short ones); it
+then runs the whole batch through the engine in a single thread (one trunk run on all cores,
+every head on the rows that asked for it) while the next batch gathers. A request with more
+texts than a batch holds is split into several entries and reassembled in order.
 
 A task with a shadow candidate (service/shadow.py) gets the candidate's tap from the same trunk
 run; the candidate runs only after the batch's answers are handed back, on the shadow's own thread.
@@ -47,11 +49,12 @@ class WorkerStuck(Unavailable):
 @dataclass
 class Entry:
     job: Job
-    tokens: int  # estimated: characters / 4 + 2, capped at the trunk's max length
+    tokens: int  # estimated (``Batcher._weigh``)
     enqueued: float
     future: asyncio.Future[JobResult] = field(repr=False)
     # A readiness probe (no job texts): run on the inference thread as a batch of its own.
     probe: Callable[[], object] | None = field(default=None, repr=False)
+    rows: int = 0  # estimated: a row per text, or per window of a text read whole
 
 
 class Batcher:
@@ -67,13 +70,17 @@ class Batcher:
         max_queue_wait_s: float = 0.0,
         shadow: ShadowRunner | None = None,
         inline_max_tokens: int = 0,
+        windows: Callable[[int], int] | None = None,
     ) -> None:
+        """``windows``: how many windows a text of so many tokens takes when read whole (None:
+        one, every text cut at ``max_length``)."""
         self._engine, self._metrics = engine, metrics
+        self._windows = windows or (lambda tokens: 1)
         self._shadow = shadow  # None: no task is ever shadowed
         self._max_queued = max_queued_texts
         self._max_queue_wait = max_queue_wait_s
-        self._texts_per_s: float | None = None  # recent inference throughput, a moving average
-        self._queued = 0  # texts waiting, touched only on the event loop
+        self._rows_per_s: float | None = None  # recent inference throughput, a moving average
+        self._queued = 0  # rows waiting, touched only on the event loop
         self._max_texts, self._max_tokens, self._max_wait = max_texts, max_tokens, max_wait_s
         self._max_length = max_length
         # With no wait to build batches, a small request that finds the worker idle is the next
@@ -143,59 +150,74 @@ class Batcher:
             entry.future.add_done_callback(self._waiting.discard)
             self._queue.put_nowait(entry)
 
-    def _estimate(self, texts: list[str]) -> int:
-        return sum(min(len(t) // 4 + 2, self._max_length) for t in texts)
+    def _weigh(self, texts: list[str], whole: bool) -> tuple[int, int]:
+        """Estimated rows and tokens: a text's tokens as characters / 4 + 2; one longer than the
+        served length is a full row per window when read whole, one full row when cut."""
+        rows = tokens = 0
+        for text in texts:
+            estimate = len(text) // 4 + 2
+            windows = self._windows(estimate) if whole and estimate > self._max_length else 1
+            rows += windows
+            tokens += windows * self._max_length if windows > 1 else min(estimate, self._max_length)
+        return rows, tokens
 
-    async def submit(self, heads: Mapping[str, LoadedHead], texts: list[str]) -> JobResult:
+    async def submit(
+        self, heads: Mapping[str, LoadedHead], texts: list[str], whole: bool = True
+    ) -> JobResult:
         """A request's answers: refused now if the queue is past its bounds (``_admit``), run at
         once if it is all the work there is (``_run_inline``), else queued in entries of at most
-        ``max_texts`` texts that batches take (``_queue_and_join``)."""
+        ``max_texts`` texts that batches take (``_queue_and_join``). ``whole``: read texts
+        longer than the served length in windows (else cut them)."""
         if self._failure is not None:
             raise WorkerStopped(self._failure)
         if self._queue is None:  # no running loop owns a worker (an app used without lifespan)
             loop = asyncio.get_running_loop()
-            entry = Entry(Job(heads, texts), 0, time.perf_counter(), loop.create_future())
+            entry = Entry(Job(heads, texts, whole), 0, time.perf_counter(), loop.create_future())
             await self._execute(loop, [entry])
             return await entry.future
-        self._admit(len(texts))
+        rows, tokens = self._weigh(texts, whole)
+        self._admit(rows)
         if (
             self._outstanding == 0
-            and len(texts) <= self._max_texts
-            and self._estimate(texts) <= self._inline_max_tokens
+            and rows <= self._max_texts
+            and tokens <= self._inline_max_tokens
             and await self._alone()
         ):
-            return self._run_inline(Job(heads, texts))
-        return await self._queue_and_join(heads, texts)
+            return self._run_inline(Job(heads, texts, whole))
+        return await self._queue_and_join(heads, texts, whole)
 
-    def _admit(self, texts: int) -> None:
-        """Raises Overloaded when ``texts`` more would pass the queue's bounds."""
-        if self._queued + texts > self._max_queued:
+    def _admit(self, rows: int) -> None:
+        """Raises Overloaded when ``rows`` more would pass the queue's bounds."""
+        if self._queued + rows > self._max_queued:
             # Beyond the bound a request would only wait longer than any client will: refuse it
             # now, cheaply, and let the client back off.
             raise Overloaded(
-                f"{self._queued} texts are queued (limit {self._max_queued}); retry shortly"
+                f"{self._queued} texts are queued (limit {self._max_queued}, a long text counts "
+                "once per window); retry shortly"
             )
-        if self._max_queue_wait > 0 and self._texts_per_s:
+        if self._max_queue_wait > 0 and self._rows_per_s:
             # The count bound alone lets the wait grow with how slow each text is; this one
             # refuses a request that would wait longer than the deadline at the recent pace.
-            wait = (self._queued + texts) / self._texts_per_s
+            wait = (self._queued + rows) / self._rows_per_s
             if wait > self._max_queue_wait:
                 raise Overloaded(
                     f"the queue would take {wait:.2f} s to reach this request (limit "
                     f"{self._max_queue_wait:g} s); retry shortly"
                 )
 
-    async def _queue_and_join(self, heads: Mapping[str, LoadedHead], texts: list[str]) -> JobResult:
+    async def _queue_and_join(
+        self, heads: Mapping[str, LoadedHead], texts: list[str], whole: bool
+    ) -> JobResult:
         """Queue the texts in entries of at most ``max_texts``; their answers, in order."""
-        self._queued += len(texts)
         loop = asyncio.get_running_loop()
-        chunks = [texts[i : i + self._max_texts] for i in range(0, len(texts), self._max_texts)]
-        entries = [
-            Entry(
-                Job(heads, chunk), self._estimate(chunk), time.perf_counter(), loop.create_future()
-            )
-            for chunk in chunks
-        ]
+        step = self._max_texts
+        entries = []
+        for start in range(0, len(texts), step):
+            chunk = texts[start : start + step]
+            rows, tokens = self._weigh(chunk, whole)
+            job = Job(heads, chunk, whole, start)
+            entries.append(Entry(job, tokens, time.perf_counter(), loop.create_future(), rows=rows))
+        self._queued += sum(e.rows for e in entries)
         self._enqueue(entries)
         parts = await asyncio.gather(*(e.future for e in entries))
         if len(parts) == 1:
@@ -211,6 +233,7 @@ class Batcher:
             },
             truncated=[t for p in parts for t in p.truncated],
             tokens=[n for p in parts for n in p.tokens],
+            windows=[n for p in parts for n in p.windows],
         )
 
     async def _alone(self) -> bool:
@@ -238,7 +261,7 @@ class Batcher:
         self._metrics.queue_seconds.observe(0.0)
         shadows = self._shadow.current() if self._shadow is not None else {}
         results, works = self._infer([job], shadows)
-        self._paced(len(job.texts), started)
+        self._paced(sum(results[0].windows), started)
         if works and self._shadow is not None:
             self._shadow.submit(works)
         return results[0]
@@ -250,11 +273,11 @@ class Batcher:
             return self._engine.predict_shadowed(jobs, shadows)
         return self._engine.predict_many(jobs), []  # the plain path, as if shadows did not exist
 
-    def _paced(self, texts: int, started: float) -> None:
+    def _paced(self, rows: int, started: float) -> None:
         """Fold a finished batch into the recent throughput (``max_queue_wait_s`` reads it)."""
-        pace = texts / max(time.perf_counter() - started, 1e-6)
-        previous = self._texts_per_s
-        self._texts_per_s = pace if previous is None else 0.8 * previous + 0.2 * pace
+        pace = rows / max(time.perf_counter() - started, 1e-6)
+        previous = self._rows_per_s
+        self._rows_per_s = pace if previous is None else 0.8 * previous + 0.2 * pace
 
     async def check(self, probe: Callable[[], object], timeout: float) -> bool:
         """Readiness through the worker: ``probe`` queues like a request and runs in its turn.
@@ -330,9 +353,9 @@ class Batcher:
         assert self._queue is not None
         if first.probe is not None:
             return [first], None
-        batch, texts, tokens = [first], len(first.job.texts), first.tokens
+        batch, rows, tokens = [first], first.rows, first.tokens
         deadline = first.enqueued + self._max_wait
-        while texts < self._max_texts:
+        while rows < self._max_texts:
             if self._queue.empty():
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -343,12 +366,12 @@ class Batcher:
             entry = self._queue.get_nowait()
             if (
                 entry.probe is not None  # a probe runs alone (and closes this batch early)
-                or texts + len(entry.job.texts) > self._max_texts
+                or rows + entry.rows > self._max_texts
                 or tokens + entry.tokens > self._max_tokens
             ):
                 return batch, entry  # it starts the next batch
             batch.append(entry)
-            texts += len(entry.job.texts)
+            rows += entry.rows
             tokens += entry.tokens
         return batch, None
 
@@ -359,7 +382,7 @@ class Batcher:
         while True:
             first = carry if carry is not None else await self._queue.get()
             gathered, carry = await self._gather(first)
-            self._queued -= sum(len(e.job.texts) for e in gathered)
+            self._queued -= sum(e.rows for e in gathered)
             batch = [e for e in gathered if not e.future.cancelled()]  # clients that went away
             if batch and batch[0].probe is not None:
                 await self._execute_probe(loop, batch[0])  # out of the serving metrics and pace
@@ -368,7 +391,7 @@ class Batcher:
                 for entry in batch:
                     self._metrics.queue_seconds.observe(started - entry.enqueued)
                 await self._execute(loop, batch)
-                self._paced(sum(len(e.job.texts) for e in batch), started)
+                self._paced(sum(e.rows for e in batch), started)
             self._outstanding -= len(gathered)
             self._progress = time.perf_counter()
             self._progressed.set()

@@ -19,7 +19,7 @@ from multitask_serve.modelrepo.types import KINDS, HeadSpec, Kind, TrunkSpec
 from multitask_serve.service.errors import InvalidInput, TooLarge
 from multitask_serve.service.memory import TRIM_AFTER_BYTES, ActivationModel, MemoryBudget
 from multitask_serve.service.metrics import Metrics
-from multitask_serve.service.outputs import decode
+from multitask_serve.service.outputs import WindowedText, decode, pool
 from multitask_serve.service.residency import LoadedHead
 from multitask_serve.service.sessions import (
     CPU,
@@ -30,9 +30,10 @@ from multitask_serve.service.sessions import (
     release_freed_memory,
 )
 from multitask_serve.service.shadow import ShadowWork
-from multitask_serve.service.tokenize import TextEncoder, Token
+from multitask_serve.service.tokenize import Encoded, TextEncoder, Token
 from multitask_serve.service.trunk import TrunkSession
 from multitask_serve.service.types import Job, JobResult, Output, TaskResult, TokenizedBatch
+from multitask_serve.service.windows import windows
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
 # The fixed cost of one trunk run with its heads, in tokens' worth of work, per device: what
@@ -89,16 +90,23 @@ class Reader:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a batch will run: its texts, tokenized once, and who reads which rows."""
+    """What a batch will run: its texts, tokenized once into rows (a text longer than the served
+    length read whole takes a row per window), and who reads which rows."""
 
     texts: list[str]
-    spans: list[range]  # per job, its rows
+    spans: list[range]  # per job, its texts
+    rows: list[range]  # per text, its rows
+    text_of: list[int]  # per row, its text
     users: dict[int, Reader]  # by id of the head object
     candidates: dict[int, LoadedHead]  # the same keys: the head's shadow candidate, if any
     batch: TokenizedBatch
     lengths: np.ndarray  # per row, its tokens
     runs: list[list[int]]  # the trunk runs, each its rows in ascending order
     largest: int  # the planned bytes of the largest run
+
+    def windowed(self, row: int) -> bool:
+        """Whether ``row`` is one window of a text read in several."""
+        return len(self.rows[self.text_of[row]]) > 1
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,8 @@ class TrunkRun:
 
 @dataclass(frozen=True)
 class Answered:
-    """One head's results on its rows of a trunk run."""
+    """One head's results on its rows of a trunk run that are whole texts, and its raw outputs on
+    the rows that are windows of longer texts (decoded once every window has run)."""
 
     rows: list[int]
     local: list[int]  # where the run's sub-batch holds those rows
@@ -122,6 +131,7 @@ class Answered:
     texts: list[str]
     outputs: list[Output]
     seconds: float  # the head's time on them, decoding included
+    pieces: dict[int, np.ndarray]  # window rows -> the head's output on each
 
 
 def _shadow_work(
@@ -146,7 +156,7 @@ def _shadow_work(
 def _assemble(
     jobs: list[Job], plan: Plan, decoded: Mapping[int, Mapping[int, Output]]
 ) -> list[JobResult]:
-    """Each job's answers in its own order, from the results of every head by row."""
+    """Each job's answers in its own order, from the results of every head by text."""
     return [
         JobResult(
             results={
@@ -158,8 +168,9 @@ def _assemble(
                 )
                 for task, head in job.heads.items()
             },
-            truncated=[plan.batch.truncated[i] for i in span],
-            tokens=[int(plan.lengths[i]) for i in span],
+            truncated=[plan.batch.truncated[plan.rows[i][0]] for i in span],
+            tokens=[int(plan.lengths[plan.rows[i]].sum()) for i in span],
+            windows=[len(plan.rows[i]) for i in span],
         )
         for job, span in zip(jobs, plan.spans, strict=True)
     ]
@@ -175,8 +186,12 @@ class Engine:
         runtime: Runtime = CPU,
         group_cost: int | None = None,
         budget: MemoryBudget | None = None,
+        max_windows: int = 0,
     ) -> None:
-        """``budget``: the memory runs must fit in (None: unbounded, every group runs whole)."""
+        """``budget``: the memory runs must fit in (None: unbounded, every group runs whole).
+        ``max_windows``: windows a text read whole may take; a job with a longer text is refused
+        (TooLarge; 0: no limit)."""
+        self.max_windows = max_windows
         self.trunk_spec = trunk_spec
         self._trunk = trunk
         self._encoder = encoder
@@ -191,11 +206,11 @@ class Engine:
         self._group_cost = default_group_cost(runtime) if group_cost is None else group_cost
         self.budget = budget or MemoryBudget(None, ActivationModel(trunk_spec.hidden_size))
 
-    def _encode(self, texts: list[str]) -> TokenizedBatch:
+    def _encode(self, texts: list[str], whole: list[bool] | bool = False) -> Encoded:
         t0 = time.perf_counter()
-        batch = self._encoder.encode(texts)
+        encoded = self._encoder.encode(texts, whole)
         self._metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - t0)
-        return batch
+        return encoded
 
     def _trunk_taps(
         self, batch: TokenizedBatch, needs: dict[int, set[int]]
@@ -208,8 +223,8 @@ class Engine:
         return out
 
     def _run_trunk(self, texts: list[str], taps: set[int]) -> tuple[TokenizedBatch, dict[int, Tap]]:
-        """Every row at these taps."""
-        batch = self._encode(texts)
+        """Every text, cut at the served length, at these taps."""
+        batch = self._encode(texts).batch
         every = set(range(batch.size))
         out = self._trunk_taps(batch, dict.fromkeys(taps, every))
         return batch, {tap: hidden for tap, (hidden, _) in out.items()}
@@ -239,15 +254,21 @@ class Engine:
         """
         plan = self._plan(jobs, shadows)
         decoded: dict[int, dict[int, Output]] = {key: {} for key in plan.users}
+        pieces: dict[int, dict[int, np.ndarray]] = {key: {} for key in plan.users}
         works: list[ShadowWork] = []
         for rows in plan.runs:
             run = self._run_trunk_rows(plan, rows)
             for key, wanted in run.members.items():
                 head, candidate = plan.users[key].head, plan.candidates.get(key)
-                answered = self._run_head(plan.texts, run, head, wanted)
-                decoded[key].update(zip(answered.rows, answered.outputs, strict=True))
-                if candidate is not None:
+                answered = self._run_head(plan, run, head, wanted)
+                texts = [plan.text_of[row] for row in answered.rows]
+                decoded[key].update(zip(texts, answered.outputs, strict=True))
+                pieces[key].update(answered.pieces)
+                if candidate is not None and answered.rows:
                     works.append(_shadow_work(run, head, candidate, answered))
+        for key, held in pieces.items():
+            if held:
+                decoded[key].update(self._pool(plan, plan.users[key].head, held))
         if (
             plan.largest > TRIM_AFTER_BYTES
         ):  # a rare large run: its freed activations back to the OS
@@ -255,29 +276,69 @@ class Engine:
         return _assemble(jobs, plan, decoded), works
 
     def _plan(self, jobs: list[Job], shadows: Mapping[str, LoadedHead]) -> Plan:
-        """Tokenize every job's texts at once; note which rows each head (and its candidate)
-        reads; cut the rows into length groups (``length_groups``), each padded only to its own
-        longest text, and those into runs that fit the memory budget (``_fitted``)."""
+        """Tokenize every job's texts at once, each text into its rows (``TextEncoder.encode``;
+        refused past ``max_windows``, ``_check_windows``); note which rows each head (and its
+        candidate) reads; cut the rows into length groups (``length_groups``), each padded only
+        to its own longest row, and those into runs that fit the memory budget (``_fitted``)."""
         texts = [text for job in jobs for text in job.texts]
         spans, start = [], 0
         for job in jobs:
             spans.append(range(start, start + len(job.texts)))
             start += len(job.texts)
+        encoded = self._encode(texts, [job.whole for job in jobs for _ in job.texts])
+        self._check_windows(jobs, spans, encoded)
+        text_of = [text for text, rows in enumerate(encoded.rows) for _ in rows]
         users: dict[int, Reader] = {}  # by head object: versions may differ
         for job, span in zip(jobs, spans, strict=True):
+            rows = [row for text in span for row in encoded.rows[text]]
             for head in job.heads.values():
-                users.setdefault(id(head), Reader(head, [])).rows.extend(span)
+                users.setdefault(id(head), Reader(head, [])).rows.extend(rows)
         candidates = {
             key: shadows[reader.head.spec.task]
             for key, reader in users.items()
             if shadows.get(reader.head.spec.task, reader.head) is not reader.head
         }
-        batch = self._encode(texts)
+        batch = encoded.batch
         self._metrics.batch_texts.observe(len(texts))
         self._metrics.batch_tokens.observe(int(batch.attention_mask.sum()))
         lengths = batch.attention_mask.sum(axis=1)
         runs, largest = self._fitted(length_groups(lengths, self._group_cost), lengths)
-        return Plan(texts, spans, users, candidates, batch, lengths, runs, largest)
+        return Plan(
+            texts, spans, encoded.rows, text_of, users, candidates, batch, lengths, runs, largest
+        )
+
+    def _check_windows(self, jobs: list[Job], spans: list[range], encoded: Encoded) -> None:
+        """TooLarge for the first text past ``max_windows`` (the batcher then runs each job alone,
+        so only its own request gets the error)."""
+        if not self.max_windows:
+            return
+        for job, span in zip(jobs, spans, strict=True):
+            for index, text in enumerate(span):
+                taken = len(encoded.rows[text])
+                if taken > self.max_windows:
+                    raise TooLarge(
+                        f"inputs[{job.first + index}] needs {taken} windows of "
+                        f"{self._encoder.max_length} tokens; the limit is {self.max_windows} "
+                        "(MTS_MAX_WINDOWS): send it in parts, or with truncate to cut it"
+                    )
+
+    def _pool(
+        self, plan: Plan, head: LoadedHead, pieces: Mapping[int, np.ndarray]
+    ) -> dict[int, Output]:
+        """One answer per text read in windows, from the head's output on each of its rows."""
+        out = {}
+        capacity, overlap = self._encoder.capacity, self._encoder.overlap
+        for text in sorted({plan.text_of[row] for row in pieces}):
+            rows = plan.rows[text]
+            encodings = [plan.batch.encodings[row] for row in rows]
+            raws = [pieces[row] for row in rows]
+            if head.spec.traits.per_token:  # the row's own tokens, not its run's padding
+                raws = [raw[: len(e.ids)] for raw, e in zip(raws, encodings, strict=True)]
+            last = len(encodings[-1].ids) - self._encoder.specials
+            layout = windows((len(rows) - 1) * (capacity - overlap) + last, capacity, overlap)
+            windowed = WindowedText(plan.texts[text], raws, encodings, layout)
+            out[text] = pool(head.spec, windowed)
+        return out
 
     def _run_trunk_rows(self, plan: Plan, rows: list[int]) -> TrunkRun:
         """One trunk run over ``rows`` (ascending), asked for the taps their heads (and
@@ -297,10 +358,9 @@ class Engine:
                 needs.setdefault(plan.candidates[key].spec.branch_layer, set()).update(local)
         return TrunkRun(rows, sub, position, members, self._trunk_taps(sub, needs))
 
-    def _run_head(
-        self, texts: list[str], run: TrunkRun, head: LoadedHead, rows: list[int]
-    ) -> Answered:
-        """``head`` on its ``rows`` of a trunk run, decoded to one result per row."""
+    def _run_head(self, plan: Plan, run: TrunkRun, head: LoadedHead, rows: list[int]) -> Answered:
+        """``head`` on its ``rows`` of a trunk run: decoded to one result per row that is a whole
+        text; kept raw for rows that are windows of a longer text (``_pool`` decodes those)."""
         t0 = time.perf_counter()
         hidden, held = run.taps[head.spec.branch_layer]
         local = [run.position[row] for row in rows]
@@ -311,11 +371,16 @@ class Engine:
         if local != held:  # the tap holds other rows too: pick this head's
             hidden = self._rows.take(hidden, _positions(held, local))
         raw = head.session.run(hidden, part.attention_mask)
-        row_texts = [texts[row] for row in rows]
-        outputs = decode(head.spec, raw, part, row_texts)
+        pieces = {row: raw[i] for i, row in enumerate(rows) if plan.windowed(row)}
+        if pieces:  # decode the whole texts only
+            whole = [i for i, row in enumerate(rows) if row not in pieces]
+            rows, local = [rows[i] for i in whole], [local[i] for i in whole]
+            raw, part = raw[whole], part.rows(whole)
+        row_texts = [plan.texts[plan.text_of[row]] for row in rows]
+        outputs = decode(head.spec, raw, part, row_texts) if rows else []
         elapsed = time.perf_counter() - t0
         self._metrics.head_seconds.labels(head.spec.kind).observe(elapsed)
-        return Answered(rows, local, part, row_texts, outputs, elapsed)
+        return Answered(rows, local, part, row_texts, outputs, elapsed, pieces)
 
     def _fitted(self, groups: list[list[int]], lengths: np.ndarray) -> tuple[list[list[int]], int]:
         """The groups cut into runs that fit the memory budget (each a run of consecutive rows

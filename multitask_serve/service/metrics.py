@@ -168,6 +168,22 @@ class Metrics:
             registry=registry,
             buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
         )
+        # Per kind of head, not per task (19 lines a label set, as for the latency histograms);
+        # per task, a counter of the texts that took more than one window, created by a task's
+        # first long text: which tasks get long texts, and how often.
+        self.text_windows = Histogram(
+            "mts_text_windows",
+            "Windows per text read (1: it fit the served length, or was cut), per kind of head.",
+            ["kind"],
+            registry=registry,
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+        )
+        self.long_texts = Counter(
+            "mts_long_texts",
+            "Texts longer than the served length read in several windows, per task.",
+            ["task"],
+            registry=registry,
+        )
         self.heads_served = Gauge(
             "mts_heads_served", "Tasks served (each stored task's current head).", registry=registry
         )

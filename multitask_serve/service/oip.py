@@ -33,7 +33,7 @@ from multitask_serve.service.http_errors import WireFormat, route_class, string
 from multitask_serve.service.listing import ListingQuery
 from multitask_serve.service.residency import ServedHead
 from multitask_serve.service.state import services
-from multitask_serve.service.types import TaskResult
+from multitask_serve.service.types import JobResult, TaskResult
 
 INPUT_NAME = "text"
 # Triton's name for the header that says where the JSON ends and binary tensor data begins.
@@ -75,7 +75,14 @@ INFER_REQUEST = {
         "id": {"type": "string"},
         "parameters": {
             "type": "object",
-            "properties": {"binary_data_output": {"type": "boolean"}},
+            "properties": {
+                "binary_data_output": {"type": "boolean"},
+                "truncate": {
+                    "type": "boolean",
+                    "description": "Cut texts longer than the served length instead of reading "
+                    "them whole in overlapping windows (unset: the server's default).",
+                },
+            },
         },
         "inputs": {
             "type": "array",
@@ -127,10 +134,14 @@ INFER_DOC: dict[str, Any] = {
 }
 
 
+# Each numeric datatype's little-endian layout in binary tensor data.
+_NUMPY = {"FP32": "<f4", "INT32": "<i4", "BOOL": "?"}
+
+
 @dataclass(frozen=True)
 class Tensor:
     name: str
-    datatype: str  # BYTES, FP32 or BOOL
+    datatype: str  # BYTES, FP32, INT32 or BOOL
     shape: list[int]
     data: list[Any]  # flat, row-major
 
@@ -145,7 +156,7 @@ class Tensor:
                 struct.pack("<I", len(item)) + item for item in (d.encode() for d in self.data)
             )
         else:
-            raw = np.asarray(self.data, dtype="<f4" if self.datatype == "FP32" else bool).tobytes()
+            raw = np.asarray(self.data, dtype=_NUMPY[self.datatype]).tobytes()
         entry["parameters"] = {"binary_data_size": len(raw)}
         return entry, raw
 
@@ -159,7 +170,7 @@ class OipTensor:
     from a task's results and labels."""
 
     name: str
-    datatype: str  # BYTES, FP32 or BOOL
+    datatype: str  # BYTES, FP32, INT32 or BOOL
     data: Callable[[Rows, tuple[str, ...]], list[Any]] = field(compare=False)
     # Whether each row holds the head's output width of values (else one value per row).
     wide: bool = False
@@ -190,8 +201,10 @@ TENSORS: Mapping[str, tuple[OipTensor, ...]] = MappingProxyType(
         "spans": (OipTensor("entities", "BYTES", lambda rows, _: [json.dumps(r) for r in rows]),),
     }
 )
-# Whether each text was cut to the trunk's maximum length (its data is the request's, not a head's).
+# Whether each text was cut to the trunk's maximum length, and how many windows each was read in
+# (their data is the request's, not a head's).
 TRUNCATED = OipTensor("truncated", "BOOL", lambda rows, _: [])
+WINDOWS = OipTensor("windows", "INT32", lambda rows, _: [])
 
 
 def tensors_of(spec: HeadSpec) -> tuple[OipTensor, ...]:
@@ -202,18 +215,22 @@ def outputs_meta(spec: HeadSpec) -> list[dict[str, Any]]:
     """The output tensors a head's kind produces (shapes with -1 for the batch)."""
     return [
         {"name": t.name, "datatype": t.datatype, "shape": t.shape(-1, spec.output_width)}
-        for t in (*tensors_of(spec), TRUNCATED)
+        for t in (*tensors_of(spec), TRUNCATED, WINDOWS)
     ]
 
 
-def _tensors(spec: HeadSpec, result: TaskResult, truncated: list[bool]) -> list[Tensor]:
+def _tensors(spec: HeadSpec, result: TaskResult, done: JobResult) -> list[Tensor]:
     rows: list[Any] = result.outputs
     n, width = len(rows), spec.output_width
     made = [
         Tensor(t.name, t.datatype, t.shape(n, width), t.data(rows, spec.labels))
         for t in tensors_of(spec)
     ]
-    return [*made, Tensor(TRUNCATED.name, TRUNCATED.datatype, TRUNCATED.shape(n, width), truncated)]
+    return [
+        *made,
+        Tensor(TRUNCATED.name, TRUNCATED.datatype, TRUNCATED.shape(n, width), done.truncated),
+        Tensor(WINDOWS.name, WINDOWS.datatype, WINDOWS.shape(n, width), done.windows),
+    ]
 
 
 @dataclass(frozen=True)
@@ -222,6 +239,7 @@ class InferRequest:
     id: str | None
     wanted: dict[str, bool] | None  # requested output -> binary; None: every output
     binary_default: bool
+    truncate: bool | None = None  # parameters.truncate; None: the server's default
 
 
 def _decode_bytes(raw: bytes) -> list[bytes]:
@@ -303,6 +321,9 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     texts = _texts(request["inputs"][0], body[size:])
     params = _parameters(request, "the inference request")
     binary_default = bool(params.get("binary_data_output"))
+    truncate = params.get("truncate")
+    if truncate is not None and not isinstance(truncate, bool):
+        raise InvalidInput("parameters.truncate must be true or false")
     wanted = None
     if request.get("outputs") is not None:
         outputs = request["outputs"]
@@ -317,7 +338,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
             for o in outputs
         }
     request_id = None if request.get("id") is None else str(request["id"])
-    return InferRequest(texts, request_id, wanted, binary_default)
+    return InferRequest(texts, request_id, wanted, binary_default, truncate)
 
 
 def _head(request: Request, task: str, version: str | None = None) -> ServedHead:
@@ -378,10 +399,11 @@ async def _infer(request: Request, head: ServedHead) -> Response:
     if unknown:
         raise InvalidInput(f"model {head.spec.task!r} has no output {unknown[0]!r}; it has {names}")
     task = head.spec.task
-    done = await services(request.app).predictor.predict(parsed.texts, {task: head})
+    predictor = services(request.app).predictor
+    done = await predictor.predict(parsed.texts, {task: head}, truncate=parsed.truncate)
     results = done.results
     entries, chunks = [], []
-    for tensor in _tensors(head.spec, results[task], done.truncated):
+    for tensor in _tensors(head.spec, results[task], done):
         if parsed.wanted is not None and tensor.name not in parsed.wanted:
             continue
         binary = parsed.binary_default if parsed.wanted is None else parsed.wanted[tensor.name]

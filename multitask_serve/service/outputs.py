@@ -22,14 +22,37 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from multitask_serve.modelrepo.types import HeadSpec
-from multitask_serve.service.postprocess import classifications, entities, entity_rows, softmax
+from multitask_serve.service.postprocess import (
+    classifications,
+    entities,
+    entity_rows,
+    pool_probabilities,
+    pool_vectors,
+    softmax,
+)
 from multitask_serve.service.types import Output, TokenizedBatch
+from multitask_serve.service.windows import Window, owners
 
 # Two embeddings of one text "agree" at this cosine or above.
 COSINE_AGREES = 0.99
 
 # One text's result in a form: a vector, a classification, or a list of entity spans.
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class WindowedText:
+    """A text read in several windows, and what a head answered on each window's row."""
+
+    text: str
+    raws: list[np.ndarray]  # per window: the head's output on its row (per token: its tokens)
+    encodings: list[Any]  # per window: its ``tokenizers.Encoding`` (offsets into ``text``)
+    layout: list[Window]  # per window: the text's tokens it holds (special tokens aside)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Per window, its tokens of text."""
+        return np.array([len(w) for w in self.layout], dtype=np.float64)
 
 
 @dataclass
@@ -73,6 +96,10 @@ class OutputForm(Generic[R]):
         """One result per text from a head's raw output for the whole batch."""
         raise NotImplementedError
 
+    def pool(self, spec: HeadSpec, windowed: WindowedText) -> R:
+        """One result for a text read in several windows, from each window's raw output."""
+        raise NotImplementedError
+
     def compare_one(self, served: R, candidate: R, out: Comparison) -> None:
         """Add one text's served and candidate results to ``out``."""
         raise NotImplementedError
@@ -95,6 +122,10 @@ class Vectors(OutputForm[list[float]]):
     ) -> list[list[float]]:
         rows: list[list[float]] = raw.tolist()
         return rows
+
+    def pool(self, spec: HeadSpec, windowed: WindowedText) -> list[float]:
+        pooled: list[float] = pool_vectors(np.stack(windowed.raws), windowed.weights).tolist()
+        return pooled
 
     def compare_one(self, served: list[float], candidate: list[float], out: Comparison) -> None:
         dot = sum(a * b for a, b in zip(served, candidate, strict=True))
@@ -123,6 +154,10 @@ class Classes(OutputForm[Classification]):
         self, spec: HeadSpec, raw: np.ndarray, batch: TokenizedBatch, texts: list[str]
     ) -> list[Classification]:
         return classifications(softmax(raw), spec.labels)
+
+    def pool(self, spec: HeadSpec, windowed: WindowedText) -> Classification:
+        probs = pool_probabilities(np.stack(windowed.raws), windowed.weights)
+        return classifications(probs[None], spec.labels)[0]
 
     def compare_one(
         self, served: Classification, candidate: Classification, out: Comparison
@@ -153,6 +188,27 @@ class EntitySpans(OutputForm[Spans]):
             else []
             for i, tagged in enumerate(entity_rows(probs, batch.attention_mask, spec.labels))
         ]
+
+    def pool(self, spec: HeadSpec, windowed: WindowedText) -> Spans:
+        """Each token's scores from the window where it has the most context on both sides
+        (``windows.owners``), then entities decoded once over the whole text."""
+        content = [
+            [i for i, special in enumerate(e.special_tokens_mask) if not special]
+            for e in windowed.encodings
+        ]
+        for held, span in zip(content, windowed.layout, strict=True):
+            if len(held) != len(span):
+                raise AssertionError(f"a window holds {len(held)} tokens, its layout {len(span)}")
+        probs = [softmax(raw) for raw in windowed.raws]
+        picks = [(w, content[w][at]) for w, at in owners(windowed.layout)]
+        encodings = windowed.encodings
+        return entities(
+            windowed.text,
+            np.stack([probs[w][i] for w, i in picks]),
+            [encodings[w].offsets[i] for w, i in picks],
+            [encodings[w].word_ids[i] for w, i in picks],
+            spec.labels,
+        )
 
     def compare_one(self, served: Spans, candidate: Spans, out: Comparison) -> None:
         def key(span: dict[str, Any]) -> tuple[str, int, int]:
@@ -194,3 +250,9 @@ def decode(
 ) -> list[Output]:
     """One result per text from a head's raw output for the whole batch."""
     return form_of(spec).decode(spec, raw, batch, texts)
+
+
+def pool(spec: HeadSpec, windowed: WindowedText) -> Output:
+    """One result for a text read in several windows."""
+    result: Output = form_of(spec).pool(spec, windowed)
+    return result

@@ -116,3 +116,42 @@ def entity_rows(
         (is_entity[probs.argmax(axis=-1)] & (attention_mask != 0)).any(axis=1).tolist()
     )
     return tagged
+
+
+# How a text's windows' label scores become one answer (service/outputs.py ``Classes.pool``):
+# each window's probabilities, weighted by the tokens of text it read, averaged. Chosen on the
+# BBC test articles among the rules below (bench/long_texts.py; BENCHMARKS.md, long texts).
+WINDOW_POOLING = "mean"
+
+
+def pool_probabilities(
+    logits: np.ndarray, weights: np.ndarray, rule: str | None = None
+) -> np.ndarray:
+    """One probability vector from per-window ``logits`` (windows, labels), each window weighted
+    by ``weights`` (its tokens of text): ``mean`` of the windows' probabilities, softmax of the
+    mean ``logits``, or per label the ``max`` probability of any window, renormalised (None:
+    ``WINDOW_POOLING``, read at each call, which is what bench/long_texts.py varies)."""
+    rule = rule or WINDOW_POOLING
+    w = weights.astype(np.float64) / weights.sum()
+    if rule == "logits":
+        return softmax((w[:, None] * logits.astype(np.float64)).sum(axis=0)).astype(np.float32)
+    probs = softmax(logits.astype(np.float64))
+    if rule == "mean":
+        pooled = (w[:, None] * probs).sum(axis=0)
+    elif rule == "max":
+        best = probs.max(axis=0)
+        pooled = best / best.sum()
+    else:
+        raise ValueError(f"unknown window pooling {rule!r}: mean, logits or max")
+    out: np.ndarray = pooled.astype(np.float32)
+    return out
+
+
+def pool_vectors(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """One unit vector from per-window unit vectors: their mean, each window weighted by its tokens
+    of text, scaled to length 1 (a window's vector is the mean of its tokens' states, so this is
+    close to the mean over the whole text, overlapping tokens counted once per window)."""
+    mean = (weights.astype(np.float64)[:, None] * vectors.astype(np.float64)).sum(axis=0)
+    norm = float(np.linalg.norm(mean))
+    out: np.ndarray = (mean / norm if norm > 0 else mean).astype(np.float32)
+    return out

@@ -84,11 +84,14 @@ class Predictor:
         *,
         check_texts: Callable[[list[str]], None] | None = None,
         check_heads: Callable[[Mapping[str, ServedHead]], None] | None = None,
+        truncate: bool | None = None,
     ) -> JobResult:
         """Every prediction route's one call: the request's texts, checked (``texts``, then a
         format's own ``check_texts``); the tasks' heads from one snapshot (``resolve``; or the
         heads a route resolved already, as OIP does to check the version its path names),
-        checked by a format's own ``check_heads``, loaded if they are not; then ``run``."""
+        checked by a format's own ``check_heads``, loaded if they are not; then ``run``.
+        ``truncate``: cut texts longer than the served length instead of reading them in
+        windows (None: the server's default, ``MTS_TRUNCATE``)."""
         texts = self.texts(inputs)
         if check_texts is not None:
             check_texts(texts)
@@ -96,23 +99,32 @@ class Predictor:
         if check_heads is not None:
             check_heads(served)
         heads = await self.registry.residency.acquire(served)
-        return await self.run(heads, texts)
+        cut = self.settings.truncate if truncate is None else truncate
+        return await self.run(heads, texts, whole=not cut)
 
-    async def run(self, heads: Mapping[str, LoadedHead], texts: list[str]) -> JobResult:
+    async def run(
+        self, heads: Mapping[str, LoadedHead], texts: list[str], whole: bool = True
+    ) -> JobResult:
         """Every prediction's path: the micro-batcher, then per-task metrics."""
         metrics = self.metrics
         started = time.perf_counter()
         try:
             with metrics.in_flight.track_inprogress():
-                done = await self.batcher.submit(heads, texts)
+                done = await self.batcher.submit(heads, texts, whole)
         except Exception:
             for task in heads:
                 metrics.requests.labels(task, "error").inc()
             raise
         elapsed = time.perf_counter() - started
-        for task in heads:
+        long = sum(n > 1 for n in done.windows)
+        for task, head in heads.items():
             metrics.request_seconds.observe(elapsed)
             metrics.requests.labels(task, "ok").inc()
+            windows = metrics.text_windows.labels(head.spec.kind)
+            for n in done.windows:
+                windows.observe(n)
+            if long:
+                metrics.long_texts.labels(task).inc(long)
         return done
 
     def live(self) -> None:

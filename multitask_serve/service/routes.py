@@ -17,7 +17,7 @@ from multitask_serve.service.listing import ListingQuery
 from multitask_serve.service.responses import JSON
 from multitask_serve.service.schemas import MultiPredictRequest, PredictRequest
 from multitask_serve.service.state import services
-from multitask_serve.service.types import TaskResult
+from multitask_serve.service.types import JobResult, TaskResult
 
 router = APIRouter()
 
@@ -32,22 +32,26 @@ class MetricsResponse(Response):
     media_type = CONTENT_TYPE_PLAIN_0_0_4
 
 
-def _body(result: TaskResult, truncated: list[bool], single: bool) -> dict[str, Any]:
+def _body(result: TaskResult, done: JobResult, single: bool) -> dict[str, Any]:
     return {
         "task": result.task,
         "version": result.version,
         "kind": result.kind,
         "outputs": result.outputs[0] if single else result.outputs,
-        "truncated": truncated[0] if single else truncated,
+        "truncated": done.truncated[0] if single else done.truncated,
+        "windows": done.windows[0] if single else done.windows,
     }
 
 
 @router.post("/predict/{task}", tags=["predict"], summary="Run one task")
 async def predict_task(task: str, body: PredictRequest, request: Request) -> JSON:
-    done = await services(request.app).predictor.predict(body.inputs, [task])
+    """A text longer than the served length is read whole in overlapping windows (``windows``
+    says how many it took) unless ``truncate`` cuts it."""
+    predictor = services(request.app).predictor
+    done = await predictor.predict(body.inputs, [task], truncate=body.truncate)
     result = done.results[task]
     return JSON(
-        _body(result, done.truncated, isinstance(body.inputs, str)),
+        _body(result, done, isinstance(body.inputs, str)),
         headers={"X-Head-Version": str(result.version)},
     )
 
@@ -55,9 +59,10 @@ async def predict_task(task: str, body: PredictRequest, request: Request) -> JSO
 @router.post("/predict", tags=["predict"], summary="Run several tasks with one trunk run")
 async def predict_tasks(body: MultiPredictRequest, request: Request) -> JSON:
     tasks = list(dict.fromkeys(body.tasks))
-    done = await services(request.app).predictor.predict(body.inputs, tasks)
+    predictor = services(request.app).predictor
+    done = await predictor.predict(body.inputs, tasks, truncate=body.truncate)
     single = isinstance(body.inputs, str)
-    return JSON({task: _body(done.results[task], done.truncated, single) for task in tasks})
+    return JSON({task: _body(done.results[task], done, single) for task in tasks})
 
 
 @router.get("/tasks", tags=["tasks"], summary="What is served, and what is still training")

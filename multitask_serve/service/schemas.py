@@ -42,6 +42,12 @@ class PredictRequest(BaseModel):
         description="One text, or a list of texts; the answer keeps the same shape.",
         examples=["The striker scored twice in the final."],
     )
+    truncate: bool | None = Field(
+        None,
+        description="Cut a text longer than the served length (the answer says truncated) "
+        "instead of reading it whole in overlapping windows; unset: the server's default "
+        "(MTS_TRUNCATE, false).",
+    )
 
 
 class MultiPredictRequest(PredictRequest):

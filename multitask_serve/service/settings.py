@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import NonNegativeFloat, PositiveFloat, SecretStr, field_validator, model_validator
+from pydantic import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -50,9 +57,21 @@ class Settings(BaseSettings):
     # move slightly. "fp16": made from model.onnx at load time, for cuda only (CPU kernels run
     # fp16 graphs through casts, slower than fp32). Measured quality changes in BENCHMARKS.md.
     trunk_precision: str = "fp32"
-    # Tokens per text; longer texts are truncated (and the response says so). 0 = the trunk's own
-    # maximum from trunk.json. Lower is faster: attention cost grows with the square of length.
+    # Tokens per row of a batch: the served length. 0 = the trunk's own maximum from trunk.json.
+    # Lower is faster: attention cost grows with the square of length.
     max_length: int = 0
+    # A text longer than the served length is read whole, in overlapping windows of that length
+    # (each a row of the batch), and the windows' answers combined (docs/architecture.md, long
+    # texts); true cuts it at the served length instead, as a request's own "truncate" does.
+    # The server's default for requests that do not say (OpenAI's embeddings; TEI keeps its own
+    # truncate, false by default: refused).
+    truncate: bool = False
+    # Tokens neighbouring windows share. Unset: 64, or half a window when that is less.
+    window_overlap: NonNegativeInt | None = None
+    # Windows one text may take; a longer text gets 413 naming it (or is cut, when its request
+    # asks for truncation). Bounds what one text can claim: 16 windows of 256 tokens read about
+    # 3,100 tokens of text with the default overlap. 0: no limit.
+    max_windows: NonNegativeInt = 16
     # Texts in one request. Bounds the memory and latency one client can claim.
     max_batch_texts: int = 64
     # Request body limits: predictions are small JSON; head archives carry ONNX weights. An upload

@@ -182,7 +182,7 @@ async def _run(request: Request, task: str, body: TeiRequest, kinds: set[str]) -
     app = services(request.app)
     _no_empty_list(body.inputs)
     done = await app.predictor.predict(
-        body.inputs, [task], check_texts=_no_empty_text, check_heads=check_heads
+        body.inputs, [task], check_texts=_no_empty_text, check_heads=check_heads, truncate=True
     )
     if not body.truncate and any(done.truncated):
         index = done.truncated.index(True)

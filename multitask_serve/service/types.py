@@ -82,6 +82,11 @@ class Job:
 
     heads: Mapping[str, Any]  # task -> registry.LoadedHead
     texts: list[str]
+    # A text longer than the served length: read whole in windows (True) or cut (False).
+    whole: bool = True
+    # Where the first text sits in its request (a request split into several jobs): errors
+    # name a text by its index in the request.
+    first: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,3 +94,4 @@ class JobResult:
     results: dict[str, TaskResult]
     truncated: list[bool]
     tokens: list[int] = field(default_factory=list)  # per text: tokens the trunk read
+    windows: list[int] = field(default_factory=list)  # per text: windows (rows) it took

@@ -9,9 +9,11 @@ throughout must equal its reference: labels, entities and spans exactly, scores 
 ``tests.oracle.TOLERANCE``. One server under test loads heads on demand within a budget that holds
 about two of them (``MTS_HEAD_MEMORY_MB``), so nearly every request finds its head evicted and
 loads it again, most often from its compiled form: the figures count its loads, evictions and
-compiled loads. TEI and OpenAI refuse an empty text;
-a call of theirs holding one must get that protocol's refusal (400, ``Empty`` or
-``invalid_request_error``) and nothing else.
+compiled loads. Texts run from none to about eight windows of the served length: every route but
+TEI reads a long text whole (the reference is the text alone, read whole; the windows each answer
+says it took must match), TEI's truncate cuts it (the reference: the text alone, cut). TEI and
+OpenAI refuse an empty text; a call of theirs holding one must get that protocol's refusal (400,
+``Empty`` or ``invalid_request_error``) and nothing else.
 
 hypothesis drives it as a state machine, seeded, and shrinks a failure to a minimal program.
 CI runs it for ``ORACLE_SECONDS`` (default 150 s); set it higher to run longer, and
@@ -90,14 +92,17 @@ FIXED_TEXTS = [
     "Mary went to London with John and Apple and Google",
     "élection à Paris — le ministre a voté 🗳️",
     "東京の株式市場",
-    " ".join(WORDS),  # past the tiny trunk's maximum length: truncated
+    " ".join(WORDS),  # past the tiny trunk's maximum length: two windows
 ]
 words = st.lists(st.sampled_from(WORDS), min_size=1, max_size=90).map(" ".join)
+# From a few tokens past the served length (64 tokens) to about eight windows.
+long_words = st.lists(st.sampled_from(WORDS), min_size=60, max_size=250).map(" ".join)
 texts = st.one_of(
     st.sampled_from(FIXED_TEXTS),
     words,
     words.map(str.title),
     st.text(max_size=40),  # any Unicode but lone surrogates (the service refuses those)
+    long_words,
 )
 
 
@@ -167,6 +172,9 @@ class Figures:
     refusals_checked: int = 0  # TEI/OpenAI calls holding an empty text, refused as they must be
     answers_by_route: dict[str, int] = field(default_factory=dict)
     first_failure: dict[str, int] | None = None
+    windowed_references: int = 0  # references of texts read in several windows
+    windowed_answers: int = 0  # answers checked against those
+    most_windows: int = 0
 
     def deviation(self, kind: str, value: float) -> None:
         self.max_deviation[kind] = max(self.max_deviation.get(kind, 0.0), value)
@@ -177,7 +185,7 @@ class Harness:
 
     def __init__(self, reference: str, servers: list[str], archives: dict[str, bytes]) -> None:
         self.reference, self.servers, self.archives = reference, servers, archives
-        self.references: dict[tuple[str, str], dict[str, Any]] = {}
+        self.references: dict[tuple[str, str, bool], dict[str, Any]] = {}
         self.kinds: dict[str, str] = {}
         self.figures = Figures()
         self._local = threading.local()
@@ -193,16 +201,24 @@ class Harness:
             self._local.client = httpx.Client(timeout=60)
         return self._local.client
 
-    def alone(self, task: str, text: str) -> dict[str, Any]:
-        """The reference: the text sent alone, with nothing else in flight on that server."""
-        key = (task, text)
+    def alone(self, task: str, text: str, cut: bool = False) -> dict[str, Any]:
+        """The reference: the text sent alone, with nothing else in flight on that server, read
+        whole (in windows when it is long) or ``cut`` at the served length."""
+        key = (task, text, cut)
         if key not in self.references:
-            r = self._ref_client.post(f"{self.reference}/predict/{task}", json={"inputs": text})
+            body = {"inputs": text, "truncate": cut}
+            r = self._ref_client.post(f"{self.reference}/predict/{task}", json=body)
             assert r.status_code == 200, (task, text, r.text)
             body = r.json()
             self.kinds[task] = body["kind"]
-            self.references[key] = {"output": body["outputs"], "truncated": body["truncated"]}
+            self.references[key] = {
+                "output": body["outputs"],
+                "truncated": body["truncated"],
+                "windows": body["windows"],
+            }
             self.figures.reference_calls += 1
+            self.figures.most_windows = max(self.figures.most_windows, body["windows"])
+            self.figures.windowed_references += body["windows"] > 1
         return self.references[key]
 
     def send(self, server: str, call: Call) -> httpx.Response:
@@ -265,7 +281,7 @@ class Harness:
             for task in call.tasks:
                 if task in STABLE:
                     for text in call.texts:
-                        self.alone(task, text)
+                        self.alone(task, text, cut=call.route == "tei")
         for _ in range(REPLAYS if self.figures.failed_waves else 1):
             problems = self._send_wave(server, wave, op)
             if problems:
@@ -312,15 +328,17 @@ class Harness:
             return [f"{call}: status {response.status_code} {response.text}"]
         body = response.json()
         single = isinstance(call.inputs, str)
+        cut = call.route == "tei"  # TEI's truncate cuts; every other route reads texts whole
         problems = []
         for task in call.tasks:
+            refs = [self.references[(task, text, cut)] for text in call.texts]
+            windows: list[int | None] = [ref["windows"] for ref in refs]  # where no answer says
             if call.route == "v2":
                 answers = from_v2(self.kinds[task], body, len(call.texts))
+                windows = from_v2_windows(body)
             elif call.route == "tei":
-                refs = [self.references[(task, text)] for text in call.texts]
                 answers = from_tei(self.kinds[task], body, single, refs)
             elif call.route.startswith("openai-"):
-                refs = [self.references[(task, text)] for text in call.texts]
                 try:
                     answers = from_openai(body, refs, call.route.removeprefix("openai-"))
                 except ValueError as exc:
@@ -329,11 +347,12 @@ class Harness:
                 part = body if call.route == "task" else body[task]
                 outputs = [part["outputs"]] if single else part["outputs"]
                 flags = [part["truncated"]] if single else part["truncated"]
+                windows = [part["windows"]] if single else part["windows"]
                 answers = list(zip(outputs, flags, strict=True))
-            if len(answers) != len(call.texts):
+            if len(answers) != len(call.texts) or len(windows) != len(call.texts):
                 return [f"{call}: {len(answers)} answers for {len(call.texts)} texts"]
             for i, (text, (output, truncated)) in enumerate(zip(call.texts, answers, strict=True)):
-                ref = self.references[(task, text)]
+                ref = refs[i]
                 expected = ref["output"]
                 if call.route.startswith("openai-"):  # OpenAI's vectors are unit length
                     expected = unit(expected)
@@ -341,6 +360,9 @@ class Harness:
                 self.figures.deviation(self.kinds[task], deviation)
                 if truncated != ref["truncated"]:
                     found = f"truncated {truncated} != alone {ref['truncated']}; {found}"
+                if windows[i] != ref["windows"]:
+                    found = f"windows {windows[i]} != alone {ref['windows']}; {found}"
+                self.figures.windowed_answers += ref["windows"] > 1
                 self.figures.answers_checked += 1
                 by_route = self.figures.answers_by_route
                 by_route[call.route] = by_route.get(call.route, 0) + 1
@@ -411,6 +433,12 @@ def from_v2(kind: str, body: dict[str, Any], n: int) -> list[tuple[Any, bool]]:
             )
         ]
     return list(zip(outputs, flags, strict=True))
+
+
+def from_v2_windows(body: dict[str, Any]) -> list[int | None]:
+    """Per text, the windows an OIP v2 JSON answer says it took."""
+    tensors = {t["name"]: t for t in body["outputs"]}
+    return list(tensors["windows"]["data"])
 
 
 def from_tei(
@@ -521,7 +549,9 @@ def _residency(url: str) -> dict[str, float]:
 
 @contextlib.contextmanager
 def processes(repo: Path, logs: Path) -> Iterator[tuple[str, list[str]]]:
-    poll = {"MTS_REPOSITORY_POLL_SECONDS": "0.5"}
+    # The queue's bound counts a long text once per window; 16 clients sending up to 64 copies
+    # of a long text would pass the default, and the oracle checks answers, not admission.
+    poll = {"MTS_REPOSITORY_POLL_SECONDS": "0.5", "MTS_MAX_QUEUED_TEXTS": "1000000"}
     started = []
     try:
         for i, env in enumerate(({}, *CONFIGS)):
@@ -570,6 +600,9 @@ def test_every_answer_equals_its_text_sent_alone_under_concurrent_traffic(repo, 
                 "entity_spans_checked": figures.entities,
                 "answers_checked_by_route": dict(sorted(figures.answers_by_route.items())),
                 "empty_text_refusals_checked": figures.refusals_checked,
+                "windowed_references": figures.windowed_references,
+                "windowed_answers_checked": figures.windowed_answers,
+                "most_windows": figures.most_windows,
                 "differences": len(figures.differences),
                 "first_differences": figures.differences[:5],
                 "failed_waves": figures.failed_waves,
@@ -588,6 +621,7 @@ def test_every_answer_equals_its_text_sent_alone_under_concurrent_traffic(repo, 
     churned = residency[CONFIGS.index(next(c for c in CONFIGS if "MTS_HEAD_MEMORY_MB" in c))]
     assert churned["evictions"] > 10, residency  # the budget forced churn
     assert churned["compiled_loads"] > 10, residency  # loads came from compiled heads
+    assert figures.windowed_answers > 100 and figures.most_windows >= 4, figures
     routes = {"task", "multi", "v2", "tei", "openai-float", "openai-base64"}
     assert set(figures.answers_by_route) == routes, figures.answers_by_route
     assert set(figures.max_deviation) >= {

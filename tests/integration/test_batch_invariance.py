@@ -1,8 +1,8 @@
 """The engine's half of the oracle: ``predict_many(jobs)`` equals each job's text run alone.
 
 Whatever texts share a micro-batch (lengths, duplicates, tasks of every kind at different branch
-layers) and however it is cut into length groups and into runs that fit a memory budget, each
-text's result is the one it gets alone.
+layers, texts read whole in several windows) and however it is cut into length groups and into
+runs that fit a memory budget, each text's result is the one it gets alone.
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ texts = st.one_of(
     st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join),
     st.lists(st.sampled_from(WORDS), max_size=80).map(" ".join),
     st.text(max_size=30),
+    # Past the served length (64 tokens): read whole, up to about eight windows, each a row that
+    # length groups and memory splits place like any other.
+    st.lists(st.sampled_from(WORDS), min_size=60, max_size=250).map(" ".join),
 )
 jobs = st.lists(
     st.tuples(
@@ -98,6 +101,7 @@ def test_each_text_in_a_micro_batch_gets_the_result_it_gets_alone(engines, jobs,
         for i, text in enumerate(job.texts):
             alone = engine.predict_many([Job(job.heads, [text])])[0]
             assert done.truncated[i] == alone.truncated[0]
+            assert done.windows[i] == alone.windows[0]
             for task, result in done.results.items():
                 kind = str(heads[task].spec.kind)
                 ref = alone.results[task].outputs[0]

@@ -210,9 +210,9 @@ def test_a_request_that_would_wait_past_the_deadline_is_refused_at_the_recent_pa
         batcher.start()
         try:
             await batcher.submit(heads, ["a"])  # before this, the pace is unknown
-            assert batcher._texts_per_s
+            assert batcher._rows_per_s
             # The deadline, in seconds, that this many texts take at the measured pace.
-            batcher._max_queue_wait = deadline_in_texts / batcher._texts_per_s
+            batcher._max_queue_wait = deadline_in_texts / batcher._rows_per_s
             return await asyncio.gather(
                 *(batcher.submit(heads, ["a", "b"]) for _ in range(6)), return_exceptions=True
             )

@@ -1,0 +1,359 @@
+"""Long texts read whole in overlapping windows, against cutting them: quality on real long texts,
+and what a window costs.
+
+Quality (in process, the serving engine on a built repository, no HTTP):
+- topic on the BBC test articles (the topic task's own split): accuracy and macro-F1 read whole
+  in windows of the served length, cut at the served length, and cut at 128 tokens (the length
+  the heads were trained at); the share of articles longer than the served length. Each pooling
+  rule for label scores (``WINDOW_POOLING``: mean probability, mean logit, max probability) and
+  each window overlap is tried, which is how the defaults were chosen (on these articles: the
+  test split, as the issue asks, so the choice is reported with every alternative's figure).
+- NER on long documents made by joining consecutive test sentences: entity F1 (exact type and
+  character span) read whole vs cut, and the recall of gold entities that start past the first
+  window against the recall of the same entities when their sentences are sent alone.
+- The check a user would make: a ~600-token article with a person's name in its last sentence,
+  through ``POST /predict/ner`` of a running ``mts serve`` with default settings and with
+  ``"truncate": true``.
+
+Cost (a running ``mts serve``, closed loop): one text of 1, 4 and 16 windows per request against
+the same tokens sent as separate texts of one window each, interleaved over rounds; texts/s,
+tokens/s, p50/p99.
+
+    python -m bench.long_texts --repo model-repo --out bench/results/long-texts.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from tokenizers import Tokenizer
+
+from bench.loadgen import Request, measure
+from multitask_serve.modelrepo.repository import ModelRepository
+from multitask_serve.service import postprocess
+from multitask_serve.service.app import create_app
+from multitask_serve.service.settings import Settings
+from multitask_serve.service.types import Job
+from multitask_serve.training.data import TextExample, TokenExample, load_dataset
+from multitask_serve.training.metrics import accuracy, macro_f1
+from support.results import write_results
+from support.servers import start_server, stop
+from support.stats import summary
+
+RULES = ("mean", "logits", "max")
+OVERLAPS = (0, 32, 64, 128)
+CHUNK = 16  # texts per engine call
+PERSON_SENTENCE = " The report was written by John Smith."
+PATH = "/predict/topic"
+
+
+def engine_for(repo: Path, **settings: Any) -> Any:
+    app = create_app(Settings(repository=repo, **settings), CollectorRegistry())
+    return app.state.services
+
+
+def predict(services: Any, task: str, texts: list[str], whole: bool) -> tuple[list[Any], list[int]]:
+    """Outputs and windows per text, in engine calls of ``CHUNK`` texts."""
+    head = services.registry.loaded([task])[task]
+    outputs, windows = [], []
+    for start in range(0, len(texts), CHUNK):
+        done = services.engine.predict_many(
+            [Job({task: head}, texts[start : start + CHUNK], whole)]
+        )
+        outputs.extend(done[0].results[task].outputs)
+        windows.extend(done[0].windows)
+    return outputs, windows
+
+
+def topic_scores(
+    services: Any, test: list[TextExample], whole: bool, labels: tuple[str, ...]
+) -> dict[str, float]:
+    outputs, _ = predict(services, "topic", [e.text for e in test], whole)
+    gold = [labels.index(e.label) for e in test]
+    pred = [labels.index(o["label"]) for o in outputs]
+    return {
+        "accuracy": round(accuracy(gold, pred), 4),
+        "macro_f1": round(macro_f1(gold, pred, len(labels)), 4),
+    }
+
+
+def topic(repo: Path) -> dict[str, Any]:
+    split = load_dataset("topic", seed=0)
+    test = [e for e in split.test if isinstance(e, TextExample)]
+    served = engine_for(repo)
+    labels = served.registry.loaded(["topic"])["topic"].spec.labels
+    encoder = served.engine._encoder
+    windows = encoder.encode([e.text for e in test], whole=True).windows
+    out: dict[str, Any] = {
+        "articles": len(test),
+        "served_length": encoder.max_length,
+        "longer_than_served_length": round(sum(n > 1 for n in windows) / len(test), 4),
+        "windows_per_article": {
+            "median": statistics.median(windows),
+            "max": max(windows),
+            "mean": round(statistics.fmean(windows), 3),
+        },
+        "cut_at_served_length": topic_scores(served, test, False, labels),
+        "cut_at_128": topic_scores(engine_for(repo, max_length=128), test, False, labels),
+    }
+    grid: dict[str, dict[str, Any]] = {}
+    default_rule = postprocess.WINDOW_POOLING
+    try:
+        for overlap in OVERLAPS:
+            services = engine_for(repo, window_overlap=overlap)
+            for rule in RULES:
+                postprocess.WINDOW_POOLING = rule
+                grid.setdefault(rule, {})[str(overlap)] = topic_scores(services, test, True, labels)
+                print("topic", rule, overlap, grid[rule][str(overlap)], flush=True)
+    finally:
+        postprocess.WINDOW_POOLING = default_rule
+    out["windowed_by_rule_and_overlap"] = grid
+    out["windowed_default"] = grid[default_rule][str(served.engine._encoder.overlap)]
+    return out
+
+
+def documents(
+    sentences: list[TokenExample], per_document: int
+) -> list[tuple[str, set[tuple[str, int, int]], list[int]]]:
+    """Consecutive test sentences joined into documents: the text, its gold entities as (type,
+    start, end) character spans, and where each sentence starts."""
+    docs = []
+    for first in range(0, len(sentences) - per_document + 1, per_document):
+        text, gold, starts = "", set(), []
+        for sentence in sentences[first : first + per_document]:
+            if text:
+                text += " "
+            starts.append(len(text))
+            offsets = []
+            for token in sentence.tokens:
+                offsets.append((len(text), len(text) + len(token)))
+                text += token + " "
+            text = text[:-1]
+            gold |= gold_spans(sentence.tags, offsets)
+        docs.append((text, gold, starts))
+    return docs
+
+
+def gold_spans(tags: tuple[str, ...], offsets: list[tuple[int, int]]) -> set[tuple[str, int, int]]:
+    """BIO tags over words -> (type, start, end) character spans (an ``I-`` that continues no
+    entity of its type starts one, as the service decodes)."""
+    spans: set[tuple[str, int, int]] = set()
+    current: tuple[str, int, int] | None = None
+    for tag, (start, end) in zip([*tags, "O"], [*offsets, (0, 0)], strict=True):
+        prefix, _, kind = tag.partition("-")
+        if current is not None and prefix == "I" and kind == current[0]:
+            current = (kind, current[1], end)
+            continue
+        if current is not None:
+            spans.add(current)
+            current = None
+        if prefix in ("B", "I") and kind:
+            current = (kind, start, end)
+    return spans
+
+
+def f1(gold: set[Any], found: set[Any]) -> dict[str, float]:
+    hit = len(gold & found)
+    precision = hit / len(found) if found else 0.0
+    recall = hit / len(gold) if gold else 0.0
+    score = 2 * precision * recall / (precision + recall) if hit else 0.0
+    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(score, 4)}
+
+
+def ner(repo: Path, per_document: int) -> dict[str, Any]:
+    split = load_dataset("ner", seed=0)
+    sentences = [e for e in split.test if isinstance(e, TokenExample)]
+    docs = documents(sentences, per_document)
+    served = engine_for(repo)
+    encoder = served.engine._encoder
+    # Sentences alone: the reference recall for entities wherever they sit in a document.
+    alone: set[tuple[int, str, int, int]] = set()
+    for d, (text, _, starts) in enumerate(docs):
+        parts = [
+            text[start : (starts[i + 1] - 1 if i + 1 < len(starts) else len(text))]
+            for i, start in enumerate(starts)
+        ]
+        outputs, _ = predict(served, "ner", parts, False)
+        for start, found in zip(starts, outputs, strict=True):
+            alone |= {(d, e["entity"], start + e["start"], start + e["end"]) for e in found}
+    gold = {(d, *span) for d, (_, spans, _) in enumerate(docs) for span in spans}
+    # Where each document's first window ends (characters): gold entities that start at or past
+    # it are the ones a cut text cannot find.
+    first_end = {}
+    for d, (text, _, _) in enumerate(docs):
+        e = encoder.encode([text], whole=False).batch.encodings[0]
+        first_end[d] = max(end for end in (o[1] for o in e.offsets))
+    late = {g for g in gold if g[2] >= first_end[g[0]]}
+    out: dict[str, Any] = {
+        "documents": len(docs),
+        "sentences_per_document": per_document,
+        "gold_entities": len(gold),
+        "gold_entities_past_first_window": len(late),
+        "sentences_alone": f1(gold, alone),
+        "recall_past_first_window": {"sentences_alone": f1(late, alone & late)["recall"]},
+    }
+    by_overlap = {}
+    for overlap in OVERLAPS:
+        services = (
+            served if overlap == encoder.overlap else engine_for(repo, window_overlap=overlap)
+        )
+        for whole in (True, False):
+            if not whole and overlap != encoder.overlap:
+                continue
+            outputs, windows = predict(services, "ner", [text for text, _, _ in docs], whole)
+            found = {
+                (d, e["entity"], e["start"], e["end"]) for d, o in enumerate(outputs) for e in o
+            }
+            scores = f1(gold, found)
+            scores["recall_past_first_window"] = f1(late, found & late)["recall"]
+            if whole:
+                scores["windows_per_document"] = statistics.median(windows)
+                by_overlap[str(overlap)] = scores
+            else:
+                out["cut"] = scores
+            print("ner", overlap, whole, scores, flush=True)
+    out["windowed_by_overlap"] = by_overlap
+    out["windowed_default"] = by_overlap[str(encoder.overlap)]
+    late_recall = out["recall_past_first_window"]
+    late_recall["windowed"] = out["windowed_default"]["recall_past_first_window"]
+    late_recall["cut"] = out["cut"]["recall_past_first_window"]
+    return out
+
+
+def person_at_the_end(repo: Path, url: str) -> dict[str, Any]:
+    """A ~600-token article whose last sentence names a person, through a running server."""
+    import httpx
+
+    split = load_dataset("topic", seed=0)
+    article = next(
+        e.text for e in split.test if isinstance(e, TextExample) and 2400 <= len(e.text) <= 3200
+    )
+    text = article.rstrip() + PERSON_SENTENCE
+    at = text.rindex("John Smith")
+    out: dict[str, Any] = {
+        "characters": len(text),
+        "tokens": len(token_offsets(repo, text)),
+        "name_at": [at, at + len("John Smith")],
+        "text": text,
+    }
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for name, body in (
+            ("default", {"inputs": text}),
+            ("truncate", {"inputs": text, "truncate": True}),
+        ):
+            answer = client.post("/predict/ner", json=body).json()
+            persons = [e for e in answer["outputs"] if e["start"] >= at - 1]
+            out[name] = {
+                "windows": answer["windows"],
+                "truncated": answer["truncated"],
+                "entities_in_last_sentence": persons,
+                "found_the_name": any(text[e["start"] : e["end"]] == "John Smith" for e in persons),
+            }
+    return out
+
+
+def cost_table(repo: Path, url: str, seconds: float, rounds: int, in_flight: int) -> dict[str, Any]:
+    """One text of 1, 4 and 16 windows per request against the same tokens as texts of one
+    window each (cut at window-sized token boundaries), interleaved over ``rounds``."""
+    services = engine_for(repo)
+    encoder = services.engine._encoder
+    split = load_dataset("topic", seed=0)
+    stream = " ".join(e.text for e in split.test[:40] if isinstance(e, TextExample))
+    offsets = token_offsets(repo, stream)
+    capacity, step = encoder.capacity, encoder.capacity - encoder.overlap
+    shapes: dict[str, Any] = {}
+    requests: dict[tuple[int, str], tuple[dict[str, Any], int]] = {}
+    for windows in (1, 4, 16):
+        n = capacity + (windows - 1) * step
+        text = stream[: offsets[n - 1][1]]
+        pieces = [
+            stream[offsets[i][0] : offsets[min(i + capacity, n) - 1][1]]
+            for i in range(0, n, capacity)
+        ]
+        taken = encoder.encode([text], whole=True).windows[0]
+        shapes[str(windows)] = {"tokens": n, "windows": taken, "pieces": len(pieces)}
+        requests[(windows, "windowed")] = ({"inputs": [text]}, 1)
+        requests[(windows, "pieces")] = ({"inputs": pieces}, len(pieces))
+    seen: dict[tuple[int, str], list[dict[str, float]]] = {key: [] for key in requests}
+    for _ in range(rounds):
+        for key, (body, texts) in requests.items():
+            run = measure(url, same(body, texts), seconds, in_flight)
+            seen[key].append(
+                {
+                    "requests_per_s": run.requests_per_s,
+                    "tokens_per_s": run.requests_per_s * shapes[str(key[0])]["tokens"],
+                    "p50_ms": run.percentile_ms(50),
+                    "p99_ms": run.percentile_ms(99),
+                }
+            )
+            print("cost", key, seen[key][-1], flush=True)
+    for (windows, side), runs in seen.items():
+        shapes[str(windows)][side] = {k: summary([r[k] for r in runs]) for k in runs[0]}
+    for shape in shapes.values():
+        shape["windowed_vs_pieces_tokens_per_s"] = round(
+            shape["windowed"]["tokens_per_s"]["median"] / shape["pieces"]["tokens_per_s"]["median"],
+            3,
+        )
+    return {
+        "served_length": encoder.max_length,
+        "overlap": encoder.overlap,
+        "in_flight": in_flight,
+        "seconds": seconds,
+        "rounds": rounds,
+        "shapes": shapes,
+    }
+
+
+def same(body: dict[str, Any], texts: int) -> Callable[[int], Request]:
+    """Request i, whatever i: the same body every time."""
+    return lambda i: (PATH, body, texts)
+
+
+def token_offsets(repo: Path, text: str) -> list[tuple[int, int]]:
+    """Every token's character span in ``text`` (special tokens aside, nothing cut)."""
+    tokenizer = Tokenizer.from_file(str(ModelRepository(repo).tokenizer_path))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return list(tokenizer.encode(text, add_special_tokens=False).offsets)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo", type=Path, default=Path("model-repo"))
+    parser.add_argument("--sentences-per-document", type=int, default=24)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/long-texts.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    results: dict[str, Any] = {
+        "command": "python -m bench.long_texts "
+        f"--repo {args.repo} --sentences-per-document {args.sentences_per_document} "
+        f"--seconds {args.seconds} --rounds {args.rounds} --in-flight {args.in_flight}",
+    }
+    if not args.skip_quality:
+        started = time.perf_counter()
+        results["topic"] = topic(args.repo)
+        results["ner"] = ner(args.repo, args.sentences_per_document)
+        results["quality_seconds"] = round(time.perf_counter() - started, 1)
+    proc, url = start_server(args.repo)
+    try:
+        results["person_at_the_end"] = person_at_the_end(args.repo, url)
+        results["cost"] = cost_table(args.repo, url, args.seconds, args.rounds, args.in_flight)
+    finally:
+        stop(proc)
+    write_results(args.out, results)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
