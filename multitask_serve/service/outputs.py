@@ -201,12 +201,14 @@ class EntitySpans(OutputForm[Spans]):
                 raise AssertionError(f"a window holds {len(held)} tokens, its layout {len(span)}")
         probs = [softmax(raw) for raw in windowed.raws]
         picks = [(w, content[w][at]) for w, at in owners(windowed.layout)]
-        encodings = windowed.encodings
+        # An Encoding makes a new list at each read of offsets or word_ids: read each once.
+        offsets = [e.offsets for e in windowed.encodings]
+        word_ids = [e.word_ids for e in windowed.encodings]
         return entities(
             windowed.text,
             np.stack([probs[w][i] for w, i in picks]),
-            [encodings[w].offsets[i] for w, i in picks],
-            [encodings[w].word_ids[i] for w, i in picks],
+            [offsets[w][i] for w, i in picks],
+            [word_ids[w][i] for w, i in picks],
             spec.labels,
         )
 

@@ -58,14 +58,17 @@ def owners(spans: list[Window]) -> list[tuple[int, int]]:
     window in which it has the most context on both sides."""
     n = spans[-1].stop
     best: list[tuple[int, int]] = []
+    first = 0  # the first window that has not ended before the token (windows start in order)
     for token in range(n):
+        while spans[first].stop <= token:
+            first += 1
         chosen, context = -1, -1
-        for i, span in enumerate(spans):
-            if span.start <= token < span.stop:
-                here = min(token - span.start, span.stop - 1 - token)
-                if here > context:
-                    chosen, context = i, here
-            elif span.start > token:
+        for i in range(first, len(spans)):
+            span = spans[i]
+            if span.start > token:
                 break
+            here = min(token - span.start, span.stop - 1 - token)
+            if here > context:
+                chosen, context = i, here
         best.append((chosen, token - spans[chosen].start))
     return best

@@ -16,6 +16,7 @@ from multitask_serve.service.batcher import Batcher
 from multitask_serve.service.errors import Overloaded
 from multitask_serve.service.types import Job
 from tests.conftest import make_settings
+from tests.factories import WORDS
 
 TEXTS = ["john scored a great goal in the final match at paris", "ok", "the bank rates fell"]
 
@@ -76,7 +77,8 @@ def test_a_small_request_alone_runs_on_the_event_loop_and_requests_read_together
         return predict_many(jobs)
 
     monkeypatch.setattr(engine, "predict_many", spy)
-    long_text = "word " * 400  # about 500 estimated tokens
+    # Over 256 estimated tokens (characters / 4), and a few windows of the tiny trunk's 64.
+    long_text = " ".join(WORDS[i % len(WORDS)] for i in range(300))
 
     def batches(requests, max_wait_s=0.0, inline=256):
         async def main():

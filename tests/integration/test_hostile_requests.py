@@ -72,10 +72,13 @@ def test_odd_but_valid_texts_are_answered_for_every_kind(client, admin, archives
         assert text[span["start"] : span["end"]] == span["text"]
 
 
-def test_a_text_as_large_as_the_body_limit_is_truncated_and_reported(client):
+def test_a_text_as_large_as_the_body_limit_is_refused_by_the_window_cap_or_cut_on_request(client):
     size = client.app.state.services.settings.max_body_bytes - 100
-    r = client.post(PREDICT, json={"inputs": ["go " * (size // 3)]})
-    assert r.status_code == 200 and r.json()["truncated"] == [True]
+    text = "go " * (size // 3)
+    r = client.post(PREDICT, json={"inputs": ["ok", text]})
+    assert r.status_code == 413 and "inputs[1] needs" in r.json()["error"]["message"]
+    r = client.post(PREDICT, json={"inputs": [text], "truncate": True})
+    assert r.status_code == 200 and r.json()["truncated"] == [True] and r.json()["windows"] == [1]
 
 
 def test_an_input_that_breaks_the_engine_fails_only_its_own_request_not_its_batch(client):

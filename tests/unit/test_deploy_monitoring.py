@@ -92,6 +92,7 @@ def test_every_task_has_only_its_request_counter_the_other_per_task_series_are_r
     assert per_task == {
         "mts_requests_total",
         "mts_head_load_failures_total",  # only for a refused head
+        "mts_long_texts_total",  # only for a task that got a text longer than the served length
         "mts_shadow_texts_total",  # only for a task with a shadow candidate (few)
         "mts_shadow_agreements_total",
         "mts_shadow_head_duration_seconds_bucket",

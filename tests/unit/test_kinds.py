@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from multitask_serve.modelrepo.types import KINDS, HeadSpec, Kind, SpecError
 from multitask_serve.service import oip
 from multitask_serve.service.outputs import FORMS
-from multitask_serve.service.types import TaskResult
+from multitask_serve.service.types import JobResult, TaskResult
 
 HIDDEN = 8
 LABELS = {
@@ -52,11 +54,14 @@ def test_oip_metadata_derives_from_the_table(kind):
     spec = head(kind)
     meta = oip.outputs_meta(spec)
     tensors = oip.TENSORS[KINDS[kind].decode]
-    assert [m["name"] for m in meta] == [t.name for t in tensors] + ["truncated"]
+    assert [m["name"] for m in meta] == [t.name for t in tensors] + ["truncated", "windows"]
     for m, t in zip(meta, tensors, strict=False):
         assert m["datatype"] == t.datatype
         assert m["shape"] == ([-1, spec.output_width] if t.wide else [-1])
-    assert meta[-1] == {"name": "truncated", "datatype": "BOOL", "shape": [-1]}
+    assert meta[-2:] == [
+        {"name": "truncated", "datatype": "BOOL", "shape": [-1]},
+        {"name": "windows", "datatype": "INT32", "shape": [-1]},
+    ]
 
 
 def test_oip_metadata_stays_what_it_was():
@@ -65,12 +70,12 @@ def test_oip_metadata_stays_what_it_was():
         "datatype": "FP32",
         "shape": [-1, HIDDEN],
     }
-    assert oip.outputs_meta(head(Kind.TOKEN_CLASSIFICATION))[:-1] == [
+    assert oip.outputs_meta(head(Kind.TOKEN_CLASSIFICATION))[:-2] == [
         {"name": "entities", "datatype": "BYTES", "shape": [-1]}
     ]
     for kind in (Kind.ZERO_SHOT, Kind.SEQUENCE_CLASSIFICATION):
         n = len(LABELS[kind])
-        assert oip.outputs_meta(head(kind))[:-1] == [
+        assert oip.outputs_meta(head(kind))[:-2] == [
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
             {"name": "score", "datatype": "FP32", "shape": [-1]},
             {"name": "scores", "datatype": "FP32", "shape": [-1, n]},
@@ -90,22 +95,24 @@ def test_oip_tensors_follow_the_metadata():
         * 2,
         Kind.TOKEN_CLASSIFICATION: [[], [{"entity": "PER", "start": 0, "end": 4}]],
     }
+    done = JobResult({}, truncated=[False, True], windows=[1, 3])
     for kind in Kind:
         spec = head(kind)
-        made = oip._tensors(spec, TaskResult("t", 1, str(kind), rows[kind]), [False, True])
+        made = oip._tensors(spec, TaskResult("t", 1, str(kind), rows[kind]), done)
         meta = oip.outputs_meta(spec)
         assert [(t.name, t.datatype) for t in made] == [(m["name"], m["datatype"]) for m in meta]
         assert [t.shape for t in made] == [[2, *m["shape"][1:]] for m in meta]
         for t in made:
             size = 2 * (t.shape[1] if len(t.shape) == 2 else 1)
             assert len(t.data) == size
-    (label, score, scores, truncated) = oip._tensors(
+    (label, score, scores, truncated, windows) = oip._tensors(
         head(Kind.SEQUENCE_CLASSIFICATION),
         TaskResult("t", 1, "sequence-classification", rows[Kind.SEQUENCE_CLASSIFICATION]),
-        [False, True],
+        done,
     )
     assert label.data == ["pos", "pos"] and score.data == [0.5, 0.5]
     assert scores.data == [0.25, 0.25, 0.5] * 2 and truncated.data == [False, True]
+    assert windows.data == [1, 3] and windows.encode(True)[1] == struct.pack("<2i", 1, 3)
 
 
 @pytest.mark.parametrize("kind", list(Kind))
