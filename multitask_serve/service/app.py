@@ -154,7 +154,8 @@ def create_app(
         settings.max_queue_wait_seconds,
         shadows.runner,
         settings.batch_inline_max_tokens,
-        encoder.windows,
+        # A text past MTS_MAX_WINDOWS is refused by the engine, so it counts as that many.
+        lambda tokens: min(encoder.windows(tokens), settings.max_windows or tokens),
     )
     # Head loads (validation, session, probe inference) run here, off the request threads, at
     # most max_concurrent_loads at a time, at a lower CPU priority than serving.

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from multitask_serve.service.engine import Engine
-from multitask_serve.service.errors import Overloaded, Unavailable
+from multitask_serve.service.errors import Overloaded, TooLarge, Unavailable
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.residency import LoadedHead
 from multitask_serve.service.shadow import ShadowRunner, ShadowWork
@@ -176,7 +176,7 @@ class Batcher:
             await self._execute(loop, [entry])
             return await entry.future
         rows, tokens = self._weigh(texts, whole)
-        self._admit(rows)
+        self._admit(rows, len(texts))
         if (
             self._outstanding == 0
             and rows <= self._max_texts
@@ -186,8 +186,15 @@ class Batcher:
             return self._run_inline(Job(heads, texts, whole))
         return await self._queue_and_join(heads, texts, whole)
 
-    def _admit(self, rows: int) -> None:
-        """Raises Overloaded when ``rows`` more would pass the queue's bounds."""
+    def _admit(self, rows: int, texts: int) -> None:
+        """Raises Overloaded when ``rows`` more would pass the queue's bounds; TooLarge when its
+        long texts' windows would pass them even with nothing queued (retrying cannot help)."""
+        if rows > max(self._max_queued, texts):
+            raise TooLarge(
+                f"the texts are estimated at {rows} rows, a long text once per window; the "
+                f"queue holds {self._max_queued} (MTS_MAX_QUEUED_TEXTS): send fewer or shorter "
+                "texts, or truncate"
+            )
         if self._queued + rows > self._max_queued:
             # Beyond the bound a request would only wait longer than any client will: refuse it
             # now, cheaply, and let the client back off.

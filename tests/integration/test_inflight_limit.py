@@ -45,13 +45,13 @@ class Held:
         batcher = client.app.state.services.predictor.batcher  # type: ignore[attr-defined]
         submit = batcher.submit
 
-        async def held(heads, texts):
+        async def held(heads, texts, whole=True):
             if self.tickets > 0:
                 self.tickets -= 1
                 self.entered.release()
                 while not self.release.is_set():
                     await asyncio.sleep(0.005)
-            return await submit(heads, texts)
+            return await submit(heads, texts, whole)
 
         batcher.submit = held
         self.pool = ThreadPoolExecutor(4)

@@ -199,8 +199,8 @@ def test_the_server_default_can_cut_and_the_queue_counts_windows(long_repo):
         cut = client.post("/predict/sentiment", json={"inputs": text}).json()
         assert cut["truncated"] is True and cut["windows"] == 1
         whole = client.post("/predict/sentiment", json={"inputs": text, "truncate": False})
-        # 300 words take more windows than the six texts the queue holds.
-        assert whole.status_code == 429 and "per window" in whole.json()["error"]["message"]
+        # 300 words take more windows than the six texts the queue holds: no retry can help.
+        assert whole.status_code == 413 and "once per window" in whole.json()["error"]["message"]
         fits = client.post(
             "/predict/sentiment", json={"inputs": long_text(80, 2), "truncate": False}
         )

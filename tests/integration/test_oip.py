@@ -61,6 +61,7 @@ def test_server_and_model_metadata_describe_every_served_task(client):
         "score": ("FP32", [-1]),
         "scores": ("FP32", [-1, len(TOPIC_LABELS)]),
         "truncated": ("BOOL", [-1]),
+        "windows": ("INT32", [-1]),
     }
     assert meta["parameters"]["labels"] == list(TOPIC_LABELS)
     embed = client.get("/v2/models/embed/versions/1").json()
@@ -82,6 +83,7 @@ def test_json_inference_answers_what_predict_answers(client):
     expected = [[o["scores"][label] for label in TOPIC_LABELS] for o in native]
     assert np.array_equal(got["scores"].reshape(2, -1), np.array(expected, dtype=np.float32))
     assert got["truncated"].tolist() == [False, False]
+    assert got["windows"].tolist() == [1, 1]
     assert (
         client.post("/v2/models/topic-zs/infer", json=infer_body(TEXTS, id="r1")).json()["id"]
         == "r1"

@@ -79,7 +79,7 @@ def test_real_trunk_segments_are_bit_identical_to_the_whole_graph(default_repo):
     assert isinstance(whole, ort.InferenceSession) and segmented.cuts == (0, 2, 4, 5, 6)
     encoder = TextEncoder(repo.tokenizer_path, spec.max_length, spec.input_names)
     texts = ["Shares fell.", "The striker scored twice in the cup final, his 20th goal.", "ok"]
-    feeds = encoder.encode(texts).feeds
+    feeds = encoder.encode(texts).batch.feeds
     names = [tap_name(i) for i in range(spec.num_layers + 1)]
     got = segmented.run(feeds, names)
     for name, expected in zip(names, whole.run(names, feeds), strict=True):

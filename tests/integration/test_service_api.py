@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from multitask_serve.service.app import LOAD_NICENESS
-from tests.factories import NER_LABELS, TINY_HIDDEN
+from tests.factories import NER_LABELS, TINY_HIDDEN, WORDS
 
 TEXTS = ["john scored a great goal in the final", "the bank rates fell", "i love paris"]
 
@@ -79,9 +79,13 @@ def test_a_batch_equals_its_texts_served_alone_within_tolerance(client):
     assert diff <= 1e-5
 
 
-def test_long_texts_are_truncated_and_say_so(client):
-    out = predict(client, "embed", ["word " * 500, "short"])
-    assert out["truncated"] == [True, False]
+def test_long_texts_are_read_in_windows_or_cut_on_request_and_say_so(client):
+    long = " ".join(WORDS * 3)  # a few windows of the tiny trunk's 64 tokens
+    out = predict(client, "embed", [long, "short"])
+    assert out["truncated"] == [False, False] and out["windows"][0] > 2 and out["windows"][1] == 1
+    body = {"inputs": [long, "short"], "truncate": True}
+    cut = client.post("/predict/embed", json=body).json()
+    assert cut["truncated"] == [True, False] and cut["windows"] == [1, 1]
 
 
 def test_metrics_count_requests_per_task_and_time_them_per_stage_and_kind(client):
