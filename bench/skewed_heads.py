@@ -10,6 +10,8 @@ phase, phases interleaved over ``--rounds``:
 
 - ``budget``: every head stored, ``MTS_HEAD_MEMORY_MB`` a fifth of the heads' bytes;
 - ``budget-uncompiled``: the same without the replica's compiled heads (``MTS_HEAD_CACHE_MB=0``);
+- ``budget-trim-evicted``: the same with freed heap given back by the earlier rule
+  (``MTS_HEAP_TRIM=evicted``: per 64 MiB of heap-held heads evicted, not once 32 MiB is free);
 - ``all-loaded``: the same traffic with every head loaded (no budget);
 - ``hot-3-stored``: only the three most requested heads stored, traffic over those three;
 - ``hot-1000-stored``: every head stored (budget as above), traffic over the same three.
@@ -48,7 +50,14 @@ from support.servers import Sampler, cpu_seconds, start_server, stop, wait_idle
 from support.stats import percentile, summary
 
 MIB = 1 << 20
-PHASES = ("budget", "budget-uncompiled", "all-loaded", "hot-3-stored", "hot-1000-stored")
+PHASES = (
+    "budget",
+    "budget-uncompiled",
+    "budget-trim-evicted",
+    "all-loaded",
+    "hot-3-stored",
+    "hot-1000-stored",
+)
 
 
 def make_repo(source: Path, dest: Path, heads: int, big: int, big_from: str) -> dict[str, str]:
@@ -293,6 +302,7 @@ def main() -> None:
         plans = {
             "budget": (every, budget, wide),
             "budget-uncompiled": (every, budget | {"MTS_HEAD_CACHE_MB": "0"}, wide),
+            "budget-trim-evicted": (every, budget | {"MTS_HEAP_TRIM": "evicted"}, wide),
             "all-loaded": (every, common, wide),
             "hot-3-stored": (three, common, narrow),
             "hot-1000-stored": (every, budget, narrow),

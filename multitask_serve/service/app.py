@@ -124,11 +124,13 @@ def create_app(
         pinned=settings.pinned_tasks,
         policy=POLICIES[settings.head_eviction](),
         compiled=compiled,
+        heap_trim=settings.heap_trim,
     )
     # Shadow candidates run on one thread of their own at the loads' lower CPU priority.
     shadow_thread = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_background)
     shadows = Shadows(registry, engine.run_shadow, metrics, shadow_thread)
     failed = registry.load_repository()
+    registry.residency.mark_baseline()
     shadows.sync()
     log.info(
         "trunk %s (%s, %s %s%s), %d heads served, %d loaded%s",

@@ -184,6 +184,12 @@ class Metrics:
             ["task"],
             registry=registry,
         )
+        self.heap_trims = Counter(
+            "mts_heap_trims",
+            "Freed heap given back to the OS because resident memory passed what the loaded "
+            "heads account for (MTS_HEAP_TRIM=resident).",
+            registry=registry,
+        )
         self.heads_served = Gauge(
             "mts_heads_served", "Tasks served (each stored task's current head).", registry=registry
         )

@@ -90,6 +90,7 @@ class HeadRegistry:
         pinned: Iterable[str] = (),
         policy: Policy | None = None,
         compiled: CompiledHeads | None = None,
+        heap_trim: str = "resident",
     ) -> None:
         """``loads`` runs on-demand loads; ``budget`` bounds the loaded heads' bytes (None: every
         head loaded); ``pinned`` tasks are loaded at start and never evicted; ``compiled``
@@ -107,7 +108,14 @@ class HeadRegistry:
         # Pinned by MTS_PINNED_TASKS: the admin API cannot unpin them.
         self._configured_pins = frozenset(pinned)
         self.residency = Residency(
-            self.load_stored, loads, metrics, budget, pinned, policy, current=self._served_version
+            self.load_stored,
+            loads,
+            metrics,
+            budget,
+            pinned,
+            policy,
+            current=self._served_version,
+            heap_trim=heap_trim,
         )
         metrics.heads_served.set_function(lambda: len(self._heads))
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from multitask_serve.modelrepo.types import HeadSpec
+from multitask_serve.service.memory import resident_bytes
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.sessions import HeadSession, release_freed_memory
 
@@ -39,7 +40,14 @@ log = logging.getLogger(__name__)
 # optimised graph's copies): the measured envelope of every kind and depth.
 SESSION_BYTES = 256 * 1024
 GRAPH_FACTOR = 1.04
-# Freed heap goes back to the OS once this much has been evicted since the last time.
+# The resident rule: after evictions, at most this often, resident memory is compared with the
+# baseline plus the loaded heads; over it by the slack (the larger of the bytes and the share of
+# the budget), freed heap goes back to the OS.
+TRIM_CHECK_SECONDS = 0.25
+TRIM_SLACK_BYTES = 32 << 20
+TRIM_SLACK_SHARE = 20  # 5%
+# The evicted rule: freed heap goes back to the OS once this much has been evicted since the last
+# time (heads mapped from compiled files aside).
 TRIM_AFTER_EVICTED_BYTES = 64 << 20
 
 
@@ -154,9 +162,14 @@ class Residency:
         pinned: Iterable[str] = (),
         policy: Policy | None = None,
         current: Callable[[str], int | None] = lambda task: None,
+        heap_trim: str = "resident",
     ) -> None:
         """``current`` names the version served for a task now: a load that finishes after its
-        task changed is answered to its requests but not held."""
+        task changed is answered to its requests but not held. ``heap_trim``: when freed heap
+        goes back to the OS (``_evict``)."""
+        self._heap_trim = heap_trim
+        self._baseline: int | None = None  # resident bytes with no head loaded on demand
+        self._trim_checked = 0.0  # when resident memory was last compared (``resident`` rule)
         self._load, self._executor, self._metrics = load, executor, metrics
         self._current = current
         self.budget = budget
@@ -292,8 +305,31 @@ class Residency:
         for name in evicted:
             self._metrics.head_evictions.inc()
             log.debug("evicted %s to load %s", name, task)
-        if trim:
+        if not trim:
+            return
+        if self._heap_trim == "evicted":
             self._executor.submit(release_freed_memory)
+            return
+        now = time.monotonic()
+        if now - self._trim_checked >= TRIM_CHECK_SECONDS:
+            self._trim_checked = now
+            self._executor.submit(self._trim_if_over)
+
+    def mark_baseline(self) -> None:
+        """Take the resident memory now, before any head is loaded on demand, as what the
+        ``resident`` rule adds the loaded heads' bytes to."""
+        self._baseline = resident_bytes() - self._bytes
+
+    def _trim_if_over(self) -> None:
+        """Give freed heap back to the OS when resident memory passes what the loaded heads and
+        the loads under way account for, over the baseline, by more than the slack."""
+        if self._baseline is None or self.budget is None:
+            return
+        with self._lock:
+            expected = self._baseline + self._bytes + self._reserved
+        if resident_bytes() > expected + max(TRIM_SLACK_BYTES, self.budget // TRIM_SLACK_SHARE):
+            release_freed_memory()
+            self._metrics.heap_trims.inc()
 
     def drop(self, task: str) -> None:
         """Unload ``task``'s head (it is no longer served, or another version is)."""
@@ -316,10 +352,14 @@ class Residency:
 
     def _evict(self, keep: str | None) -> tuple[list[str], bool]:
         """Evict heads other than ``keep`` until the loaded ones and the loads under way fit the
-        budget; returns them, and whether freed heap should now go back to the OS: what evicted
-        sessions held in the heap (those no batch still runs) goes back, not into glibc's free
-        lists, where RSS would creep past the budget load after load; off the request's path,
-        once per TRIM_AFTER_EVICTED_BYTES evicted (a trim of a large heap takes a while)."""
+        budget; returns them, and whether freed heap should now go back to the OS, not stay in
+        glibc's free lists, where RSS would creep past the budget load after load. Off the
+        request's path. The ``resident`` rule (the default) compares resident memory with what
+        the loaded heads account for after evictions, at most every TRIM_CHECK_SECONDS, and
+        trims when it is over by the slack, whatever freed the heap (evicted sessions, graphs
+        that loads and compilations parsed); ``evicted`` trims once per
+        TRIM_AFTER_EVICTED_BYTES of heap-held heads evicted (a trim of a large heap takes a
+        while)."""
         if self.budget is None:
             return [], False
         evicted = []
@@ -333,6 +373,8 @@ class Residency:
                 self._evicted_bytes += head.size
             self._drop(victim)
             evicted.append(victim)
+        if self._heap_trim != "evicted":
+            return evicted, bool(evicted)
         trim = self._evicted_bytes >= TRIM_AFTER_EVICTED_BYTES
         if trim:
             self._evicted_bytes = 0

@@ -133,6 +133,13 @@ class Settings(BaseSettings):
     # Which loaded head goes first when room is needed: "gds" (GreedyDual-Size: recency, uses,
     # size and load time; measured better than "lru" on a skewed trace, bench/eviction.py) or "lru".
     head_eviction: Literal["gds", "lru"] = "gds"
+    # When a replica loading heads on demand gives freed heap back to the OS (glibc's
+    # malloc_trim, off the request's path): "resident" when its resident memory passes the
+    # loaded heads' bytes over what it held at start by 5% of MTS_HEAD_MEMORY_MB (at least 32
+    # MiB), whatever freed the heap (evicted heads, graphs that loads and compilations parsed);
+    # "evicted" once 64 MiB of heads held in the heap were evicted, the earlier rule, kept to
+    # compare (bench/skewed_heads.py).
+    heap_trim: Literal["resident", "evicted"] = "resident"
     # With MTS_HEAD_MEMORY_MB, where this replica keeps heads compiled for its CPU (local disk,
     # never the shared repository; service/compiled.py): an evicted head with copied layers loads
     # again from there ~2x cheaper (bench/cold_loads.py). Unset: a temporary folder, removed at

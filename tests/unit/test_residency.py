@@ -56,6 +56,7 @@ def table(
     pinned: tuple[str, ...] | list[str] = (),
     policy: Policy | None = None,
     workers: int = 4,
+    heap_trim: str = "resident",
 ) -> tuple[Residency, FakeLoads, Callable[..., float | None]]:
     loads = FakeLoads()
     metrics = Metrics(CollectorRegistry())
@@ -67,6 +68,7 @@ def table(
         pinned,
         policy,
         current=lambda task: loads.current.get(task, 1),
+        heap_trim=heap_trim,
     )
     return residency, loads, metrics.registry.get_sample_value
 
@@ -225,9 +227,44 @@ def test_freed_heap_goes_back_after_heap_held_heads_are_evicted_not_mapped_ones(
     trims = []
     monkeypatch.setattr(module, "release_freed_memory", lambda: trims.append(1))
     size = module.TRIM_AFTER_EVICTED_BYTES // 4
-    residency, loads, _ = table(2 * size, policy=LRU(), workers=1)
+    residency, loads, _ = table(2 * size, policy=LRU(), workers=1, heap_trim="evicted")
     loads.mapped = mapped
     for i in range(12):  # 10 evictions, 2.5x the trim threshold
         residency.acquire_now({f"h{i}": served(f"h{i}", size=size)})
     residency._executor.shutdown(wait=True)
     assert len(trims) == (0 if mapped else 2)
+
+
+def test_freed_heap_goes_back_when_resident_memory_passes_what_the_loaded_heads_account_for(
+    monkeypatch,
+):
+    """The resident rule: after evictions (at most every TRIM_CHECK_SECONDS), a trim when resident
+    memory is over the baseline plus the loaded heads' bytes by more than the slack, and only
+    then, whatever the heads are."""
+    from multitask_serve.service import residency as module
+
+    trims = []
+    monkeypatch.setattr(module, "release_freed_memory", lambda: trims.append(1))
+    monkeypatch.setattr(module, "TRIM_CHECK_SECONDS", 0.0)
+    resident = [1000 << 20]
+    monkeypatch.setattr(module, "resident_bytes", lambda: resident[0])
+    size = 10 << 20
+    residency, loads, sample = table(2 * size, policy=LRU(), workers=1)
+    loads.mapped = True  # the rule looks at memory, not at how heads hold it
+    residency.mark_baseline()  # 1000 MiB, nothing loaded
+
+    def load(i: int, extra: int) -> None:
+        # What the process holds once head i is in: the baseline, the two loaded heads, extra.
+        resident[0] = (1000 << 20) + min(i + 1, 2) * size + extra
+        residency.acquire_now({f"h{i}": served(f"h{i}", size=size)})
+
+    for i in range(4):  # evictions from the third load on; memory as the heads account for it
+        load(i, extra=0)
+    residency._executor.submit(lambda: None).result()
+    assert trims == []
+    load(4, extra=module.TRIM_SLACK_BYTES + (1 << 20))  # freed heap left resident: over the slack
+    residency._executor.submit(lambda: None).result()
+    assert trims == [1] and sample("mts_heap_trims_total") == 1
+    load(5, extra=module.TRIM_SLACK_BYTES - (1 << 20))  # under it
+    residency._executor.submit(lambda: None).result()
+    assert trims == [1]
