@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,7 +43,7 @@ GRAPH_FACTOR = 1.04
 # The resident rule: after evictions, at most this often, resident memory is compared with the
 # baseline plus the loaded heads; over it by the slack (the larger of the bytes and the share of
 # the budget), freed heap goes back to the OS.
-TRIM_CHECK_SECONDS = 0.25
+TRIM_CHECK_SECONDS = 1.0
 TRIM_SLACK_BYTES = 32 << 20
 TRIM_SLACK_SHARE = 20  # 5%
 # The evicted rule: freed heap goes back to the OS once this much has been evicted since the last
@@ -170,6 +170,7 @@ class Residency:
         self._heap_trim = heap_trim
         self._baseline: int | None = None  # resident bytes with no head loaded on demand
         self._trim_checked = 0.0  # when resident memory was last compared (``resident`` rule)
+        self._trims = ThreadPoolExecutor(1, thread_name_prefix="heap-trim")
         self._load, self._executor, self._metrics = load, executor, metrics
         self._current = current
         self.budget = budget
@@ -313,7 +314,8 @@ class Residency:
         now = time.monotonic()
         if now - self._trim_checked >= TRIM_CHECK_SECONDS:
             self._trim_checked = now
-            self._executor.submit(self._trim_if_over)
+            # Its own thread: a trim must not hold up the loads that requests wait on.
+            self._trims.submit(self._trim_if_over)
 
     def mark_baseline(self) -> None:
         """Take the resident memory now, before any head is loaded on demand, as what the

@@ -66,11 +66,11 @@ class Settings(BaseSettings):
     # The server's default for requests that do not say (OpenAI's embeddings; TEI keeps its own
     # truncate, false by default: refused).
     truncate: bool = False
-    # Tokens neighbouring windows share. Unset: 96, or half a window when that is less.
+    # Tokens neighbouring windows share. Unset: 32, or half a window when that is less.
     window_overlap: NonNegativeInt | None = None
     # Windows one text may take; a longer text gets 413 naming it (or is cut, when its request
     # asks for truncation). Bounds what one text can claim: 32 windows of 256 tokens read about
-    # 5,150 tokens of text with the default overlap (the longest BBC test article, ~4,400, fits).
+    # 7,100 tokens of text with the default overlap (the longest BBC test article takes 20).
     # 0: no limit.
     max_windows: NonNegativeInt = 32
     # Texts in one request. Bounds the memory and latency one client can claim.

@@ -18,9 +18,11 @@ from multitask_serve.service.types import TokenizedBatch
 from multitask_serve.service.windows import count
 
 # Tokens two neighbouring windows share, by default: a token takes its answer from a window in
-# which it has at least half this many tokens of context on either side. Chosen by entity F1 on
-# documents of validation sentences among 0, 32, 64, 96 and 127 (bench/long_texts.py).
-DEFAULT_OVERLAP = 96
+# which it has at least half this many tokens of context on either side. Chosen on documents of
+# validation sentences among 0, 32, 64, 96 and 127: the smallest within a point of the best
+# entity F1 (0 is 3 points lower; 32 to 96 are level, and each step costs windows), by
+# bench/long_texts.py.
+DEFAULT_OVERLAP = 32
 
 
 @dataclass(frozen=True)

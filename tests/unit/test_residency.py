@@ -260,11 +260,11 @@ def test_freed_heap_goes_back_when_resident_memory_passes_what_the_loaded_heads_
 
     for i in range(4):  # evictions from the third load on; memory as the heads account for it
         load(i, extra=0)
-    residency._executor.submit(lambda: None).result()
+    residency._trims.submit(lambda: None).result()
     assert trims == []
     load(4, extra=module.TRIM_SLACK_BYTES + (1 << 20))  # freed heap left resident: over the slack
-    residency._executor.submit(lambda: None).result()
+    residency._trims.submit(lambda: None).result()
     assert trims == [1] and sample("mts_heap_trims_total") == 1
     load(5, extra=module.TRIM_SLACK_BYTES - (1 << 20))  # under it
-    residency._executor.submit(lambda: None).result()
+    residency._trims.submit(lambda: None).result()
     assert trims == [1]
