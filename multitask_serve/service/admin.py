@@ -107,6 +107,7 @@ async def _upload(
     """Stage the archive body, unpack and check it off the event loop, then ``register`` it
     (which validates the head against the trunk: fingerprint, signature, probe)."""
     task = _task(task)
+    services(request.app).registry.check_selected(task)  # before the body is read
     settings = services(request.app).settings
     max_bytes = settings.max_upload_bytes
     staged = await _stage_upload(request, settings.repository, max_bytes)
@@ -181,6 +182,7 @@ def _rewind(staged: IO[bytes], pending: list[bytes]) -> None:
 )
 async def add_zero_shot(task: str, body: ZeroShotRequest, request: Request) -> JSONResponse:
     task = _task(task)
+    services(request.app).registry.check_selected(task)
     labels = (
         body.labels if isinstance(body.labels, dict) else {label: label for label in body.labels}
     )

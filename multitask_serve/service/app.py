@@ -125,6 +125,7 @@ def create_app(
         policy=POLICIES[settings.head_eviction](),
         compiled=compiled,
         heap_trim=settings.heap_trim,
+        selector=settings.selector,
     )
     # Shadow candidates run on one thread of their own at the loads' lower CPU priority.
     shadow_thread = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_background)
@@ -133,13 +134,14 @@ def create_app(
     registry.residency.mark_baseline()
     shadows.sync()
     log.info(
-        "trunk %s (%s, %s %s%s), %d heads served, %d loaded%s",
+        "trunk %s (%s, %s %s%s), %d heads served%s, %d loaded%s",
         trunk_spec.base_model,
         trunk_spec.fingerprint[:12],
         settings.device,
         settings.trunk_precision,
         ", IO binding" if runtime.bound else "",
         len(registry.snapshot()),
+        "" if registry.selector.everything else f" (MTS_TASKS={registry.selector})",
         len(registry.residency.tasks()),
         f", {len(failed)} refused: {failed}" if failed else "",
     )

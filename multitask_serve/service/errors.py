@@ -30,8 +30,14 @@ class NotFound(ServiceError):
 class UnknownTask(NotFound):
     """A request named a task that is not served; the HTTP layer may say where the served are."""
 
-    def __init__(self, task: str) -> None:
-        super().__init__(f"unknown task {task!r}")
+    def __init__(self, task: str, served_here: str | None = None) -> None:
+        """``served_here``: the replica set's task selector, when it leaves ``task`` out."""
+        if served_here is None:
+            super().__init__(f"unknown task {task!r}")
+        else:
+            super().__init__(
+                f"task {task!r} is not served by this replica set (MTS_TASKS={served_here})"
+            )
         self.task = task
 
 

@@ -47,6 +47,7 @@ from multitask_serve.service.residency import (
     ServedHead,
     head_bytes,
 )
+from multitask_serve.service.selection import EVERY_TASK, TaskSelector
 from multitask_serve.service.sessions import CPU, GraphError, HeadSession, Runtime
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,13 @@ class HeadRegistry:
         policy: Policy | None = None,
         compiled: CompiledHeads | None = None,
         heap_trim: str = "resident",
+        selector: TaskSelector = EVERY_TASK,
     ) -> None:
         """``loads`` runs on-demand loads; ``budget`` bounds the loaded heads' bytes (None: every
         head loaded); ``pinned`` tasks are loaded at start and never evicted; ``compiled``
-        heads load again cheaper (service/compiled.py)."""
+        heads load again cheaper (service/compiled.py); only the tasks ``selector`` selects
+        are served (service/selection.py)."""
+        self.selector = selector
         self._compiled = compiled
         self._metrics = metrics
         self._repo = repo
@@ -186,8 +190,21 @@ class HeadRegistry:
         heads = self._heads
         for task in tasks:
             if task not in heads:
-                raise UnknownTask(task)
+                raise self.unknown(task)
         return {task: heads[task] for task in tasks}
+
+    def check_selected(self, task: str) -> None:
+        """Conflict unless this replica set serves ``task`` (MTS_TASKS): a head added here for a
+        task it leaves out would be stored where it is never served."""
+        if not self.selector(task):
+            raise Conflict(
+                f"task {task!r} is not one this replica set serves (MTS_TASKS={self.selector}): "
+                "add it through a replica set whose MTS_TASKS selects it"
+            )
+
+    def unknown(self, task: str) -> UnknownTask:
+        """The error for a task not served here, naming the selector when it leaves it out."""
+        return UnknownTask(task, None if self.selector(task) else str(self.selector))
 
     def loaded(self, tasks: list[str]) -> dict[str, LoadedHead]:
         """``resolve``, then the loaded heads, loading those that are not (blocks; for threads
@@ -320,7 +337,7 @@ class HeadRegistry:
         served: dict[str, ServedHead] = {}
         failed = []
         self._sync_pins()
-        for task in self._repo.tasks():
+        for task in self.selector.filter(self._repo.tasks()):
             try:
                 served[task] = self.describe(task)
             except LOAD_ERRORS as exc:
@@ -347,6 +364,7 @@ class HeadRegistry:
 
     def add(self, spec: HeadSpec, model: bytes, replace: bool = False) -> LoadedHead:
         """Validate, persist as a new version, then serve. Refusals change nothing."""
+        self.check_selected(spec.task)
         if not replace and spec.task in self._heads:
             raise Conflict(f"task {spec.task!r} exists; pass replace=true to serve a new version")
         head = self.load(spec, model)
@@ -367,7 +385,7 @@ class HeadRegistry:
         with self.lock:
             head = self._heads.get(task)
             if head is None:
-                raise NotFound(f"unknown task {task!r}")
+                raise self.unknown(task)
             if not pinned and task in self._configured_pins:
                 raise Conflict(f"task {task!r} is pinned by MTS_PINNED_TASKS; unset it there")
             try:
@@ -385,9 +403,9 @@ class HeadRegistry:
         of every task); returns the tasks pinned now that were not."""
         held = self.residency.pinned
         if tasks is None:
-            wanted = self._configured_pins | self._repo.pinned()
+            wanted = self._configured_pins | set(self.selector.filter(self._repo.pinned()))
         else:
-            named = set(tasks)
+            named = set(self.selector.filter(tasks))
             stored = self._repo.pinned(named)
             wanted = self._configured_pins | {t for t in held if t not in named} | stored
         for task in held - wanted:
@@ -399,7 +417,7 @@ class HeadRegistry:
     def remove(self, task: str) -> None:
         with self.lock:
             if task not in self._heads:
-                raise NotFound(f"unknown task {task!r}")
+                raise self.unknown(task)
             try:
                 self._repo.remove_task(task)
             except RepositoryError as exc:  # another replica removed it since our last poll
@@ -410,6 +428,8 @@ class HeadRegistry:
 
     def versions(self, task: str) -> tuple[int | None, list[StoredHead]]:
         """The current version and every stored one, oldest first."""
+        if not self.selector(task):
+            raise self.unknown(task)
         try:
             stored = [self._repo.read_head(task, v) for v in self._repo.versions(task)]
             current = self._repo.current_version(task)
@@ -448,9 +468,9 @@ class HeadRegistry:
         Returns (changed, dropped) tasks.
         """
         if tasks is None:
-            wanted = pointed(self._repo.tasks(), self._repo.current_version)
+            wanted = pointed(self.selector.filter(self._repo.tasks()), self._repo.current_version)
         else:  # the tasks not named stay as they are
-            named = set(tasks)
+            named = set(self.selector.filter(tasks))
             wanted = {t: h.version for t, h in self._heads.items() if t not in named}
             wanted |= pointed(sorted(named), self._repo.current_version)
         served = self._heads

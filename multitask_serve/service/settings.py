@@ -15,6 +15,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from multitask_serve.service.selection import TaskSelector
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MTS_", extra="ignore")
@@ -130,6 +132,10 @@ class Settings(BaseSettings):
     # Tasks whose heads are loaded at start and never evicted (comma-separated; the admin API
     # pins and unpins others): the latency-critical few.
     pinned_tasks: Annotated[list[str], NoDecode] = []
+    # Which of the repository's tasks this replica set serves (comma-separated names or globs,
+    # e.g. "sentiment,topic-*"): a static shard of a fleet that shares one repository
+    # (docs/scaling.md). The rest are not listed, loaded or routable here. Unset: every task.
+    tasks: Annotated[list[str], NoDecode] = []
     # Which loaded head goes first when room is needed: "gds" (GreedyDual-Size: recency, uses,
     # size and load time; measured better than "lru" on a skewed trace, bench/eviction.py) or "lru".
     head_eviction: Literal["gds", "lru"] = "gds"
@@ -184,7 +190,7 @@ class Settings(BaseSettings):
     # while a request is handled names its X-Request-ID (the client's, or a generated one).
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("pinned_tasks", mode="before")
+    @field_validator("pinned_tasks", "tasks", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -211,6 +217,21 @@ class Settings(BaseSettings):
                 "through casts and is slower than fp32"
             )
         return self
+
+    @model_validator(mode="after")
+    def _pins_are_selected(self) -> Settings:
+        selector = self.selector  # raises SelectorError (a ValueError) for a bad pattern
+        outside = [task for task in self.pinned_tasks if not selector(task)]
+        if outside:
+            raise ValueError(
+                f"MTS_PINNED_TASKS names {', '.join(outside)}, which MTS_TASKS ({selector}) "
+                "does not select: this replica set would never serve them"
+            )
+        return self
+
+    @property
+    def selector(self) -> TaskSelector:
+        return TaskSelector.parse(self.tasks)
 
     def admin_enabled(self) -> bool:
         return self.admin_token is not None or self.allow_unauthenticated_admin

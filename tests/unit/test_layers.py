@@ -25,6 +25,7 @@ CORE = (
     "residency",
     "compiled",
     "windows",
+    "selection",
     "convergence",
     "shadow",
     "sessions",
