@@ -9,6 +9,7 @@ import argparse
 import logging
 
 from multitask_serve.cli.build import add_build, add_quantize
+from multitask_serve.cli.fleet import add_fleet
 from multitask_serve.cli.pending import add_train_pending
 from multitask_serve.cli.report import add_report
 from multitask_serve.cli.serve import add_serve
@@ -39,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     for add in (
         add_build,
         add_serve,
+        add_fleet,
         add_train,
         add_eval,
         add_quantize,

@@ -1,0 +1,82 @@
+"""``mts fleet``: replicas of the service on a local Ray instance, each task's requests routed to a
+replica that holds its head (multitask_serve/fleet/, docs/scaling.md). Needs the fleet extra."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from multitask_serve.cli.common import is_built
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    try:
+        import ray
+        from ray import serve
+
+        from multitask_serve.fleet.ray_serve import application, settings_env
+    except ImportError as exc:
+        print(
+            f"mts fleet: needs the fleet extra (pip install 'multitask-serve[serve,fleet]'): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    repo: Path = args.repo.resolve()
+    if not is_built(repo):
+        print(f"mts fleet: {repo} holds no built repository (mts build makes one)", file=sys.stderr)
+        return 2
+    if args.replicas < 1 or args.replica_cpus < 0:
+        print(
+            "mts fleet: --replicas must be at least 1, --replica-cpus at least 0", file=sys.stderr
+        )
+        return 2
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=args.replica_logs)
+    # After ray.init, whose core installs a SIGTERM handler of its own that exits at once.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        env = settings_env({"MTS_REPOSITORY": str(repo)})
+        fleet = application(env, args.replicas, args.replica_cpus, args.heads_per_replica)
+        serve.run(fleet, name="mts", route_prefix="/")
+        print(
+            f"mts fleet: {args.replicas} replicas of {repo} on http://{args.host}:{args.port}",
+            flush=True,
+        )
+        stop.wait()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fleet = sub.add_parser(
+        "fleet",
+        help="serve a repository from several replicas on a local Ray instance, each task's "
+        "requests sent to a replica holding its head (needs the fleet extra; settings: MTS_*)",
+    )
+    fleet.add_argument("--repo", type=Path, default=Path("model-repo"), help="model repository")
+    fleet.add_argument("--host", default="127.0.0.1")
+    fleet.add_argument("--port", type=int, default=8000)
+    fleet.add_argument("--replicas", type=int, default=2, help="replicas of the service (2)")
+    fleet.add_argument(
+        "--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica (1)"
+    )
+    fleet.add_argument("--num-cpus", type=int, help="CPUs of the Ray instance (default: all)")
+    fleet.add_argument(
+        "--heads-per-replica",
+        type=int,
+        default=-1,
+        help="tasks Ray remembers each replica holding, least recently used forgotten first "
+        "(-1, the default: all, so a task's requests keep going to the replica that first "
+        "loaded it); which heads stay loaded is MTS_HEAD_MEMORY_MB's",
+    )
+    fleet.add_argument(
+        "--replica-logs", action="store_true", help="print the replicas' log lines here too"
+    )
+    fleet.set_defaults(func=cmd_fleet)

@@ -1,0 +1,135 @@
+"""Replicas of the service as Ray Serve deployments: a router that reads each request's task and
+asks Ray for a replica holding that task's head (model multiplexing), and replicas that each run
+the whole service, its micro-batching across tasks included (docs/scaling.md).
+
+Ray's own ``@serve.batch`` splits a batch by multiplexed model id, which would end cross-task
+batching; it is not used. A request reaches a replica one at a time, as a plain value, and the
+replica's own batcher groups whatever tasks its requests name. Every replica reads the one shared
+repository: any replica can answer any task (loading the head if it must, within
+MTS_HEAD_MEMORY_MB), so placement is where a task's requests go, not what a replica can answer,
+and a head hot-added through any replica reaches the others by their repository poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import Response
+
+from multitask_serve.fleet.asgi import Answer, Exchange, call
+from multitask_serve.fleet.routing import task_of
+from multitask_serve.service.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+# The response header that names the replica that answered (which replica holds which task).
+REPLICA_HEADER = b"x-mts-replica"
+# Ray's record of the tasks a replica has loaded, per replica: with no limit (-1) a task's
+# requests keep going to the replica that first loaded it (unless it is busy), so the replicas'
+# caches split the tasks between them instead of each holding copies of the same heads.
+NO_LIMIT = -1
+
+
+def replica_class(heads_per_replica: int = NO_LIMIT) -> type:
+    """The replica deployment's class; ``heads_per_replica`` bounds Ray's record of the tasks
+    each replica holds (least recently used forgotten first; -1: no bound). Which heads stay
+    loaded is the replica's own budget, MTS_HEAD_MEMORY_MB."""
+
+    class FleetReplica:
+        async def __init__(self) -> None:  # type: ignore[misc]  # Ray awaits it
+            from multitask_serve.service.app import create_app
+            from multitask_serve.service.settings import Settings
+
+            # MTS_* from the deployment's runtime environment, as `mts serve` reads them.
+            self._app = create_app(Settings())
+            self._registry = self._app.state.services.registry
+            self._lifespan = self._app.router.lifespan_context(self._app)
+            await self._lifespan.__aenter__()
+            context = serve.get_replica_context()
+            self._name = context.replica_id.unique_id.encode()
+
+        @serve.multiplexed(max_num_models_per_replica=heads_per_replica)
+        async def holding(self, task: str) -> str:
+            """Load ``task``'s head here (Ray then routes its requests here). A task this replica
+            cannot serve is left to the request, whose answer says why."""
+            with contextlib.suppress(ServiceError):
+                await asyncio.to_thread(self._registry.loaded, [task])
+            return task
+
+        async def handle(self, request: Exchange) -> Answer:
+            task = serve.get_multiplexed_model_id()
+            if task:
+                await self.holding(task)
+            answer = await call(self._app, request)
+            answer.headers.append((REPLICA_HEADER, self._name))
+            return answer
+
+        async def __del__(self) -> None:
+            await self._lifespan.__aexit__(None, None, None)
+
+    return FleetReplica
+
+
+class FleetRouter:
+    """Ray's HTTP ingress: reads the task, forwards the request to a replica that holds it."""
+
+    def __init__(self, replicas: DeploymentHandle) -> None:
+        self._replicas = replicas
+
+    async def __call__(self, request: Request) -> Response:
+        body = await request.body()
+        path = request.url.path
+        task = task_of(path, body)
+        exchange = Exchange(
+            method=request.method,
+            path=path,
+            query=request.url.query.encode(),
+            headers=list(request.headers.raw),
+            body=body,
+            client=(request.client.host, request.client.port) if request.client else None,
+        )
+        handle = self._replicas.options(multiplexed_model_id=task) if task else self._replicas
+        answer: Answer = await handle.handle.remote(exchange)
+        response = Response(content=bytes(answer.body), status_code=answer.status)
+        response.raw_headers = answer.headers
+        return response
+
+
+def application(
+    env: Mapping[str, str],
+    replicas: int,
+    replica_cpus: float,
+    heads_per_replica: int = NO_LIMIT,
+) -> Any:
+    """The fleet as one Ray Serve application: ``replicas`` replicas of the service, each with
+    ``env`` (MTS_* settings) and ``replica_cpus`` CPUs reserved, behind the router."""
+    replica = serve.deployment(
+        replica_class(heads_per_replica),
+        name="replica",
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": replica_cpus, "runtime_env": {"env_vars": dict(env)}},
+        # A replica's own batcher takes all it is sent: Ray's per-replica bound only stops one
+        # replica from queueing what another could run (MTS_MAX_IN_FLIGHT_REQUESTS still holds).
+        max_ongoing_requests=128,
+    )
+    router = serve.deployment(
+        FleetRouter,
+        name="router",
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1024,
+    )
+    return router.bind(replica.bind())
+
+
+def settings_env(overrides: Mapping[str, str]) -> dict[str, str]:
+    """This process's MTS_* variables with ``overrides``: what each replica reads its settings
+    from."""
+    return {k: v for k, v in os.environ.items() if k.startswith("MTS_")} | dict(overrides)
