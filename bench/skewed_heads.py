@@ -45,7 +45,7 @@ import numpy as np
 from bench.http_vs_ort import TEXTS
 from bench.loadgen import Run, measure
 from multitask_serve.service.residency import head_bytes
-from support.results import write_results
+from support.results import write_phases
 from support.servers import Sampler, cpu_seconds, start_server, stop, wait_idle
 from support.stats import percentile, summary
 
@@ -344,16 +344,7 @@ def main() -> None:
                         results["copies"] = check_copies(url, copies, asked)
                 results["rounds"][name].append(figures)
                 print(f"round {r} {name}: {json.dumps(figures)}", flush=True)
-        results["phases"] = {
-            name: {
-                key: summary(values)
-                for key in rounds[0]
-                if (values := [f[key] for f in rounds if isinstance(f[key], int | float)])
-            }
-            for name, rounds in results["rounds"].items()
-        }
-    write_results(args.out, results)
-    print(json.dumps(results["phases"], indent=1))
+    write_phases(args.out, results)
 
 
 if __name__ == "__main__":

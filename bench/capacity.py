@@ -1,0 +1,227 @@
+"""How many replicas for how many heads: the capacity model (bench/capacity_model.py) fed with one
+replica's measured costs, for each placement design.
+
+Costs come from one replica's skewed run (``--costs``, bench/skewed_heads.py: every head loaded
+vs a budget of a fifth, the same Zipf traffic): core-ms per text with every head loaded
+(cores / texts per second), core-ms per cold load (the budget run's extra core-ms per text over
+its cold loads per text), its RSS at ready, the all-loaded p99 and the cold-load p95. Head sizes
+and load times are those runs' heads (bench/results/cold-loads.json, eviction.json's inputs).
+
+``--validate FILE``: a two-replica fleet run (bench/fleet_skewed.py) to set the prediction
+beside; the prediction uses that run's core-ms per text with every head loaded (its router hop
+included), never its budgeted phase. Then a table: 10,000 heads, 10 and 100 replicas of
+``--cores`` cores and ``--memory-gib`` GiB each, per design.
+
+    .venv/bin/python -m bench.capacity [--validate bench/results/fleet-skewed.json]
+        [--out bench/results/capacity.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.capacity_model import (
+    DESIGNS,
+    Costs,
+    Fleet,
+    HeadClass,
+    heads_of,
+    predict,
+    zipf_weights,
+)
+from multitask_serve.service.residency import head_bytes
+from support.results import write_results
+
+MIB = 1 << 20
+RESULTS = Path("bench/results")
+
+
+def measured_costs(skewed: dict[str, Any], cores: float) -> Costs:
+    """One replica's costs from its skewed run's medians (``cores``: the cores it ran on)."""
+    budget, every = skewed["phases"]["budget"], skewed["phases"]["all-loaded"]
+    seconds = float(skewed["command"].split("--seconds ")[1].split()[0])
+    hit_ms = 1000 * cores / every["texts_per_s"]["median"]
+    budget_ms = 1000 * cores / budget["texts_per_s"]["median"]
+    loads_per_text = budget["cold_loads"]["median"] / (budget["texts_per_s"]["median"] * seconds)
+    return Costs(
+        hit_ms=hit_ms,
+        load_ms=(budget_ms - hit_ms) / loads_per_text,
+        ready_mib=budget["rss_at_ready_mib"]["median"],
+        hit_p99_ms=every["p99_ms"]["median"],
+        cold_load_p95_ms=budget["cold_load_p95_ms"]["median"],
+    )
+
+
+def head_classes(skewed: dict[str, Any], cold: dict[str, Any], loads: dict[str, Any]) -> list:
+    """The skewed run's heads: copies of a head with three copied layers, the rest
+    classifier-only, with the load seconds the eviction policy weighs."""
+    heads = skewed["heads"]
+    big = sum(n for name, n in skewed["copies_of"].items() if name == "sentiment")
+    big_bytes = head_bytes(cold["head"]["graph_bytes"])
+    small_bytes = int((skewed["heads_mb"] * MIB - big * big_bytes) / (heads - big))
+    return [
+        HeadClass("top-3", big / heads, big_bytes, loads["big_load_s"]),
+        HeadClass("classifier-only", 1 - big / heads, small_bytes, loads["small_load_s"]),
+    ]
+
+
+def scenario(
+    design: str,
+    heads: int,
+    replicas: int,
+    cores: float,
+    budget_mib: float,
+    classes: list[HeadClass],
+    costs: Costs,
+    zipf: float,
+    seed: int,
+) -> dict[str, Any]:
+    sizes, loads = heads_of(classes, heads, seed)
+    weights = zipf_weights(heads, zipf, seed)
+    started = time.perf_counter()
+    p = predict(design, Fleet(replicas, cores, budget_mib), costs, weights, sizes, loads, seed=seed)
+    out = {k: v for k, v in dataclasses.asdict(p).items() if k != "groups"}
+    out["hot_share"] = round(float(weights.max()), 4)
+    out["groups"] = len(p.groups)
+    out["model_s"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def smallest(fits: Any, needed: float, most: int = 4096) -> dict[str, Any]:
+    """The prediction for the fewest replicas whose throughput reaches ``needed`` (doubling,
+    then bisecting; throughput grows with replicas, if not smoothly)."""
+    low, high = 0, 1
+    row = fits(high)
+    while row["texts_per_s"] < needed:
+        if high >= most:
+            return row | {"enough": False}
+        low, high = high, high * 2
+        row = fits(high)
+    best = row
+    while high - low > 1:
+        middle = (low + high) // 2
+        candidate = fits(middle)
+        if candidate["texts_per_s"] >= needed:
+            high, best = middle, candidate
+        else:
+            low = middle
+    return best | {"enough": True}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--costs", type=Path, default=RESULTS / "skewed-heads-trim.json")
+    parser.add_argument("--validate", type=Path, help="a fleet run (bench/fleet_skewed.py)")
+    parser.add_argument("--heads", type=int, default=10_000)
+    parser.add_argument("--replicas", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--cores", type=float, default=2.0, help="per replica")
+    parser.add_argument("--memory-gib", type=float, default=2.0, help="per replica")
+    parser.add_argument("--zipf", type=float, default=1.1)
+    parser.add_argument(
+        "--texts-per-s",
+        type=float,
+        default=2000.0,
+        help="traffic to size for: the fewest replicas per design whose predicted saturation "
+        "throughput is at least this over --utilisation",
+    )
+    parser.add_argument("--utilisation", type=float, default=0.7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "capacity.json")
+    args = parser.parse_args()
+
+    skewed = json.loads(args.costs.read_text())
+    cold = json.loads((RESULTS / "cold-loads.json").read_text())
+    loads = json.loads((RESULTS / "eviction.json").read_text())["inputs"]
+    costs = measured_costs(skewed, cores=2.0)
+    classes = head_classes(skewed, cold, loads)
+    results: dict[str, Any] = {
+        "command": "python -m bench.capacity "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v),
+        "costs_from": str(args.costs),
+        "costs": dataclasses.asdict(costs),
+        "head_classes": [dataclasses.asdict(c) for c in classes],
+    }
+    if args.validate is not None:
+        run = json.loads(args.validate.read_text())
+        fleet_costs = dataclasses.replace(
+            costs,
+            hit_ms=1000 * run["cores"] / run["phases"]["all-loaded"]["texts_per_s"]["median"],
+            hit_p99_ms=run["phases"]["all-loaded"]["p99_ms"]["median"],
+        )
+        predicted = scenario(
+            "fleet",
+            run["heads"],
+            run["replicas"],
+            run["cores"] / run["replicas"],
+            run["budget_mb_per_replica"],
+            classes,
+            fleet_costs,
+            run["zipf"],
+            args.seed,
+        )
+        measured = run["phases"]["budget"]
+        results["validation"] = {
+            "run": str(args.validate),
+            "predicted": predicted,
+            "measured": {
+                "hit_ratio": measured["hit_ratio"]["median"],
+                "texts_per_s": measured["texts_per_s"]["median"],
+                "p99_ms": measured["p99_ms"]["median"],
+            },
+        }
+        for key in ("hit_ratio", "texts_per_s", "p99_ms"):
+            ratio = predicted[key] / results["validation"]["measured"][key]
+            results["validation"][f"{key}_predicted_over_measured"] = round(ratio, 3)
+        print(json.dumps(results["validation"], indent=1), flush=True)
+    budget_mib = 0.8 * args.memory_gib * 1024 - costs.ready_mib
+    results["replica"] = {
+        "cores": args.cores,
+        "memory_gib": args.memory_gib,
+        "head_budget_mib": round(budget_mib),
+    }
+
+    def at(design: str, replicas: int) -> dict[str, Any]:
+        return scenario(
+            design,
+            args.heads,
+            replicas,
+            args.cores,
+            budget_mib,
+            classes,
+            costs,
+            args.zipf,
+            args.seed,
+        )
+
+    table = []
+    for replicas in args.replicas:
+        for design in DESIGNS:
+            table.append(at(design, replicas))
+            print(json.dumps(table[-1]), flush=True)
+    results["table"] = {"heads": args.heads, "rows": table}
+    needed = args.texts_per_s / args.utilisation
+    sizing = {}
+    for design in DESIGNS:
+        fits = functools.partial(at, design)
+        sizing[design] = smallest(fits, needed)
+        print(f"sizing {design}: {json.dumps(sizing[design])}", flush=True)
+    results["sizing"] = {
+        "texts_per_s": args.texts_per_s,
+        "utilisation": args.utilisation,
+        "designs": sizing,
+    }
+    heads_mib = float(np.sum(heads_of(classes, args.heads, args.seed)[0])) / MIB
+    results["table"]["heads_mib"] = round(heads_mib)
+    write_results(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
