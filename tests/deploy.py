@@ -1,22 +1,28 @@
 """Helpers for the static checks of k8s/ and the Dockerfile: render the kustomization, metric names.
 
 Kustomize is not always installed where the tests run, so ``render`` applies the few
-transformations k8s/'s kustomizations use (namespace, labels, images, replacements, a
-configMapGenerator) and fails on any other field, so that a kustomization growing a feature this
-renderer ignores cannot pass unchecked. Where ``kubectl kustomize`` exists, a test compares the
-two renderings (tests/unit/test_deploy_k8s.py).
+transformations k8s/'s kustomizations use (nested kustomization directories, patches that add or
+delete, namespace, nameSuffix with the references it renames, labels with or without selectors,
+images, replacements, a configMapGenerator) and fails on any other field, so that a
+kustomization growing a feature this renderer ignores cannot pass unchecked. Where ``kubectl
+kustomize`` exists, a test compares the two renderings (tests/unit/test_deploy_k8s.py).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import json
 import math
 import re
 import shlex
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -27,6 +33,7 @@ from multitask_serve.service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
+SHARDS = K8S / "examples" / "shards"  # the static shards' overlay, map and generator
 KUBERNETES_VERSION = "1.31"  # the oldest Kubernetes minor the manifests must be valid for
 CLUSTER_SCOPED = {"Namespace"}
 RENDERED_FIELDS = {
@@ -38,7 +45,24 @@ RENDERED_FIELDS = {
     "images",
     "replacements",
     "configMapGenerator",
+    "nameSuffix",
+    "patches",
 }
+# Where kustomize's labels with includeSelectors go besides metadata.labels (its commonLabels
+# field specs), for the kinds k8s/ labels that way: (path, create the field when absent).
+SELECTOR_FIELDS = {
+    "Deployment": [
+        ("spec.selector.matchLabels", True),
+        ("spec.template.metadata.labels", True),
+        ("spec.template.spec.topologySpreadConstraints[].labelSelector.matchLabels", False),
+    ],
+    "Service": [("spec.selector", True)],
+    "PodDisruptionBudget": [("spec.selector.matchLabels", False)],
+    "HorizontalPodAutoscaler": [],
+}
+# The names a resource had before a nameSuffix (kustomize still selects a patch target by them);
+# kept on each dict while rendering, never in what ``render`` returns.
+PREVIOUS = "__previous_names__"
 
 
 def kustomization(root: Path = K8S) -> dict[str, Any]:
@@ -136,31 +160,194 @@ def _replace(docs: list[dict[str, Any]], replacements: list[dict[str, Any]]) -> 
 def render(root: Path = K8S) -> list[dict[str, Any]]:
     """Every resource `kubectl apply -k <root>` would create, as dicts, in order (k8s/ by
     default)."""
+    docs = _render(root)
+    for doc in docs:
+        doc.pop(PREVIOUS, None)
+    return docs
+
+
+def _render(root: Path) -> list[dict[str, Any]]:
     config = kustomization(root)
     docs: list[dict[str, Any]] = []
     for name in config["resources"]:
-        docs.extend(d for d in yaml.safe_load_all((root / name).read_text()) if d)
+        if (root / name).is_dir():  # a kustomization of its own, rendered first
+            docs.extend(_render(root / name))
+        else:
+            docs.extend(d for d in yaml.safe_load_all((root / name).read_text()) if d)
     for generator in config.get("configMapGenerator", []):
         options = generator.get("options", {})
         assert options.get("disableNameSuffixHash"), "the renderer does not compute name hashes"
         data = {Path(f).name: (root / f).read_text() for f in generator["files"]}
         metadata = {"name": generator["name"], "labels": dict(options.get("labels", {}))}
         docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
-    rendered = []
-    for original in docs:
-        doc = copy.deepcopy(original)
+    # Kustomize's order within one kustomization: patches, namespace, nameSuffix, labels,
+    # images, replacements; renamed references are fixed after them.
+    docs = _patch(copy.deepcopy(docs), config.get("patches", []))
+    for doc in docs:
         metadata = doc.setdefault("metadata", {})
         if doc["kind"] not in CLUSTER_SCOPED and "namespace" in config:
             metadata["namespace"] = config["namespace"]
+    renamed = _suffix(docs, config.get("nameSuffix", ""))
+    for doc in docs:
         for rule in config.get("labels", []):
-            assert not rule.get("includeSelectors"), "selector labels are not rendered"
-            metadata.setdefault("labels", {}).update(rule["pairs"])
+            _label(doc, rule)
         for container in _containers(doc):
             container["image"] = _image(container["image"], config.get("images", []))
-        rendered.append(doc)
-    # Within one kustomization, kustomize runs `images` before `replacements`.
-    _replace(rendered, config.get("replacements", []))
-    return rendered
+    _replace(docs, config.get("replacements", []))
+    for doc in docs:
+        _rename_references(doc, renamed)
+    return docs
+
+
+def _targets(doc: dict[str, Any], target: dict[str, str]) -> bool:
+    """A patch target: kind and name are anchored regular expressions, the name matched against
+    any name the resource has had; a label selector of `key`, `!key`, `key=value` terms."""
+    unknown = set(target) - {"kind", "name", "labelSelector"}
+    assert not unknown, f"patch target fields {unknown} are not rendered"
+    if "kind" in target and not re.fullmatch(target["kind"], doc["kind"]):
+        return False
+    names = [doc["metadata"]["name"], *doc.get(PREVIOUS, [])]
+    if "name" in target and not any(re.fullmatch(target["name"], n) for n in names):
+        return False
+    labels = doc["metadata"].get("labels", {})
+    for term in filter(None, target.get("labelSelector", "").split(",")):
+        key, equals, value = term.strip().partition("=")
+        assert re.fullmatch(r"!?[\w./-]+", key), f"label selector {term!r} is not rendered"
+        if key.startswith("!"):
+            holds = key[1:] not in labels
+        else:
+            holds = labels.get(key) == value if equals else key in labels
+        if not holds:
+            return False
+    return True
+
+
+def _pointer(doc: Any, pointer: str) -> tuple[Any, str | int]:
+    """A JSON pointer's parent and last key (a list index, or len() for '-')."""
+    *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
+    for part in parents:
+        doc = doc[int(part)] if isinstance(doc, list) else doc[part]
+    if isinstance(doc, list):
+        return doc, len(doc) if last == "-" else int(last)
+    return doc, last
+
+
+def _patch(docs: list[dict[str, Any]], patches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """kustomize's `patches` of the two forms k8s/ uses: JSON 6902 operations (add, replace,
+    remove), and a strategic merge patch that is only `$patch: delete`, each on a target."""
+    for patch in patches:
+        assert set(patch) == {"target", "patch"}, f"patch {set(patch)} is not rendered"
+        body = yaml.safe_load(patch["patch"])
+        selected = [d for d in docs if _targets(d, patch["target"])]
+        if isinstance(body, dict):
+            assert body.get("$patch") == "delete", "only `$patch: delete` merge patches render"
+            docs = [d for d in docs if not any(d is s for s in selected)]
+            continue
+        for doc in selected:
+            for op in body:
+                assert op["op"] in ("add", "replace", "remove"), f"{op['op']} is not rendered"
+                parent, key = _pointer(doc, op["path"])
+                if op["op"] == "remove":
+                    del parent[key]
+                elif op["op"] == "add" and isinstance(parent, list):
+                    parent.insert(int(key), copy.deepcopy(op["value"]))
+                else:
+                    parent[key] = copy.deepcopy(op["value"])
+    return docs
+
+
+def _suffix(docs: list[dict[str, Any]], suffix: str) -> dict[tuple[str, str], str]:
+    """nameSuffix on every resource: (kind, old name) -> new name."""
+    renamed = {}
+    for doc in docs if suffix else []:
+        assert doc["kind"] not in CLUSTER_SCOPED, "a suffixed cluster-scoped kind is not rendered"
+        old = doc["metadata"]["name"]
+        doc["metadata"]["name"] = old + suffix
+        doc.setdefault(PREVIOUS, []).append(old)
+        renamed[(doc["kind"], old)] = old + suffix
+    return renamed
+
+
+def _fields(node: Any, path: list[str], create: bool) -> list[dict[str, Any]]:
+    """The dicts at a dotted path (`[]` after a segment: each item of that list)."""
+    if not path:
+        return [node]
+    key, each = path[0].removesuffix("[]"), path[0].endswith("[]")
+    if key not in node:
+        if not create or each:
+            return []
+        node[key] = {}
+    children = node[key] if each else [node[key]]
+    return [found for child in children for found in _fields(child, path[1:], create)]
+
+
+def _label(doc: dict[str, Any], rule: dict[str, Any]) -> None:
+    unknown = set(rule) - {"pairs", "includeSelectors"}
+    assert not unknown, f"label options {unknown} are not rendered"
+    doc["metadata"].setdefault("labels", {}).update(rule["pairs"])
+    if not rule.get("includeSelectors"):
+        return
+    assert doc["kind"] in SELECTOR_FIELDS, f"selector labels on a {doc['kind']} are not rendered"
+    pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+    assert "affinity" not in pod, "selector labels in affinity terms are not rendered"
+    for path, create in SELECTOR_FIELDS[doc["kind"]]:
+        for labels in _fields(doc, path.split("."), create):
+            labels.update(rule["pairs"])
+
+
+def _rename_references(doc: dict[str, Any], renamed: dict[tuple[str, str], str]) -> None:
+    """kustomize's name references, for the fields k8s/'s resources refer by: a renamed
+    resource's new name wherever a resource of the same kustomization names it."""
+    if not renamed:
+        return
+
+    def fix(holder: dict[str, Any], key: str, kind: str) -> None:
+        if key in holder and (kind, holder[key]) in renamed:
+            holder[key] = renamed[(kind, holder[key])]
+
+    if doc["kind"] == "HorizontalPodAutoscaler":
+        ref = doc["spec"]["scaleTargetRef"]
+        fix(ref, "name", ref["kind"])
+    pod = doc.get("spec", {}).get("template", {}).get("spec")
+    if doc["kind"] in ("Deployment", "Job") and pod:
+        fix(pod, "serviceAccountName", "ServiceAccount")
+        for volume in pod.get("volumes", []):
+            fix(volume.get("persistentVolumeClaim", {}), "claimName", "PersistentVolumeClaim")
+            fix(volume.get("configMap", {}), "name", "ConfigMap")
+            fix(volume.get("secret", {}), "secretName", "Secret")
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            for source in container.get("envFrom", []):
+                fix(source.get("configMapRef", {}), "name", "ConfigMap")
+                fix(source.get("secretRef", {}), "name", "Secret")
+            for variable in container.get("env", []):
+                source = variable.get("valueFrom", {})
+                fix(source.get("configMapKeyRef", {}), "name", "ConfigMap")
+                fix(source.get("secretKeyRef", {}), "name", "Secret")
+    else:
+        assert doc["kind"] in ("Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"), (
+            f"references of a renamed {doc['kind']} are not rendered"
+        )
+
+
+def shards_overlay(where: Path) -> Path:
+    """The shards overlay copied beside a copy of k8s/, as docs/deploy.md says to use it."""
+    shutil.copytree(K8S, where / "k8s")
+    return Path(shutil.copytree(SHARDS, where / "shards"))
+
+
+def render_shards() -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as where:
+        return render(shards_overlay(Path(where)))
+
+
+def shard_generator() -> ModuleType:
+    """k8s/examples/shards/generate.py, a script beside the manifests, as a module."""
+    spec = importlib.util.spec_from_file_location("shards_generate", SHARDS / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

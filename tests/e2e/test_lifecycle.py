@@ -91,12 +91,12 @@ class Steps:
         print(f"           {text}", flush=True)
 
 
-def rendered() -> list[dict[str, Any]]:
+def rendered(root: Path = K8S) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        return render()
+        return render(root)
     done = subprocess.run(
-        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120, check=True
+        [kubectl, "kustomize", str(root)], capture_output=True, text=True, timeout=120, check=True
     )
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
@@ -339,18 +339,23 @@ def fast_build(container: dict[str, Any], encoder: Path) -> dict[str, Any]:
 
 
 def bring_up_replica(
-    name: str, docs: list[dict[str, Any]], volume: Path, tmp: Path
+    name: str,
+    docs: list[dict[str, Any]],
+    volume: Path,
+    tmp: Path,
+    pod: dict[str, Any] | None = None,
+    secrets: dict[str, dict[str, str]] | None = None,
 ) -> tuple[Running, dict[str, float]]:
     """One serving pod on the models volume: its init container's wait, then its container,
-    probed until ready."""
-    pod = serving_pod(docs)
+    probed until ready. ``pod``: a pod spec of ``docs`` (the first Deployment's by default)."""
+    pod = pod or serving_pod(docs)
     box = Sandbox(tmp / name, {"/models": volume})
     box.root.mkdir()
     for init in pod.get("initContainers", []):
-        waited = start(f"{name}-{init['name']}", init, docs, box, tmp)
+        waited = start(f"{name}-{init['name']}", init, docs, box, tmp, secrets)
         if run_to_end(waited, 30) != 0:
             raise LifecycleError(f"{waited.name} failed:\n{waited.tail()}")
-    running = start(name, pod["containers"][0], docs, box, tmp)
+    running = start(name, pod["containers"][0], docs, box, tmp, secrets)
     try:
         return running, probe_until_ready(running)
     except BaseException:

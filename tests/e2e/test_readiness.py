@@ -90,9 +90,9 @@ def test_readyz_of_a_real_server_fails_within_the_timeout_when_its_inference_han
 def test_a_hang_in_an_inline_run_holds_the_probes_until_they_time_out(repo, tmp_path):
     """The default: a one-text request at an idle server runs inline on the event loop, so its
     hang holds /healthz and /readyz too. Kubernetes counts a probe that times out as failed:
-    readiness takes the pod out of its Service, liveness restarts it (k8s/deployment.yaml). An
-    inline run is at most MTS_BATCH_INLINE_MAX_TOKENS of work (milliseconds), so one that
-    outlasts a probe's timeout is a hang, not a long batch."""
+    readiness takes the pod out of its Service, liveness restarts it
+    (k8s/replicaset/deployment.yaml). An inline run is at most MTS_BATCH_INLINE_MAX_TOKENS of
+    work (milliseconds), so one that outlasts a probe's timeout is a hang, not a long batch."""
     env = {**SERVER_ENV, "MTS_READINESS_TIMEOUT_SECONDS": str(TIMEOUT_S)}
     proc, url = start_server(repo, tmp_path / "server.log", env, python=("-c", SERVE_WITH_A_HANG))
     try:

@@ -6,7 +6,8 @@ prometheus-operator models of cloudcoil-models-prometheus-operator (pinned in th
 where a round trip catches fields the schema does not know; the KServe examples (k8s/kserve/)
 against JSON schemas derived from KServe's API models (tests/data/kserve/), whose Kubernetes
 types resolve to kubernetes-validate's strict schemas. Where `kubectl kustomize` exists, it
-renders k8s/, k8s/kserve/ and the example overlay too.
+renders k8s/, k8s/kserve/, the example overlay and the shards overlay too (the shards' own checks:
+test_deploy_shards.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tests.deploy import (
     quantity,
     render,
     restricted_violations,
+    shards_overlay,
 )
 
 CRDS = {"ServiceMonitor": monitoring.ServiceMonitor, "PrometheusRule": monitoring.PrometheusRule}
@@ -92,10 +94,11 @@ def test_a_broken_manifest_is_refused_by_both_validators():
     assert again != wrong
 
 
-def test_the_kustomization_lists_every_manifest_in_k8s():
-    listed = set(kustomization()["resources"])
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == on_disk
+@pytest.mark.parametrize("root", [K8S, K8S / "replicaset"], ids=["k8s", "k8s/replicaset"])
+def test_the_kustomization_lists_every_manifest_in_its_directory(root):
+    listed = set(kustomization(root)["resources"])
+    on_disk = {p.name for p in root.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed - {"replicaset"} == on_disk
 
 
 def _serving_pod() -> dict[str, Any]:
@@ -446,6 +449,12 @@ def _by_id(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 @needs_kustomize
 @pytest.mark.parametrize("root", [K8S, K8S / "kserve"], ids=["k8s", "k8s/kserve"])
 def test_kustomize_renders_what_the_test_renderer_renders(root):
+    assert _by_id(_kustomize(root)) == _by_id(render(root))
+
+
+@needs_kustomize
+def test_kustomize_renders_the_shards_overlay_as_the_test_renderer_does(tmp_path):
+    root = shards_overlay(tmp_path)
     assert _by_id(_kustomize(root)) == _by_id(render(root))
 
 
