@@ -1,4 +1,4 @@
-"""How many replicas for how many heads: the capacity model (bench/capacity_model.py) fed with one
+"""How many replicas for how many heads: the capacity model (support/capacity.py) fed with one
 replica's measured costs, for each placement design.
 
 Costs come from one replica's skewed run (``--costs``, bench/skewed_heads.py: every head loaded
@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.capacity_model import (
+from multitask_serve.service.residency import head_bytes
+from support.capacity import (
     DESIGNS,
     Costs,
     Fleet,
@@ -37,7 +38,6 @@ from bench.capacity_model import (
     predict,
     zipf_weights,
 )
-from multitask_serve.service.residency import head_bytes
 from support.results import write_results
 
 MIB = 1 << 20

@@ -24,39 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from multitask_serve.service.residency import LRU, GreedyDualSize, Policy, head_bytes
+from multitask_serve.service.residency import LRU, GreedyDualSize, head_bytes
+from support.capacity import replay
 from support.results import write_results
 from support.stats import summary
-
-
-def replay(
-    policy: Policy, trace: np.ndarray, sizes: np.ndarray, costs: np.ndarray, budget: int
-) -> dict[str, float]:
-    """The service's eviction loop (``Residency.put``), without the sessions."""
-    loaded: set[int] = set()
-    held = hits = 0
-    wait_s = loaded_bytes = 0.0
-    for head in trace.tolist():
-        task = str(head)
-        if head in loaded:
-            hits += 1
-            policy.touch(task, int(sizes[head]), float(costs[head]))
-            continue
-        wait_s += costs[head]
-        loaded_bytes += sizes[head]
-        loaded.add(head)
-        held += int(sizes[head])
-        policy.touch(task, int(sizes[head]), float(costs[head]))
-        while held > budget:
-            victim = int(policy.victim([str(h) for h in loaded if h != head]))
-            loaded.discard(victim)
-            policy.forget(str(victim))
-            held -= int(sizes[victim])
-    return {
-        "hit_ratio": hits / len(trace),
-        "load_wait_s": wait_s,
-        "loaded_gb": loaded_bytes / 1e9,
-    }
 
 
 def main() -> None:

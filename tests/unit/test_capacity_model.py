@@ -1,4 +1,4 @@
-"""The capacity model's placements and hit ratios (bench/capacity_model.py): every task placed
+"""The capacity model's placements and hit ratios (support/capacity.py): every task placed
 once on the replicas there are, a budget that holds every head never misses, and placing tasks
 raises each replica's hit ratio where spreading every task over every replica does not."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.capacity_model import (
+from support.capacity import (
     DESIGNS,
     Costs,
     Fleet,

@@ -4,9 +4,9 @@ what hit ratio, throughput and p99, for each way of placing tasks on replicas (d
 Two parts, each from measurements on one replica (bench/capacity.py reads them from
 bench/results/):
 
-- **Hit ratio**, by replaying the replica's own eviction policy (service/residency.py, through
-  bench/eviction.py's ``replay``) over the requests a replica gets under each placement, with its
-  head budget. On one replica this replay gave 0.876 against 0.878 measured
+- **Hit ratio**, by replaying the replica's own eviction policy (service/residency.py) over the
+  requests a replica gets under each placement, with its head budget (``replay``, which
+  bench/eviction.py uses too). On one replica this replay gave 0.876 against 0.878 measured
   (bench/results/eviction.json, skewed-heads-trim.json).
 - **Throughput**, from CPU per text: a replica spends ``hit_ms`` of core time per text with every
   head it needs loaded, and ``load_ms`` per cold load. A replica that gets a share ``L`` of the
@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.eviction import replay
 from multitask_serve.service.residency import LRU, GreedyDualSize, Policy
 
 DESIGNS = ("fleet", "shards", "modelmesh", "spread")
@@ -89,6 +88,36 @@ class Prediction:
     bottleneck_share: float  # the busiest replica's part of the traffic
     p99_ms: float
     groups: list[Group] = field(default_factory=list, repr=False)
+
+
+def replay(
+    policy: Policy, trace: np.ndarray, sizes: np.ndarray, costs: np.ndarray, budget: int
+) -> dict[str, float]:
+    """The service's eviction loop (``Residency.put``), without the sessions."""
+    loaded: set[int] = set()
+    held = hits = 0
+    wait_s = loaded_bytes = 0.0
+    for head in trace.tolist():
+        task = str(head)
+        if head in loaded:
+            hits += 1
+            policy.touch(task, int(sizes[head]), float(costs[head]))
+            continue
+        wait_s += costs[head]
+        loaded_bytes += sizes[head]
+        loaded.add(head)
+        held += int(sizes[head])
+        policy.touch(task, int(sizes[head]), float(costs[head]))
+        while held > budget:
+            victim = int(policy.victim([str(h) for h in loaded if h != head]))
+            loaded.discard(victim)
+            policy.forget(str(victim))
+            held -= int(sizes[victim])
+    return {
+        "hit_ratio": hits / len(trace),
+        "load_wait_s": wait_s,
+        "loaded_gb": loaded_bytes / 1e9,
+    }
 
 
 def heads_of(classes: list[HeadClass], heads: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
