@@ -30,7 +30,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,11 @@ REPLICA = "x-mts-replica"
 
 
 @contextlib.contextmanager
-def fleet(repo: Path, replicas: int, env: dict[str, str], log: Path) -> Iterator[str]:
-    """``mts fleet`` with ``replicas`` replicas; 0: one ``mts serve`` process instead."""
+def fleet(
+    repo: Path, replicas: int, env: dict[str, str], log: Path, flags: Sequence[str] = ()
+) -> Iterator[str]:
+    """``mts fleet`` with ``replicas`` replicas and ``flags``; 0: one ``mts serve`` process
+    instead."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     if replicas == 0:
@@ -59,6 +62,7 @@ def fleet(repo: Path, replicas: int, env: dict[str, str], log: Path) -> Iterator
     else:
         command = [str(FLEET_MTS), "fleet", "--repo", str(repo), "--port", str(port)]
         command += ["--replicas", str(replicas), "--replica-cpus", "0", "--num-cpus", "2"]
+        command += list(flags)
     proc = start(command, url, env=env, log=log, timeout=1200)
     try:
         yield url

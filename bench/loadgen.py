@@ -22,8 +22,11 @@ import httpx
 
 from support.stats import percentile
 
-# A request: path and JSON body (None: a GET), and how many texts it carries.
-Request = tuple[str, dict[str, Any] | None, int]
+# A request: path and JSON body (None: a GET), how many texts it carries, and optionally
+# headers of its own.
+Request = (
+    tuple[str, dict[str, Any] | None, int] | tuple[str, dict[str, Any] | None, int, dict[str, str]]
+)
 
 
 @dataclass
@@ -76,9 +79,14 @@ async def _closed_loop(
 
         async def worker(client: httpx.AsyncClient) -> None:
             while time.perf_counter() < deadline:
-                path, body, texts = requests(next(counter))
+                path, body, texts, *headers = requests(next(counter))
                 sent = time.perf_counter()
-                r = await (client.get(path) if body is None else client.post(path, json=body))
+                extra = headers[0] if headers else None
+                r = await (
+                    client.get(path, headers=extra)
+                    if body is None
+                    else client.post(path, json=body, headers=extra)
+                )
                 if r.status_code // 100 != 2:
                     if strict:
                         raise RuntimeError(f"{path}: {r.status_code} {r.text[:200]}")

@@ -46,7 +46,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         env = settings_env({"MTS_REPOSITORY": str(repo)})
-        fleet = application(env, args.replicas, args.replica_cpus, args.heads_per_replica)
+        fleet = application(
+            env, args.replicas, args.replica_cpus, args.heads_per_replica, not args.no_router
+        )
         serve.run(fleet, name="mts", route_prefix="/")
         print(
             f"mts fleet: {args.replicas} replicas of {repo} on http://{args.host}:{args.port}",
@@ -80,6 +82,13 @@ def add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="tasks Ray remembers each replica holding, least recently used forgotten first "
         "(-1, the default: all, so a task's requests keep going to the replica that first "
         "loaded it); which heads stay loaded is MTS_HEAD_MEMORY_MB's",
+    )
+    fleet.add_argument(
+        "--no-router",
+        action="store_true",
+        help="no router deployment: Ray's HTTP proxy sends each request to a replica itself, by "
+        "the task the client names in the serve_multiplexed_model_id header (any replica "
+        "without it); one hop less per request (BENCHMARKS.md)",
     )
     fleet.add_argument(
         "--replica-logs", action="store_true", help="print the replicas' log lines here too"

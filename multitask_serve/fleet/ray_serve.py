@@ -64,6 +64,11 @@ def replica_class(heads_per_replica: int = NO_LIMIT) -> type:
                 await asyncio.to_thread(self._registry.loaded, [task])
             return task
 
+        async def __call__(self, request: Request) -> Response:
+            """As Ray's HTTP ingress itself (``--no-router``): the client names the task in
+            Ray's ``serve_multiplexed_model_id`` header, or the request goes to any replica."""
+            return response_of(await self.handle(await exchange_of(request)))
+
         async def handle(self, request: Exchange) -> Answer:
             task = serve.get_multiplexed_model_id()
             if task:
@@ -85,22 +90,27 @@ class FleetRouter:
         self._replicas = replicas
 
     async def __call__(self, request: Request) -> Response:
-        body = await request.body()
-        path = request.url.path
-        task = task_of(path, body)
-        exchange = Exchange(
-            method=request.method,
-            path=path,
-            query=request.url.query.encode(),
-            headers=list(request.headers.raw),
-            body=body,
-            client=(request.client.host, request.client.port) if request.client else None,
-        )
+        exchange = await exchange_of(request)
+        task = task_of(exchange.path, exchange.body)
         handle = self._replicas.options(multiplexed_model_id=task) if task else self._replicas
-        answer: Answer = await handle.handle.remote(exchange)
-        response = Response(content=bytes(answer.body), status_code=answer.status)
-        response.raw_headers = answer.headers
-        return response
+        return response_of(await handle.handle.remote(exchange))
+
+
+async def exchange_of(request: Request) -> Exchange:
+    return Exchange(
+        method=request.method,
+        path=request.url.path,
+        query=request.url.query.encode(),
+        headers=list(request.headers.raw),
+        body=await request.body(),
+        client=(request.client.host, request.client.port) if request.client else None,
+    )
+
+
+def response_of(answer: Answer) -> Response:
+    response = Response(content=bytes(answer.body), status_code=answer.status)
+    response.raw_headers = answer.headers
+    return response
 
 
 def application(
@@ -108,9 +118,11 @@ def application(
     replicas: int,
     replica_cpus: float,
     heads_per_replica: int = NO_LIMIT,
+    router: bool = True,
 ) -> Any:
     """The fleet as one Ray Serve application: ``replicas`` replicas of the service, each with
-    ``env`` (MTS_* settings) and ``replica_cpus`` CPUs reserved, behind the router."""
+    ``env`` (MTS_* settings) and ``replica_cpus`` CPUs reserved, behind the router (or, without
+    ``router``, taking Ray's HTTP requests themselves)."""
     replica = serve.deployment(
         replica_class(heads_per_replica),
         name="replica",
@@ -120,13 +132,14 @@ def application(
         # replica from queueing what another could run (MTS_MAX_IN_FLIGHT_REQUESTS still holds).
         max_ongoing_requests=128,
     )
-    router = serve.deployment(
+    if not router:
+        return replica.bind()
+    return serve.deployment(
         FleetRouter,
         name="router",
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1024,
-    )
-    return router.bind(replica.bind())
+    ).bind(replica.bind())
 
 
 def settings_env(overrides: Mapping[str, str]) -> dict[str, str]:

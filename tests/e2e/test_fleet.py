@@ -40,6 +40,11 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 TEXTS = ["john scored a great goal in the final", "the bank rates fell", "ok"]
 REPLICA = "x-mts-replica"
 ROUNDS = 4
+# How long Ray takes to learn which replica loaded a task: each replica reports its tasks every
+# 0.1 s and the controller passes them on to the routers. A request sent sooner may go to
+# another replica, which then loads the head too, and a new task goes to the replica with the
+# fewest tasks as last reported (docs/scaling.md, "mts fleet").
+SETTLE_S = 1.0
 
 
 @pytest.fixture
@@ -87,9 +92,14 @@ def trunk_runs(metrics: str) -> float:
     return sum(float(v) for v in found)
 
 
-def test_two_replicas_behind_ray_serve_place_route_batch_and_hot_add(repo, tmp_path):
+def fleet_command(repo: Path, port: int, *flags: str) -> list[str]:
     if not FLEET_MTS.exists():
         pytest.fail(f"{FLEET_MTS} is missing: `make fleet-setup` installs the fleet extra there")
+    command = [str(FLEET_MTS), "fleet", "--repo", str(repo), "--port", str(port)]
+    return [*command, "--replicas", "2", "--replica-cpus", "0.5", "--num-cpus", "2", *flags]
+
+
+def test_two_replicas_behind_ray_serve_place_route_batch_and_hot_add(repo, tmp_path):
     steps = Steps()
     reference = create_app(make_settings(repo), CollectorRegistry())
     port = free_port()
@@ -104,8 +114,7 @@ def test_two_replicas_behind_ray_serve_place_route_batch_and_hot_add(repo, tmp_p
         # A batch waits for company, so that two requests sent together share a trunk run.
         "MTS_BATCH_MAX_WAIT_MS": "50",
     }
-    command = [str(FLEET_MTS), "fleet", "--repo", str(repo), "--port", str(port)]
-    command += ["--replicas", "2", "--replica-cpus", "0.5", "--num-cpus", "2"]
+    command = fleet_command(repo, port)
     with TestClient(reference) as alone, steps("start: Ray, two replicas, router"):
         tasks = [t["task"] for t in alone.get("/tasks").json()["tasks"]]
         expected = {t: alone.post(f"/predict/{t}", json={"inputs": TEXTS}).json() for t in tasks}
@@ -114,11 +123,13 @@ def test_two_replicas_behind_ray_serve_place_route_batch_and_hot_add(repo, tmp_p
         with httpx.Client(base_url=url, timeout=60) as client:
             placed: dict[str, set[str]] = defaultdict(set)
             with steps(f"{ROUNDS} rounds of every task, one at a time, then 8 in flight"):
-                for _ in range(ROUNDS):
+                for i in range(ROUNDS):
                     for task in tasks:
                         r = predict(client, {"inputs": TEXTS}, task)
                         assert r.json() == expected[task], task
                         placed[task].add(r.headers[REPLICA])
+                        if i == 0:  # a task's first request: Ray learns where it was loaded
+                            time.sleep(SETTLE_S)
                 with ThreadPoolExecutor(8) as pool:
                     calls = [t for _ in range(ROUNDS) for t in tasks]
                     for task, r in zip(
@@ -185,3 +196,35 @@ def test_two_replicas_behind_ray_serve_place_route_batch_and_hot_add(repo, tmp_p
         with steps("SIGTERM: the fleet stops"):
             stop(fleet, timeout=60)
     assert fleet.returncode == 0, (tmp_path / "fleet.log").read_text()[-3000:]
+
+
+def test_without_the_router_the_header_places_each_task_on_one_replica(repo, tmp_path):
+    """``mts fleet --no-router``: Ray's proxy routes by the task the client names in Ray's
+    ``serve_multiplexed_model_id`` header; a request without it goes to any replica."""
+    reference = create_app(make_settings(repo), CollectorRegistry())
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"MTS_INTRA_OP_THREADS": "1", "MTS_HEAD_MEMORY_MB": "64"}
+    with TestClient(reference) as alone:
+        tasks = [t["task"] for t in alone.get("/tasks").json()["tasks"]]
+        expected = {t: alone.post(f"/predict/{t}", json={"inputs": TEXTS}).json() for t in tasks}
+    command = fleet_command(repo, port, "--no-router")
+    fleet = start(command, url, env=env, log=tmp_path / "fleet.log", timeout=180)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            placed: dict[str, set[str]] = defaultdict(set)
+            for i in range(ROUNDS):
+                for task in tasks:
+                    header = {"serve_multiplexed_model_id": task}
+                    r = client.post(f"/predict/{task}", json={"inputs": TEXTS}, headers=header)
+                    assert r.status_code == 200 and r.json() == expected[task], r.text
+                    placed[task].add(r.headers[REPLICA])
+                    if i == 0:
+                        time.sleep(SETTLE_S)
+            assert all(len(on) == 1 for on in placed.values()), dict(placed)
+            assert len({next(iter(on)) for on in placed.values()}) == 2, dict(placed)
+            r = client.post(f"/predict/{tasks[0]}", json={"inputs": TEXTS})
+            assert r.status_code == 200 and r.json() == expected[tasks[0]]
+    finally:
+        stop(fleet, timeout=60)
+    assert fleet.returncode == 0
