@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -27,8 +26,6 @@ from starlette.responses import Response
 from multitask_serve.fleet.asgi import Answer, Exchange, call
 from multitask_serve.fleet.routing import task_of
 from multitask_serve.service.errors import ServiceError
-
-log = logging.getLogger(__name__)
 
 # The response header that names the replica that answered (which replica holds which task).
 REPLICA_HEADER = b"x-mts-replica"

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import re
 
+from multitask_serve.modelrepo.types import TASK_NAME_RE
+
 # Routes whose path names the task, as the service mounts them (service/routes.py, oip.py, tei.py,
-# admin.py). The admin upload's task is the path's too.
+# admin.py), the task matched as the repository checks names. The admin upload's is the path's.
 PATH_TASK = re.compile(
-    r"^/(?:predict|v2/models|tei|admin/heads)/(?P<task>[a-z0-9][a-z0-9_-]{0,63})(?:/|$)"
+    rf"^/(?:predict|v2/models|tei|admin/heads)/(?P<task>{TASK_NAME_RE.pattern.strip('^$')})(?:/|$)"
 )
 # Routes whose JSON body names the task(s).
 BODY_TASK_KEYS = {"/predict": "tasks", "/v1/embeddings": "model"}
