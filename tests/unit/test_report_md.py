@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from multitask_serve.training.report_md import cheapest_at_target, depth_curves, render
+import json
+from pathlib import Path
+
+from multitask_serve.training.report_md import cheapest_at_target, depth_curves, markdown, render
+
+REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
 
 def row(f1: float, ratio: float | None, params: int = 1000) -> dict:
@@ -178,3 +183,10 @@ def test_rendered_report_states_which_tasks_trained_in_mixed_precision(tmp_path)
     sections = render(results, tmp_path).read_text().split("\n## ")
     said = [s.split("\n")[0] for s in sections if "under bf16 autocast" in s]
     assert said == ["sentiment"]
+
+
+def test_the_committed_report_is_what_its_committed_results_render():
+    """REPORT.md is generated: every figure in it is results.json's, and rendering from the file
+    read back (its keys sorted) gives what the run rendered from memory."""
+    results = json.loads((REPORTS / "results.json").read_text())
+    assert markdown(results) == (REPORTS / "REPORT.md").read_text()
