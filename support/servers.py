@@ -1,8 +1,9 @@
 """Server processes for the benchmarks and the tests: the one place that starts a server on a free
 loopback port, waits until it is ready and stops it; also its CPU time and memory, from /proc.
 
-A server gets this process's environment without any ``MTS_*`` variable, plus what the caller
-passes: its settings are what the script or test says, never what the shell happened to export.
+A server gets this process's environment without any variable its settings read (``MTS_*``, and
+OpenTelemetry's that turn tracing on), plus what the caller passes: its settings are what the
+script or test says, never what the shell happened to export.
 
 Imported as ``support.servers`` by the tests and by the benchmarks (``python -m bench.x``).
 """
@@ -42,10 +43,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# OpenTelemetry's variables that the settings read (service/settings.py, the traces' endpoint).
+OTEL_SETTINGS = frozenset(
+    {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED"}
+)
+
+
+def read_by_settings(name: str) -> bool:
+    """Whether the settings read the environment variable ``name`` (any case, as they do)."""
+    return name.upper().startswith("MTS_") or name.upper() in OTEL_SETTINGS
+
+
 def server_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment less every ``MTS_*`` variable (any case, as the settings read
-    them), plus ``env``."""
-    inherited = {k: v for k, v in os.environ.items() if not k.upper().startswith("MTS_")}
+    """This process's environment less every variable the settings read, plus ``env``."""
+    inherited = {k: v for k, v in os.environ.items() if not read_by_settings(k)}
     return {**inherited, **(env or {})}
 
 

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from multitask_serve.service.app import create_app
 from multitask_serve.service.settings import Settings
+from support.servers import read_by_settings
 from support.tiny import TOPIC_LABELS
 
 if TYPE_CHECKING:
@@ -55,9 +56,10 @@ def pytest_report_header() -> str:
 
 @pytest.fixture(autouse=True)
 def _no_host_mts_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A test sees none of the host's MTS_* variables (the settings read them in any case)."""
+    """A test sees none of the host's MTS_* variables (the settings read them in any case), nor
+    the OpenTelemetry variables that would turn tracing on."""
     for name in list(os.environ):
-        if name.upper().startswith("MTS_"):
+        if read_by_settings(name):
             monkeypatch.delenv(name)
 
 

@@ -16,8 +16,10 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CollectorRegistry
 
 from multitask_serve.modelrepo.repository import ModelRepository, RepositoryError
@@ -43,6 +45,7 @@ from multitask_serve.service.settings import Settings
 from multitask_serve.service.shadow import Shadows
 from multitask_serve.service.state import Services
 from multitask_serve.service.tokenize import TextEncoder
+from multitask_serve.service.tracing import TraceRequests, Tracing, fastapi_telemetry
 from multitask_serve.service.trunk import TrunkSession
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,8 @@ INFERENCE = InferenceRoutes(FORMATS)
 
 # Niceness of head-load threads: above serving's 0, so loads take the CPU serving leaves.
 LOAD_NICENESS = 10
+# Never traced: the kubelet's probes and Prometheus' scrapes, every few seconds each.
+UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def _memory_limit(settings: Settings) -> float | None:
@@ -68,6 +73,7 @@ def create_app(
     settings: Settings | None = None,
     metrics_registry: CollectorRegistry | None = None,
     train_pending: Sequence[str] | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """Load the trunk and every head's current version from the repository, then build the app.
 
@@ -75,8 +81,12 @@ def create_app(
     repository lists as pending, in a child process while the app serves (service/pending.py);
     None leaves them pending. Only ``mts serve --build-if-missing`` passes one: the serving
     image has no torch to train with.
+
+    ``tracing``: where spans go (tests pass an in-memory exporter's); None: to the settings'
+    OTLP endpoint, or nowhere (off) when none is set (service/tracing.py).
     """
     settings = settings or Settings()
+    tracing = tracing or Tracing.from_settings(settings)
     repo = ModelRepository(settings.repository)
     trunk_spec = repo.read_trunk_spec()
     # fp16 is made from the reference graph at load time; other precisions are stored variants.
@@ -160,6 +170,7 @@ def create_app(
         settings.batch_inline_max_tokens,
         # A text past MTS_MAX_WINDOWS is refused by the engine, so it counts as that many.
         lambda tokens: min(encoder.windows(tokens), settings.max_windows or tokens),
+        tracing=tracing,
     )
     # Head loads (validation, session, probe inference) run here, off the request threads, at
     # most max_concurrent_loads at a time, at a lower CPU priority than serving.
@@ -194,12 +205,19 @@ def create_app(
                 compile_thread.shutdown(wait=True, cancel_futures=True)
             if made_cache_dir is not None:
                 shutil.rmtree(made_cache_dir, ignore_errors=True)
+            if tracing is not None:  # last: the spans of the last batches are exported
+                await asyncio.to_thread(tracing.shutdown)
 
     app = FastAPI(
         lifespan=lifespan,
         title="multitask-serve",
         summary="Many NLP tasks from one frozen transformer trunk and hot-pluggable ONNX heads.",
         version="0.1.0",
+        # Its server span is each request's span when tracing, on our provider; off otherwise.
+        telemetry=cast(
+            TelemetryConfig,
+            fastapi_telemetry(tracing, lambda scope: scope.get("path") in UNTRACED),
+        ),
     )
     draining = threading.Event()
     predictor = Predictor(registry, batcher, metrics, settings, probe_engine, draining)
@@ -234,6 +252,8 @@ def create_app(
     )
     # Added last, so it runs first: an overloaded process refuses before reading the body.
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight_requests, inference=INFERENCE)
+    if tracing is not None:  # inside RequestId, which it reads: the request id on its span
+        app.add_middleware(TraceRequests, tracing=tracing)
     # Outermost: every answer, the limits' 429 and 413 included, is counted by route and status
     # and carries an X-Request-ID that every log line of the request names.
     app.add_middleware(RequestCounter, counter=metrics.http_requests, routes=app.router.routes)

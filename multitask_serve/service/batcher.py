@@ -33,6 +33,7 @@ from multitask_serve.service.errors import Overloaded, TooLarge, Unavailable
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.residency import LoadedHead
 from multitask_serve.service.shadow import ShadowRunner, ShadowWork
+from multitask_serve.service.tracing import BatchTrace, RequestTrace, Tracing, current
 from multitask_serve.service.types import Job, JobResult
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Entry:
     # A readiness probe (no job texts): run on the inference thread as a batch of its own.
     probe: Callable[[], object] | None = field(default=None, repr=False)
     rows: int = 0  # estimated: a row per text, or per window of a text read whole
+    trace: RequestTrace | None = field(default=None, repr=False)  # None: not traced
 
 
 class Batcher:
@@ -71,10 +73,13 @@ class Batcher:
         shadow: ShadowRunner | None = None,
         inline_max_tokens: int = 0,
         windows: Callable[[int], int] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """``windows``: how many windows a text of so many tokens takes when read whole (None:
-        one, every text cut at ``max_length``)."""
+        one, every text cut at ``max_length``). ``tracing``: spans of each traced request's
+        queue wait and of the batches that serve them (None: off)."""
         self._engine, self._metrics = engine, metrics
+        self._tracing = tracing
         self._windows = windows or (lambda tokens: 1)
         self._shadow = shadow  # None: no task is ever shadowed
         self._max_queued = max_queued_texts
@@ -177,14 +182,17 @@ class Batcher:
             return await entry.future
         rows, tokens = self._weigh(texts, whole)
         self._admit(rows, len(texts))
+        trace = current.get()
+        if trace is not None:
+            trace.submitted(heads, len(texts))
         if (
             self._outstanding == 0
             and rows <= self._max_texts
             and tokens <= self._inline_max_tokens
             and await self._alone()
         ):
-            return self._run_inline(Job(heads, texts, whole))
-        return await self._queue_and_join(heads, texts, whole)
+            return self._run_inline(Job(heads, texts, whole), rows, trace)
+        return await self._queue_and_join(heads, texts, whole, trace)
 
     def _admit(self, rows: int, texts: int) -> None:
         """Raises Overloaded when ``rows`` more would pass the queue's bounds; TooLarge when its
@@ -213,7 +221,11 @@ class Batcher:
                 )
 
     async def _queue_and_join(
-        self, heads: Mapping[str, LoadedHead], texts: list[str], whole: bool
+        self,
+        heads: Mapping[str, LoadedHead],
+        texts: list[str],
+        whole: bool,
+        trace: RequestTrace | None = None,
     ) -> JobResult:
         """Queue the texts in entries of at most ``max_texts``; their answers, in order."""
         loop = asyncio.get_running_loop()
@@ -223,7 +235,11 @@ class Batcher:
             chunk = texts[start : start + step]
             rows, tokens = self._weigh(chunk, whole)
             job = Job(heads, chunk, whole, start)
-            entries.append(Entry(job, tokens, time.perf_counter(), loop.create_future(), rows=rows))
+            entries.append(
+                Entry(
+                    job, tokens, time.perf_counter(), loop.create_future(), rows=rows, trace=trace
+                )
+            )
         self._queued += sum(e.rows for e in entries)
         self._enqueue(entries)
         parts = await asyncio.gather(*(e.future for e in entries))
@@ -254,7 +270,7 @@ class Batcher:
             self._inline_candidates -= 1
         return self._inline_candidates == 0 and self._outstanding == 0
 
-    def _run_inline(self, job: Job) -> JobResult:
+    def _run_inline(self, job: Job, rows: int, trace: RequestTrace | None) -> JobResult:
         """The batch an idle worker would run next, this request alone, run here on the loop.
 
         Nothing is queued and no batch is running (``_outstanding`` is 0), so this is the only
@@ -267,7 +283,13 @@ class Batcher:
         started = time.perf_counter()
         self._metrics.queue_seconds.observe(0.0)
         shadows = self._shadow.current() if self._shadow is not None else {}
-        results, works = self._infer([job], shadows)
+        traced = (
+            None if trace is None else trace.tracing.batch([(trace, started, rows)], started, True)
+        )
+        if traced is None:
+            results, works = self._infer([job], shadows)
+        else:
+            results, works = traced.once(self._infer, [job], shadows)
         self._paced(sum(results[0].windows), started)
         if works and self._shadow is not None:
             self._shadow.submit(works)
@@ -397,7 +419,13 @@ class Batcher:
                 started = time.perf_counter()
                 for entry in batch:
                     self._metrics.queue_seconds.observe(started - entry.enqueued)
-                await self._execute(loop, batch)
+                traced = None
+                if self._tracing is not None:  # the batch's span, and each request's queue wait
+                    taken = [(e.trace, e.enqueued, e.rows) for e in batch]
+                    traced = self._tracing.batch(taken, started)
+                await self._execute(loop, batch, traced)
+                if traced is not None:
+                    traced.end()
                 self._paced(sum(e.rows for e in batch), started)
             self._outstanding -= len(gathered)
             self._progress = time.perf_counter()
@@ -415,17 +443,20 @@ class Batcher:
         if not entry.future.done():
             entry.future.set_result(JobResult(results={}, truncated=[]))
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[Entry]) -> None:
+    async def _execute(
+        self, loop: asyncio.AbstractEventLoop, batch: list[Entry], traced: BatchTrace | None = None
+    ) -> None:
         shadows = self._shadow.current() if self._shadow is not None else {}
         jobs = [e.job for e in batch]
+        infer = self._infer if traced is None else traced.wrap(self._infer)
         try:
-            results, works = await loop.run_in_executor(self._executor, self._infer, jobs, shadows)
+            results, works = await loop.run_in_executor(self._executor, infer, jobs, shadows)
         except Exception as exc:
             if len(batch) > 1:
                 # One request's input must not fail the others that shared its batch: run each
                 # alone, so that only the culprit gets the error.
                 for entry in batch:
-                    await self._execute(loop, [entry])
+                    await self._execute(loop, [entry], traced)
                 return
             if not batch[0].future.done():
                 batch[0].future.set_exception(exc)

@@ -31,6 +31,7 @@ from multitask_serve.service.sessions import (
 )
 from multitask_serve.service.shadow import ShadowWork
 from multitask_serve.service.tokenize import Encoded, TextEncoder, Token
+from multitask_serve.service.tracing import batch as traced_batch
 from multitask_serve.service.trunk import TrunkSession
 from multitask_serve.service.types import Job, JobResult, Output, TaskResult, TokenizedBatch
 from multitask_serve.service.windows import windows
@@ -209,7 +210,10 @@ class Engine:
     def _encode(self, texts: list[str], whole: list[bool] | bool = False) -> Encoded:
         t0 = time.perf_counter()
         encoded = self._encoder.encode(texts, whole)
-        self._metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        self._metrics.stage_seconds.labels("tokenize").observe(t1 - t0)
+        if (traced := traced_batch.get()) is not None:
+            traced.tokenize(t0, t1, len(texts), encoded.batch.size)
         return encoded
 
     def _trunk_taps(
@@ -218,8 +222,11 @@ class Engine:
         """Per tap, its hidden state and the rows it holds (``TrunkSession.run_rows``)."""
         t0 = time.perf_counter()
         out = self._trunk.run_rows(batch.feeds, needs)
-        self._metrics.stage_seconds.labels("trunk").observe(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        self._metrics.stage_seconds.labels("trunk").observe(t1 - t0)
         self._metrics.trunk_runs.inc()
+        if (traced := traced_batch.get()) is not None:
+            traced.trunk(t0, t1, batch.size, batch.attention_mask.shape[1], needs)
         return out
 
     def _run_trunk(self, texts: list[str], taps: set[int]) -> tuple[TokenizedBatch, dict[int, Tap]]:
@@ -378,8 +385,11 @@ class Engine:
             raw, part = raw[whole], part.rows(whole)
         row_texts = [plan.texts[plan.text_of[row]] for row in rows]
         outputs = decode(head.spec, raw, part, row_texts) if rows else []
-        elapsed = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        elapsed = t1 - t0
         self._metrics.head_seconds.labels(head.spec.kind).observe(elapsed)
+        if (traced := traced_batch.get()) is not None:
+            traced.head(t0, t1, head, len(rows) + len(pieces))
         return Answered(rows, local, part, row_texts, outputs, elapsed, pieces)
 
     def _fitted(self, groups: list[list[int]], lengths: np.ndarray) -> tuple[list[list[int]], int]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AliasChoices,
+    Field,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -19,7 +22,8 @@ from multitask_serve.service.selection import TaskSelector
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MTS_", extra="ignore")
+    # validate_by_name: tests pass the fields that have aliases (OpenTelemetry's variables) by name.
+    model_config = SettingsConfigDict(env_prefix="MTS_", extra="ignore", validate_by_name=True)
 
     # The model repository: trunk and head versions, the one source of truth.
     repository: Path = Path("model-repo")
@@ -189,6 +193,31 @@ class Settings(BaseSettings):
     # that indexes fields; longer lines, worse to read in a terminal. Either way each line logged
     # while a request is handled names its X-Request-ID (the client's, or a generated one).
     log_format: Literal["text", "json"] = "text"
+    # Traces (docs/deploy.md, "Traces"): OpenTelemetry spans of each request (its queue wait, the
+    # batch's tokenization, trunk and head runs, its response), exported over OTLP/HTTP, with
+    # the caller's W3C traceparent as their parent. Off unless an endpoint is set, and then free:
+    # nothing of OpenTelemetry is imported and each hook on the request path is a None check.
+    # Needs the tracing extra (the serving images have it). The URL spans are posted to, from
+    # MTS_OTLP_TRACES_ENDPOINT or OpenTelemetry's own OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: these
+    # settings read the standard variables that decide whether and where spans go, so that they
+    # work here as on any instrumented service; the SDK reads the rest itself (headers, service
+    # name, sampler, batching: OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, ...).
+    otlp_traces_endpoint: Annotated[
+        str | None,
+        Field(
+            validation_alias=AliasChoices(
+                "mts_otlp_traces_endpoint", "otel_exporter_otlp_traces_endpoint"
+            )
+        ),
+    ] = None
+    # A collector's base URL, spans posted to <it>/v1/traces, when no traces endpoint is set:
+    # from MTS_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT.
+    otlp_endpoint: Annotated[
+        str | None,
+        Field(validation_alias=AliasChoices("mts_otlp_endpoint", "otel_exporter_otlp_endpoint")),
+    ] = None
+    # OpenTelemetry's off switch, OTEL_SDK_DISABLED=true: no traces, whatever the endpoints.
+    otel_sdk_disabled: Annotated[bool, Field(validation_alias="otel_sdk_disabled")] = False
 
     @field_validator("pinned_tasks", "tasks", mode="before")
     @classmethod
@@ -203,6 +232,16 @@ class Settings(BaseSettings):
         if value is not None and value <= 0:
             raise ValueError("MTS_HEAD_MEMORY_MB must be positive (unset: every head loaded)")
         return value
+
+    @field_validator("otlp_traces_endpoint", "otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, url: str | None) -> str | None:
+        if not url:  # unset, or left blank in a ConfigMap
+            return None
+        parsed = urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"an OTLP endpoint is an http:// or https:// URL, not {url!r}")
+        return url
 
     @field_validator("admin_token")
     @classmethod
@@ -232,6 +271,18 @@ class Settings(BaseSettings):
     @property
     def selector(self) -> TaskSelector:
         return TaskSelector.parse(self.tasks)
+
+    @property
+    def traces_endpoint(self) -> str | None:
+        """Where spans are posted; None: tracing off. The traces endpoint wins over the base
+        URL, as in OpenTelemetry."""
+        if self.otel_sdk_disabled:
+            return None
+        if self.otlp_traces_endpoint:
+            return self.otlp_traces_endpoint
+        if self.otlp_endpoint:
+            return self.otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
 
     def admin_enabled(self) -> bool:
         return self.admin_token is not None or self.allow_unauthenticated_admin

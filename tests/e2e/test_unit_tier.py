@@ -2,7 +2,8 @@
 
 A fresh interpreter makes the train extra's modules unimportable (``sys.modules[name] = None``
 makes ``import name`` raise ImportError) and runs every unit test with pytest, with MTS_*
-settings in its environment that would change results if any test or fixture read them. An
+settings (and OpenTelemetry's endpoint, which turns tracing on) in its environment that would
+change results if any test or fixture read them. An
 import of torch anywhere on the unit tier's path (a conftest, a fixture, a module under test)
 fails the run; a check inside one process cannot tell, since other tiers load torch.
 """
@@ -22,6 +23,7 @@ HOST = {
     "MTS_BATCH_MAX_TEXTS": "1",
     "MTS_ADMIN_TOKEN": "a-host-token",
     "mts_log_level": "debug",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
 }
 
 

@@ -40,6 +40,7 @@ CORE = (
     "logs",
     "pending",
     "memory",
+    "tracing",
 )
 HTTP_SIDE = (
     "http_errors",
