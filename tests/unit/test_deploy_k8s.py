@@ -46,6 +46,7 @@ from tests.deploy import (
 CRDS = {"ServiceMonitor": monitoring.ServiceMonitor, "PrometheusRule": monitoring.PrometheusRule}
 DOCS = render()
 KSERVE = render(K8S / "kserve")
+DATA = render(K8S / "data")  # the namespace and the repository's claim, apart from the base
 KSERVE_SCHEMAS = json.loads(
     (Path(__file__).resolve().parent.parent / "data" / "kserve" / "schemas.json").read_text()
 )
@@ -70,7 +71,7 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=_id)
+@pytest.mark.parametrize("doc", DOCS + DATA, ids=_id)
 def test_every_rendered_manifest_is_valid_for_the_pinned_kubernetes_version(doc):
     if doc["kind"] in CRDS:
         model = CRDS[doc["kind"]].model_validate(doc)
@@ -94,7 +95,9 @@ def test_a_broken_manifest_is_refused_by_both_validators():
     assert again != wrong
 
 
-@pytest.mark.parametrize("root", [K8S, K8S / "replicaset"], ids=["k8s", "k8s/replicaset"])
+@pytest.mark.parametrize(
+    "root", [K8S, K8S / "replicaset", K8S / "data"], ids=["k8s", "k8s/replicaset", "k8s/data"]
+)
 def test_the_kustomization_lists_every_manifest_in_its_directory(root):
     listed = set(kustomization(root)["resources"])
     on_disk = {p.name for p in root.glob("*.yaml")} - {"kustomization.yaml"}
@@ -130,7 +133,7 @@ def test_selectors_and_references_meet_their_targets():
     hpa = by_kind(DOCS, "HorizontalPodAutoscaler")[0]
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
 
-    names = {(d["kind"], d["metadata"]["name"]) for d in DOCS}
+    names = {(d["kind"], d["metadata"]["name"]) for d in DOCS + DATA}
     container = _serving_pod()["spec"]["containers"][0]
     for source in container["envFrom"]:
         kind, ref = next(iter(source.items()))
@@ -234,7 +237,7 @@ def _kserve_pod() -> dict[str, Any]:
 
 
 def test_the_namespace_enforces_the_restricted_pod_security_profile_every_pod_meets():
-    labels = by_kind(DOCS, "Namespace")[0]["metadata"]["labels"]
+    labels = by_kind(DATA, "Namespace")[0]["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     assert labels["pod-security.kubernetes.io/enforce-version"] == f"v{KUBERNETES_VERSION}"
     assert labels["pod-security.kubernetes.io/warn"] == "restricted"
@@ -263,9 +266,12 @@ def test_serving_pods_spread_over_zones_then_nodes():
 
 
 def test_the_storage_class_is_a_parameter_an_overlay_sets():
-    claim = by_kind(DOCS, "PersistentVolumeClaim")[0]
+    claim = by_kind(DATA, "PersistentVolumeClaim")[0]
     assert "storageClassName" not in claim["spec"]  # the cluster default, unless patched
-    overlay = yaml.safe_load((K8S / "examples" / "overlay" / "kustomization.yaml").read_text())
+    overlay = yaml.safe_load(
+        (K8S / "examples" / "overlay" / "data" / "kustomization.yaml").read_text()
+    )
+    assert overlay["resources"] == ["../../k8s/data"]
     [patch] = [p for p in overlay["patches"] if p["target"]["kind"] == "PersistentVolumeClaim"]
     assert patch["target"]["name"] == claim["metadata"]["name"]
     [operation] = yaml.safe_load(patch["patch"])
@@ -300,6 +306,28 @@ def test_pods_run_one_worker_as_non_root_on_a_read_only_root_filesystem():
         spec = pod["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["runAsUser"] != 0
+KEEPERS = {
+    "kustomize.toolkit.fluxcd.io/prune": "disabled",  # Flux: never pruned
+    "argocd.argoproj.io/sync-options": "Prune=false,Delete=false",  # Argo CD: never either
+}
+
+
+def test_deleting_or_pruning_the_base_never_deletes_the_repository():
+    """`kubectl delete -k k8s/` deletes what the base renders: neither the claim holding every
+    head nor the Namespace (whose deletion takes the claim with it) may be among it. Both live in
+    k8s/data/, annotated so that Flux and Argo CD never prune or delete them either."""
+    assert not {"Namespace", "PersistentVolumeClaim"} & {d["kind"] for d in DOCS}
+    assert sorted(d["kind"] for d in DATA) == ["Namespace", "PersistentVolumeClaim"]
+    for doc in DATA:
+        assert doc["metadata"]["annotations"] == KEEPERS, _id(doc)
+    # The base's objects go in the namespace data/ creates, and its pods mount data/'s claim.
+    [namespace] = by_kind(DATA, "Namespace")
+    assert kustomization()["namespace"] == namespace["metadata"]["name"]
+    assert {d["metadata"]["namespace"] for d in DOCS + by_kind(DATA, "PersistentVolumeClaim")} == {
+        namespace["metadata"]["name"]
+    }
+
+
         assert spec["automountServiceAccountToken"] is False
         for container in spec.get("initContainers", []) + spec["containers"]:
             context = container["securityContext"]
@@ -314,7 +342,7 @@ def test_pods_run_one_worker_as_non_root_on_a_read_only_root_filesystem():
 
 
 def test_the_model_repository_is_one_shared_read_write_many_volume():
-    claim = by_kind(DOCS, "PersistentVolumeClaim")[0]
+    claim = by_kind(DATA, "PersistentVolumeClaim")[0]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     job = by_kind(DOCS, "Job")[0]["spec"]["template"]["spec"]["containers"][0]
     assert job["args"][:3] == ["build", "--repo", "/models"]
@@ -427,9 +455,9 @@ def test_the_kserve_runtime_serves_v2_on_its_port_with_readiness_on_v2_health_re
     assert model["runtime"] == by_kind(KSERVE, "ServingRuntime")[0]["metadata"]["name"]
     # KServe mounts the storageUri at /mnt/models; the claim is the base's repository.
     assert env["MTS_REPOSITORY"] == "/mnt/models"
-    claim = by_kind(DOCS, "PersistentVolumeClaim")[0]["metadata"]["name"]
+    claim = by_kind(DATA, "PersistentVolumeClaim")[0]["metadata"]["name"]
     assert model["storageUri"].rstrip("/") == f"pvc://{claim}"
-    assert service["metadata"]["namespace"] == by_kind(DOCS, "Namespace")[0]["metadata"]["name"]
+    assert service["metadata"]["namespace"] == by_kind(DATA, "Namespace")[0]["metadata"]["name"]
     assert env["MTS_INTRA_OP_THREADS"] == container["resources"]["limits"]["cpu"]
 
 
@@ -447,7 +475,9 @@ def _by_id(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 @needs_kustomize
-@pytest.mark.parametrize("root", [K8S, K8S / "kserve"], ids=["k8s", "k8s/kserve"])
+@pytest.mark.parametrize(
+    "root", [K8S, K8S / "data", K8S / "kserve"], ids=["k8s", "k8s/data", "k8s/kserve"]
+)
 def test_kustomize_renders_what_the_test_renderer_renders(root):
     assert _by_id(_kustomize(root)) == _by_id(render(root))
 
@@ -486,7 +516,7 @@ def test_the_example_overlay_adds_the_token_and_storage_class_and_follows_the_bu
     sources = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
     refs = [s["secretRef"] for s in sources if "secretRef" in s]
     assert refs == [{"name": secret["metadata"]["name"], "optional": True}]
-    [claim] = by_kind(docs, "PersistentVolumeClaim")
+    [claim] = by_kind(_kustomize(tmp_path / "a" / "production" / "data"), "PersistentVolumeClaim")
     assert claim["spec"]["storageClassName"]
     assert by_kind(docs, "Job")[0]["metadata"]["name"] == "mts-build-0.1.0"
     bumped = _kustomize(_overlay(tmp_path / "b", tag="0.2.0"))
@@ -499,3 +529,7 @@ def test_the_example_overlay_adds_the_token_and_storage_class_and_follows_the_bu
         timeout=120,
     )
     assert missing.returncode != 0 and "admin-token.env" in missing.stderr
+    assert (
+        claim["metadata"]["annotations"]
+        == by_kind(DATA, "PersistentVolumeClaim")[0]["metadata"]["annotations"]
+    )
