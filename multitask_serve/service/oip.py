@@ -481,6 +481,8 @@ async def repository_index(request: Request, query: Annotated[ListingQuery, Depe
 
 @router.get("/models/{task}", summary="Model metadata")
 async def model_metadata(request: Request, task: str) -> dict[str, Any]:
+    if _is_alias(request, task):
+        return _alias_metadata(request, task)
     return _metadata(_head(request, task))
 
 
@@ -489,9 +491,31 @@ async def version_metadata(request: Request, task: str, version: str) -> dict[st
     return _metadata(_head(request, task, version))
 
 
+def _is_alias(request: Request, name: str) -> bool:
+    """Whether ``name`` is MTS_OIP_MODEL_ALIAS, the server as a whole, and no served task's."""
+    state = services(request.app)
+    alias = state.settings.oip_model_alias
+    return alias is not None and name == alias and name not in state.registry.snapshot()
+
+
+def _alias_metadata(request: Request, name: str) -> dict[str, Any]:
+    """The alias as a model: the server, with no tensors of its own (each task is a model)."""
+    return {
+        "name": name,
+        "versions": [],
+        "platform": PLATFORM,
+        "inputs": [],
+        "outputs": [],
+        "parameters": {"models": len(services(request.app).registry.snapshot())},
+    }
+
+
 # A head is in the registry only after a real probe inference passed: served means ready.
-@router.get("/models/{task}/ready", summary="Model readiness")
+@router.get("/models/{task}/ready", summary="Model readiness", responses={503: {}})
 async def model_ready(request: Request, task: str) -> dict[str, Any]:
+    if _is_alias(request, task):  # ready as the server is: raises Unavailable (503) if not
+        await services(request.app).predictor.ready()
+        return {"name": task, "ready": True}
     return {"name": _head(request, task).spec.task, "ready": True}
 
 
@@ -502,6 +526,11 @@ async def version_ready(request: Request, task: str, version: str) -> dict[str, 
 
 @router.post("/models/{task}/infer", summary="Inference", **INFER_DOC)
 async def model_infer(request: Request, task: str) -> Response:
+    if _is_alias(request, task):
+        raise InvalidInput(
+            f"model {task!r} stands for this server, which serves one model per task: infer on "
+            "/v2/models/<task>/infer (POST /v2/repository/index lists them)"
+        )
     return await _infer(request, _head(request, task))
 
 

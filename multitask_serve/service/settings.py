@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from multitask_serve.modelrepo.types import TASK_NAME_RE
 from multitask_serve.service.selection import TaskSelector
 
 
@@ -78,6 +79,12 @@ class Settings(BaseSettings):
     # asks for truncation). Bounds what one text can claim: 32 windows of 256 tokens read about
     # 7,100 tokens of text with the default overlap (the longest BBC test article takes 20).
     # 0: no limit.
+    # Open Inference Protocol: one more model name, standing for the server as a whole. GET
+    # /v2/models/<name>/ready answers when the server is ready (a real inference, as
+    # /v2/health/ready does) and GET /v2/models/<name> lists no tensors; inference stays per task
+    # (400 naming the way). KServe's ServingRuntime sets it to the InferenceService's name, which
+    # tools take for a model's. A task of the same name is that task. Unset: no such model.
+    oip_model_alias: str | None = None
     max_windows: NonNegativeInt = 32
     # Texts in one request. Bounds the memory and latency one client can claim.
     max_batch_texts: int = 64
@@ -232,6 +239,18 @@ class Settings(BaseSettings):
         if value is not None and value <= 0:
             raise ValueError("MTS_HEAD_MEMORY_MB must be positive (unset: every head loaded)")
         return value
+    @field_validator("oip_model_alias")
+    @classmethod
+    def _alias_is_a_model_name(cls, name: str | None) -> str | None:
+        if not name:  # unset, or left blank
+            return None
+        if not TASK_NAME_RE.match(name):
+            raise ValueError(
+                f"MTS_OIP_MODEL_ALIAS {name!r} is not a model name: 1-64 of a-z, 0-9, '_' and '-', "
+                "starting with a letter or digit"
+            )
+        return name
+
 
     @field_validator("otlp_traces_endpoint", "otlp_endpoint")
     @classmethod

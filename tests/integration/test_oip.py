@@ -260,3 +260,28 @@ def test_every_kind_answers_the_tensors_its_metadata_declares(client, admin, arc
         for got, meta in zip(answered, declared, strict=True):
             assert got["shape"] == [len(TEXTS) if d == -1 else d for d in meta["shape"]]
             assert len(got["data"]) == np.prod(got["shape"])
+
+
+def test_the_alias_stands_for_the_server_and_a_task_of_its_name_stays_that_task(repo):
+    """MTS_OIP_MODEL_ALIAS (KServe's runtime sets the InferenceService's name): ready as the server
+    is, metadata with no tensors, inference refused with the way to a task; no versions."""
+
+    def app(**settings: object) -> TestClient:
+        return TestClient(create_app(make_settings(repo, **settings), CollectorRegistry()))
+
+    with app(oip_model_alias="mts") as c:
+        served = [m["name"] for m in c.post("/v2/repository/index").json()]
+        assert c.get("/v2/models/mts/ready").json() == {"name": "mts", "ready": True}
+        meta = c.get("/v2/models/mts").json()
+        assert meta["name"] == "mts" and meta["inputs"] == meta["outputs"] == []
+        assert meta["parameters"] == {"models": len(served)} and "mts" not in served
+        refused = oip_error(c.post("/v2/models/mts/infer", json=infer_body(["a"])), 400)
+        assert "/v2/models/<task>/infer" in refused
+        assert "mts" in oip_error(c.get("/v2/models/mts/versions/1/ready"), 404)
+        c.app.state.services.draining.set()  # shutting down: not ready, as /v2/health/ready
+        assert oip_error(c.get("/v2/models/mts/ready"), 503)
+    with app(oip_model_alias="embed") as c:  # a task's name: the task
+        assert c.get("/v2/models/embed").json()["versions"] == ["1"]
+        assert "embedding" in outputs(c.post("/v2/models/embed/infer", json=infer_body(["a"])))
+    with app() as c:
+        assert "mts" in oip_error(c.get("/v2/models/mts/ready"), 404)
