@@ -1,13 +1,11 @@
-"""Passages quoting the other bench/results files: first answer, training speed-ups, the data
-figures, serving benchmarks and BENCHMARKS.md's table of every CPU target."""
+"""Passages quoting bench/results files on the first run, training speed-ups, the data, hot-adds,
+shadows and eviction."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from tests.quotes import DISCUSSION, TRAINING, Quote
-
-TARGETS = "bench/results/targets-cpu.json"
 
 
 def bench_quotes() -> Iterator[Quote]:
@@ -34,6 +32,24 @@ def bench_quotes() -> Iterator[Quote]:
         "Sentiment's training took {:.0f} s of it",
         first,
         lambda d: (d["heads"]["sentiment"]["train_seconds"],),
+    )
+    yield Quote(
+        "README.md",
+        "the first answer (`embed`) came **{:.1f} s** after `make serve`'s server command started "
+        "(the trunk's export took {:.1f} s of it), sentiment answered at {:.0f} s, topic at "
+        "{:.0f} s and NER at **{:.0f} s**, with the test scores the all-at-once build gives "
+        "(sentiment macro-F1 {:.3f}, topic {:.3f}, NER entity F1 {:.3f})",
+        first,
+        lambda d: (
+            d["seconds_to_first_answer"],
+            d["log"]["build_seconds"],
+            *heads(d),
+            *(
+                d["heads"][t]["test"][m]
+                for t, m in (("sentiment", "macro_f1"), ("topic", "macro_f1"))
+            ),
+            d["heads"]["ner"]["test"]["entity_f1"],
+        ),
     )
     store = "bench/results/feature-store.json"
     yield Quote(
@@ -151,136 +167,5 @@ def bench_quotes() -> Iterator[Quote]:
             d["policies"]["gds"]["hit_ratio"]["median"],
             d["policies"]["lru"]["hit_ratio"]["median"],
             d["load_wait_lru_over_gds"],
-        ),
-    )
-
-
-def target(d: dict, name: str) -> tuple[float, float, float]:
-    t = next(x for x in d["targets"] if x["target"] == name)
-    return t["median"], t["min"], t["max"]
-
-
-def measured(d: dict, name: str, key: str = "texts_per_s") -> float:
-    return d["measured"][name][key]["median"]
-
-
-def memory(d: dict, side: str) -> float:
-    return d["memory_mib"][side]["end"][0]
-
-
-def target_quotes() -> Iterator[Quote]:
-    ratio = "{:.2f}x ({:.2f}-{:.2f})"
-    rows = [
-        (
-            "| mixed single-task requests, ours / pipelines, fp32 | >= 3.0x | "
-            + ratio
-            + ": {:.0f} vs {:.0f} texts/s |",
-            lambda d: (
-                *target(d, "mixed, 1 text: ours / pipelines, fp32"),
-                measured(d, "mixed, 1 text / ours"),
-                measured(d, "mixed, 1 text / pipelines"),
-            ),
-        ),
-        (
-            "| the same, int8 trunk and heads | >= 4.0x | " + ratio + ": {:.0f} texts/s |",
-            lambda d: (
-                *target(d, "mixed, 1 text: ours / pipelines, int8 trunk and heads"),
-                measured(d, "mixed, 1 text / ours int8"),
-            ),
-        ),
-        (
-            "| all tasks on every text, ours / pipelines, fp32 | >= 6.0x | "
-            + ratio
-            + ": {:.0f} vs {:.0f} texts/s |",
-            lambda d: (
-                *target(d, "all tasks, 1 text: ours / pipelines, fp32"),
-                measured(d, "all tasks, 1 text / ours"),
-                measured(d, "all tasks, 1 text / pipelines"),
-            ),
-        ),
-        (
-            "| the same, int8 trunk and heads | >= 6.0x | " + ratio + ": {:.0f} texts/s |",
-            lambda d: (
-                *target(d, "all tasks, 1 text: ours / pipelines, int8 trunk and heads"),
-                measured(d, "all tasks, 1 text / ours int8"),
-            ),
-        ),
-        (
-            "| 8-text requests, all tasks, ours / pipelines, fp32 | >= 3.0x | "
-            + ratio
-            + ": {:.0f} vs {:.0f} texts/s |",
-            lambda d: (
-                *target(d, "all tasks, 8 texts: ours / pipelines, fp32"),
-                measured(d, "all tasks, 8 texts / ours"),
-                measured(d, "all tasks, 8 texts / pipelines"),
-            ),
-        ),
-        (
-            "| resident memory after the run, ours / pipelines, fp32 | <= 0.33 | {:.2f} ({:.0f} / "
-            "{:.0f} MiB) |",
-            lambda d: (
-                target(d, "resident memory (end): ours / pipelines")[0],
-                memory(d, "ours"),
-                memory(d, "pipelines"),
-            ),
-        ),
-        (
-            "| the same, int8 trunk and heads | <= 0.25 | {:.2f} ({:.0f} / {:.0f} MiB) |",
-            lambda d: (
-                target(d, "resident memory (end): ours int8 / pipelines")[0],
-                memory(d, "ours int8"),
-                memory(d, "pipelines"),
-            ),
-        ),
-        (
-            "| single-text requests, server batch limit 1: HTTP / raw ORT at batch 1 | >= 0.85x | "
-            + ratio
-            + " |",
-            lambda d: target(
-                d, "1 text per request, batch limit 1: HTTP / raw ORT batch 1 (texts/s)"
-            ),
-        ),
-        (
-            "| concurrency 1: HTTP p50 minus raw ORT p50 | <= 1 ms | {:.2f} ms ({:.2f}-{:.2f}): "
-            "{:.2f} vs {:.2f} ms |",
-            lambda d: (
-                *target(d, "concurrency 1: HTTP p50 - raw ORT p50 (ms)"),
-                measured(d, "concurrency 1, 1 text / ours", "p50_ms"),
-                measured(d, "raw 1 text / raw, CPU arena off", "p50_ms"),
-            ),
-        ),
-        (
-            "| 16-text requests: HTTP / raw ORT at batch 16 (was 0.9-1.0x) | no regression | "
-            + ratio
-            + " |",
-            lambda d: target(
-                d, "16 texts per request: HTTP / raw ORT batch 16 (texts/s), no regression from 0.9"
-            ),
-        ),
-    ]
-    for text, figures in rows:
-        yield Quote("BENCHMARKS.md", text, TARGETS, figures)
-    yield Quote(
-        "README.md",
-        "all tasks on every text {:.2f}x the throughput ({:.2f}x with the int8 trunk and heads), "
-        "mixed single-task requests {:.2f}x ({:.2f}x), 8-text requests {:.2f}x, at {:.2f} of the "
-        "memory ({:.2f} with int8); single-text p50 at concurrency 1: {:.2f} ms against raw ONNX "
-        "Runtime's {:.2f} ms",
-        TARGETS,
-        lambda d: (
-            *(
-                target(d, name)[0]
-                for name in (
-                    "all tasks, 1 text: ours / pipelines, fp32",
-                    "all tasks, 1 text: ours / pipelines, int8 trunk and heads",
-                    "mixed, 1 text: ours / pipelines, fp32",
-                    "mixed, 1 text: ours / pipelines, int8 trunk and heads",
-                    "all tasks, 8 texts: ours / pipelines, fp32",
-                    "resident memory (end): ours / pipelines",
-                    "resident memory (end): ours int8 / pipelines",
-                )
-            ),
-            measured(d, "concurrency 1, 1 text / ours", "p50_ms"),
-            measured(d, "raw 1 text / raw, CPU arena off", "p50_ms"),
         ),
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.quotes import Quote, check, measured, report, training
+from tests.quotes import Quote, check, measured, report, serving, training
 
 QUOTES = [
     *report.report_quotes(),
@@ -18,7 +18,8 @@ QUOTES = [
     *training.build_quotes(),
     *training.seed_quotes(),
     *measured.bench_quotes(),
-    *measured.target_quotes(),
+    *serving.serving_quotes(),
+    *serving.target_quotes(),
 ]
 
 
