@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.quotes import Quote, check, measured, report, serving, training
+from tests.quotes import Quote, check, long_texts, measured, report, serving, training
 
 QUOTES = [
     *report.report_quotes(),
@@ -20,6 +20,7 @@ QUOTES = [
     *measured.bench_quotes(),
     *serving.serving_quotes(),
     *serving.target_quotes(),
+    *long_texts.long_text_quotes(),
 ]
 
 
