@@ -80,6 +80,26 @@ def serving_quotes() -> Iterator[Quote]:
     )
 
 
+def fleet_quotes() -> Iterator[Quote]:
+    """BENCHMARKS.md's table of one process against the fleet: texts/s and ratios, per size."""
+    spread = "{:.1f} ({:.1f}-{:.1f})"
+    ratio = "{:.2f}x ({:.2f}-{:.2f})"
+    for texts in (1, 16):
+
+        def cells(d: dict, texts: int = texts) -> tuple[float, ...]:
+            out = [d["phases"]["single"][f"texts_per_s_{texts}"]]
+            for side in ("fleet-router", "fleet-no-router"):
+                out += [d["phases"][side][f"texts_per_s_{texts}"], d[f"{side}_over_single_{texts}"]]
+            return tuple(x[k] for x in out for k in ("median", "min", "max"))
+
+        yield Quote(
+            "BENCHMARKS.md",
+            f"| {texts} | {spread} | {spread}: {ratio} | {spread}: {ratio} |",
+            "bench/results/fleet-overhead.json",
+            cells,
+        )
+
+
 def target(d: dict, name: str) -> tuple[float, float, float]:
     t = next(x for x in d["targets"] if x["target"] == name)
     return t["median"], t["min"], t["max"]

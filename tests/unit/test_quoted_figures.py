@@ -20,6 +20,7 @@ QUOTES = [
     *measured.bench_quotes(),
     *serving.serving_quotes(),
     *serving.target_quotes(),
+    *serving.fleet_quotes(),
     *long_texts.long_text_quotes(),
 ]
 
