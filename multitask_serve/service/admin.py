@@ -17,8 +17,14 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from multitask_serve.modelrepo.types import HeadSpec, SpecError, validate_task_name
+from multitask_serve.modelrepo.types import (
+    TASK_NAME_RE,
+    HeadSpec,
+    SpecError,
+    validate_task_name,
+)
 from multitask_serve.service.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
+from multitask_serve.service.logs import note_tasks
 from multitask_serve.service.registry import register_archive
 from multitask_serve.service.residency import LoadedHead
 from multitask_serve.service.schemas import RollbackRequest, ZeroShotRequest
@@ -60,10 +66,14 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 
 
 def _task(task: str) -> str:
+    """The route's task, checked, and named on the request's access line."""
     try:
-        return validate_task_name(task)
+        validate_task_name(task)
     except SpecError as exc:
         raise InvalidInput(str(exc)) from exc
+    # Only a name that is one in full: validate_task_name lets a final newline through.
+    note_tasks([task] if TASK_NAME_RE.fullmatch(task) else [])
+    return task
 
 
 def _added(head: LoadedHead, status_code: int = 201, **extra: Any) -> JSONResponse:

@@ -1,13 +1,16 @@
-"""Pure ASGI middlewares around everything else: a request id, and a count of every answer.
+"""Pure ASGI middlewares around everything else: a request id, and a count and an access line
+of every answer.
 
 create_app adds them last, so they run first: the answers service/limits.py gives before the app
 sees a request (429 beyond the in-flight bound, 413 for a declared body over the limit) carry a
-request id and are counted like the app's own 404s, 422s and 5xxs.
+request id and are counted and logged like the app's own 404s, 422s and 5xxs.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -16,7 +19,9 @@ from prometheus_client import Counter
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from multitask_serve.service.logs import request_id
+from multitask_serve.service.logs import request_id, request_tasks
+
+access_log = logging.getLogger("multitask_serve.access")
 
 HEADER = b"x-request-id"
 # A client's id is kept when it is 1-128 visible ASCII characters (no spaces or controls, so it
@@ -65,11 +70,14 @@ class RequestId:
 
 
 class RequestCounter:
-    """``mts_http_requests_total{route, method, status}`` for every HTTP request answered.
+    """``mts_http_requests_total{route, method, status}`` for every HTTP request answered, and
+    its access line: ``POST /predict/{task} 200 3.1 ms tasks=sentiment`` (``tasks=-`` when it
+    named none), logged at INFO by ``multitask_serve.access`` once the answer is sent, with
+    method, route, status, duration_ms and tasks as fields of a JSON line (service/logs.py).
 
     ``route`` is the matching route's template (``/predict/{task}``), ``other`` when none matches.
     A request whose app raised before answering counts as the 500 uvicorn then sends; one
-    cancelled before an answer (the server stopping) is not counted.
+    cancelled before an answer (the server stopping) is neither counted nor logged.
     """
 
     def __init__(self, app: ASGIApp, counter: Counter, routes: Sequence[BaseRoute]) -> None:
@@ -85,6 +93,9 @@ class RequestCounter:
             await self.app(scope, receive, send)
             return
         status: int | None = None
+        started = time.perf_counter()
+        tasks: list[str] = []
+        noting = request_tasks.set(tasks)
 
         async def observed(message: Message) -> None:
             nonlocal status
@@ -95,13 +106,34 @@ class RequestCounter:
         try:
             await self.app(scope, receive, observed)
         except Exception:
-            self._count(scope, status or 500)
+            self._answered(scope, status or 500, started, tasks)
             raise
-        self._count(scope, status or 500)  # no answer at all: uvicorn sends a 500
+        finally:
+            request_tasks.reset(noting)
+        self._answered(scope, status or 500, started, tasks)  # no answer: uvicorn sends a 500
 
-    def _count(self, scope: Scope, status: int) -> None:
+    def _answered(self, scope: Scope, status: int, started: float, tasks: list[str]) -> None:
         method = scope["method"] if scope["method"] in METHODS else UNMATCHED
-        self.counter.labels(self.template(scope), method, str(status)).inc()
+        route = self.template(scope)
+        self.counter.labels(route, method, str(status)).inc()
+        if access_log.isEnabledFor(logging.INFO):
+            ms = round((time.perf_counter() - started) * 1000, 3)
+            fields = {
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": ms,
+                "tasks": tasks,
+            }
+            access_log.info(
+                "%s %s %d %.1f ms tasks=%s",
+                method,
+                route,
+                status,
+                ms,
+                ",".join(tasks) or "-",
+                extra={"fields": fields},
+            )
 
     def template(self, scope: Scope) -> str:
         """The template of the route the app's router picked: it leaves the route in the scope,

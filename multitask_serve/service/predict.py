@@ -15,9 +15,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from multitask_serve.modelrepo.types import TASK_NAME_RE
 from multitask_serve.service.batcher import Batcher
 from multitask_serve.service.engine import PROBE_TEXT, Engine
 from multitask_serve.service.errors import InvalidInput, TooLarge, Unavailable
+from multitask_serve.service.logs import note_tasks
 from multitask_serve.service.metrics import Metrics
 from multitask_serve.service.registry import HeadRegistry
 from multitask_serve.service.residency import LoadedHead, ServedHead
@@ -91,7 +93,10 @@ class Predictor:
         heads a route resolved already, as OIP does to check the version its path names),
         checked by a format's own ``check_heads``, loaded if they are not; then ``run``.
         ``truncate``: cut texts longer than the served length instead of reading them in
-        windows (None: the server's default, ``MTS_TRUNCATE``)."""
+        windows (None: the server's default, ``MTS_TRUNCATE``). The tasks asked for are named on
+        the request's access line first, whatever the answer (those that cannot be task names
+        are left out)."""
+        note_tasks(task for task in tasks if TASK_NAME_RE.fullmatch(task))
         texts = self.texts(inputs)
         if check_texts is not None:
             check_texts(texts)

@@ -74,7 +74,8 @@ def serve(app: FastAPI, settings: Settings) -> None:
 
     Logging goes through the root logger's one handler (``logs.configure``, in
     ``settings.log_format``): uvicorn gets no log config of its own, so its loggers have no
-    handlers and propagate there, with the request id on its access lines.
+    handlers and propagate there, with the request id on its lines. Its access lines are off:
+    the app writes its own (service/observability.py), with route, tasks and duration.
     """
     logs.configure(settings.log_format)
     config = uvicorn.Config(
@@ -87,5 +88,6 @@ def serve(app: FastAPI, settings: Settings) -> None:
         http=settings.http_parser,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         timeout_keep_alive=settings.keep_alive_seconds,
+        access_log=False,
     )
     DrainingServer(config, services(app).draining.set, settings.shutdown_drain_seconds).run()
