@@ -141,5 +141,8 @@ def application(
 
 def settings_env(overrides: Mapping[str, str]) -> dict[str, str]:
     """This process's MTS_* variables with ``overrides``: what each replica reads its settings
-    from."""
-    return {k: v for k, v in os.environ.items() if k.startswith("MTS_")} | dict(overrides)
+    from. Less MTS_ADMIN_PORT: the fleet serves every route on Ray's one port, and a replica told
+    of an admin port would answer 404 there for /admin/... and /metrics."""
+    inherited = {k: v for k, v in os.environ.items() if k.startswith("MTS_")}
+    inherited.pop("MTS_ADMIN_PORT", None)
+    return inherited | dict(overrides)

@@ -30,6 +30,7 @@ from multitask_serve.service.compiled import CompiledHeads
 from multitask_serve.service.engine import Engine
 from multitask_serve.service.http_errors import install_handlers
 from multitask_serve.service.limits import BodyLimit, InferenceRoutes, InFlightLimit
+from multitask_serve.service.listeners import ListenerSplit
 from multitask_serve.service.memory import MIB, ActivationModel, MemoryBudget, cgroup_limit_mb
 from multitask_serve.service.memory import describe as describe_memory
 from multitask_serve.service.metrics import Metrics
@@ -252,6 +253,10 @@ def create_app(
     )
     # Added last, so it runs first: an overloaded process refuses before reading the body.
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight_requests, inference=INFERENCE)
+    if settings.admin_port is not None:
+        # /admin/... and /metrics on the admin listener only, inference on the other; its 404s
+        # are counted, logged and carry a request id like the router's own.
+        app.add_middleware(ListenerSplit, admin_port=settings.admin_port, own=SERVICE)
     if tracing is not None:  # inside RequestId, which it reads: the request id on its span
         app.add_middleware(TraceRequests, tracing=tracing)
     # Outermost: every answer, the limits' 429 and 413 included, is counted by route and status

@@ -5,11 +5,15 @@ that with a delay: requests keep arriving for a few seconds. So the first SIGTER
 drain: ``/readyz`` answers 503 while everything else keeps serving. When the drain ends (or on
 SIGINT, or on a second signal) uvicorn stops accepting connections, lets in-flight requests finish
 within the grace period, runs the lifespan shutdown and the process exits with status 0.
+
+With ``MTS_ADMIN_PORT`` the same server listens on a second socket: one lifespan, one drain and
+one shutdown for both; which routes each port serves is service/listeners.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import signal
 import threading
@@ -90,4 +94,12 @@ def serve(app: FastAPI, settings: Settings) -> None:
         timeout_keep_alive=settings.keep_alive_seconds,
         access_log=False,
     )
-    DrainingServer(config, services(app).draining.set, settings.shutdown_drain_seconds).run()
+    server = DrainingServer(config, services(app).draining.set, settings.shutdown_drain_seconds)
+    if settings.admin_port is None:
+        server.run()
+        return
+    # Both bound before anything is served (each logs "Uvicorn running on ..."; a port in use
+    # ends the process with uvicorn's own message), then listening once the lifespan started.
+    admin = copy.copy(config)
+    admin.port = settings.admin_port
+    server.run(sockets=[config.bind_socket(), admin.bind_socket()])

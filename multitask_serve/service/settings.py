@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     repository: Path = Path("model-repo")
     host: str = "127.0.0.1"
     port: int = 8000
+    # A second listener, on MTS_HOST and this port, for the operator's side: /admin/... and
+    # /metrics are served there and answer 404 on MTS_PORT, so that whatever exposes the
+    # inference port (a Service, an Ingress) cannot expose them. /healthz and /readyz answer on
+    # both; the rest (inference, /tasks, /docs) only on MTS_PORT. Unset: one listener serves
+    # everything, as a local `mts serve` does.
+    admin_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     # Bearer token for /admin. Unset or empty (a Kubernetes Secret left blank) means admin is
     # disabled, unless explicitly allowed below.
     admin_token: SecretStr | None = None
@@ -266,6 +272,15 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_unset(cls, token: SecretStr | None) -> SecretStr | None:
         return token if token is not None and token.get_secret_value() else None
+
+    @model_validator(mode="after")
+    def _admin_port_is_another_port(self) -> Settings:
+        if self.admin_port is not None and self.admin_port == self.port:
+            raise ValueError(
+                f"MTS_ADMIN_PORT ({self.admin_port}) must differ from MTS_PORT: it is a second "
+                "listener (unset it to serve everything on MTS_PORT)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fp16_needs_cuda(self) -> Settings:

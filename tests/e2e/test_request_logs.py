@@ -1,6 +1,7 @@
-"""A real ``mts serve`` with MTS_LOG_FORMAT=json: every line of its log is a JSON object, the
-lines of a request name its X-Request-ID, and its access line (the app's, not uvicorn's) names the
-route's template, the tasks, the status and the duration."""
+"""A real ``mts serve`` with MTS_LOG_FORMAT=json and MTS_ADMIN_PORT: every line of its log is a
+JSON object, the lines of a request name its X-Request-ID, its access line (the app's, not
+uvicorn's) names the route's template, the tasks, the status and the duration; and ``/admin/...``
+and ``/metrics`` answer on the admin port only."""
 
 from __future__ import annotations
 
@@ -9,15 +10,32 @@ import re
 
 import httpx
 
-from support.servers import serving
+from support.servers import free_port, serving
 from tests.conftest import ADMIN_TOKEN, SERVER_ENV
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def test_json_log_lines_carry_the_request_id_and_the_access_fields(repo, tmp_path):
+def test_admin_and_metrics_answer_on_the_admin_port_and_404_on_the_inference_port(repo, tmp_path):
     log = tmp_path / "server.log"
-    with serving(repo, log, {**SERVER_ENV, "MTS_LOG_FORMAT": "json"}) as url:
+    port = free_port()
+    env = {**SERVER_ENV, "MTS_LOG_FORMAT": "json", "MTS_ADMIN_PORT": str(port)}
+    with serving(repo, log, env) as url:
+        admin = f"http://127.0.0.1:{port}"
+        # The Must-show: the inference port answers these as paths no route serves.
+        unknown = httpx.get(f"{url}/no-such-path")
+        for path in ("/metrics", "/admin/heads/embed/versions"):
+            hidden = httpx.get(f"{url}{path}", headers=ADMIN)
+            assert (hidden.status_code, hidden.json()) == (404, unknown.json()), path
+            assert httpx.get(f"{admin}{path}", headers=ADMIN).status_code == 200, path
+        assert "mts_http_requests_total" in httpx.get(f"{admin}/metrics").text
+        # Inference and the listing are not served on the admin port; probes answer on both.
+        refused = httpx.post(f"{admin}/predict/embed", json={"inputs": "hi"})
+        assert refused.status_code == 404 and httpx.get(f"{admin}/tasks").status_code == 404
+        for probe in ("/healthz", "/readyz"):
+            assert httpx.get(f"{url}{probe}").status_code == 200
+            assert httpx.get(f"{admin}{probe}").status_code == 200
+
         given = httpx.post(
             f"{url}/predict/embed", json={"inputs": "hi"}, headers={"X-Request-ID": "must-show-42"}
         )
@@ -31,7 +49,7 @@ def test_json_log_lines_carry_the_request_id_and_the_access_fields(repo, tmp_pat
         )
         assert several.status_code == 200, several.text
         added = httpx.post(
-            f"{url}/admin/heads/mood/zero-shot",
+            f"{admin}/admin/heads/mood/zero-shot",
             json={"labels": ["calm", "angry"]},
             headers={**ADMIN, "X-Request-ID": "add-mood"},
         )
@@ -76,6 +94,9 @@ def test_json_log_lines_carry_the_request_id_and_the_access_fields(repo, tmp_pat
         for e in entries
         if e["logger"] != "multitask_serve.access"
     )
-    # Start-up lines belong to no request.
+    # Start-up lines belong to no request; both listeners are announced.
     assert any(e["request_id"] is None and "heads served" in e["message"] for e in entries)
+    assert any(
+        f"127.0.0.1:{port}" in e["message"] for e in entries if e["logger"] == "uvicorn.error"
+    )
     assert ADMIN_TOKEN not in log.read_text()

@@ -3,7 +3,8 @@
 The core (errors, engine, batcher, registry, residency, shadow, sessions, trunk, tokenize,
 postprocess, types, pending (the first run's training follower), and the one prediction entry
 point, predict) is what every wire format calls; only the HTTP side (routes, oip, admin, limits,
-observability, http_errors, openapi, responses, app, server) may import the web framework.
+listeners, observability, http_errors, openapi, responses, app, server) may import the web
+framework.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ HTTP_SIDE = (
     "openai_compat",
     "admin",
     "limits",
+    "listeners",
     "observability",
     "schemas",
     "listing",
