@@ -10,12 +10,14 @@ root filesystem a read-only one (its working directory):
 2. the serving pod's init container, started with the Job: it must still wait while the volume
    holds no trunk, and finish once the Job has built it;
 3. two serving containers (the image's ``mts serve``, env from the image, the ConfigMap and the
-   optional admin Secret, treated as absent) on the same volume, each on the declared port or a
-   free one mapped in its env and probes alike; the startup, readiness and liveness probes polled
+   optional admin Secret, treated as absent) on the same volume, each on the declared ports
+   (inference and admin) or free ones mapped in its env and probes alike; the startup, readiness
+   and liveness probes polled
    as the kubelet polls them (a ticker per probe from container start at its periodSeconds, each
    try with its timeoutSeconds, readiness and liveness skipped until startup has passed,
    failureThreshold consecutive failures fail it), all passing within startup's period x threshold;
-4. the replicas serve the same tasks and the same answers;
+4. the replicas serve the same tasks and the same answers; ``/metrics`` answers on the admin port
+   only (404 on inference), and the access lines are JSON (the ConfigMap's MTS_LOG_FORMAT);
 5. SIGTERM to one replica while clients keep sending requests through a Service emulation (a
    terminating pod leaves the endpoints one second after SIGTERM, as endpoint propagation does):
    every request answered, exit 0 within terminationGracePeriodSeconds, the other replica serving;
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import re
 import shutil
 import signal
@@ -59,6 +62,7 @@ IMAGE_VENV = "/opt/venv"
 # How long after SIGTERM a terminating pod's address leaves the Service's endpoints.
 ENDPOINT_PROPAGATION_SECONDS = 1.0
 DOCKER_STOP_SECONDS = 10.0  # `docker stop`'s default timeout
+PORTS = ("admin", "http")  # the serving container's, by name
 TEXTS = ["the market rallied on strong earnings", "what a lovely match", "parliament voted"]
 
 
@@ -456,6 +460,15 @@ def test_the_manifests_and_the_image_bring_the_service_up_and_down(
             for replica in (a, b):
                 said = f"memory limit {quantity(limit) / 2**20:g} MiB"
                 assert said in replica.log.read_text(errors="replace"), replica.tail()
+                # The ServiceMonitor's port, not the Service's (tests/unit/test_deploy_k8s.py).
+                metrics = [httpx.get(f"{replica.url(p)}/metrics", timeout=10) for p in PORTS]
+                assert [m.status_code for m in metrics] == [200, 404]
+                lines = replica.log.read_text(errors="replace").splitlines()
+                entries = [json.loads(line) for line in lines if line.startswith("{")]
+                assert any(
+                    e["logger"] == "multitask_serve.access" and e["route"] == "/predict"
+                    for e in entries
+                ), replica.tail()
 
         with steps(f"SIGTERM to {a.name} under load (grace {grace} s)"):
             sent, answered, errors, exit_code = terminate_under_load(a, b, grace)

@@ -12,8 +12,9 @@
    resolved to the pod its selector selects;
 5. through it: every task answers 200 with the unsharded pod's answer, routed to the shard whose
    MTS_TASKS select it (that pod answers the task directly, the other says 404); routes that
-   name no task reach the default shard; a head hot-added through the route, for a task a glob
-   assigns, is stored by that shard and served there and by the unsharded pod alike.
+   name no task reach the default shard, and none reaches the admin API (each pod's admin port,
+   which no Service exposes); a head hot-added on a pod of the shard a glob assigns its task to
+   is stored by that shard and served through the route and by the unsharded pod alike.
 
 ``pytest -s`` prints each step with its timing.
 """
@@ -167,17 +168,17 @@ def test_two_shards_behind_one_route_table_serve_every_task_as_one_replica_set_d
                 assert via("GET", "/readyz").status_code == 200
                 assert {service for _, service in routed[first:]} == {default}
 
-            with steps("a head hot-added through the route lands on its glob's shard"):
+            with steps("a head hot-added on its glob's shard is served through the route"):
                 task = "legal-ft"
                 [owner] = [name for name, selector in selectors.items() if selector(task)]
                 assert owner != default  # a RegularExpression match took it
                 labels = {"labels": ["a contract", "a court ruling", "a statute"]}
-                added = via("POST", f"/admin/heads/{task}/zero-shot", json=labels, headers=ADMIN)
+                path = f"/admin/heads/{task}/zero-shot"
+                assert via("POST", path, json=labels, headers=ADMIN).status_code == 404
+                admin = {name: running[name].url("admin") for name in selectors}
+                added = http.post(f"{admin[owner]}{path}", json=labels, headers=ADMIN)
                 assert added.status_code == 201, added.text
-                assert routed[-1][1] == owner
-                refused = http.post(
-                    f"{direct[default]}/admin/heads/{task}/zero-shot", json=labels, headers=ADMIN
-                )
+                refused = http.post(f"{admin[default]}{path}", json=labels, headers=ADMIN)
                 assert refused.status_code == 409
                 answer = via("POST", f"/predict/{task}", json={"inputs": TEXTS})
                 assert answer.status_code == 200 and routed[-1][1] == owner

@@ -118,18 +118,12 @@ def test_selectors_and_references_meet_their_targets():
     assert selects(deployment["spec"]["selector"]["matchLabels"])
     assert selects(by_kind(DOCS, "Service")[0]["spec"]["selector"])
     assert selects(by_kind(DOCS, "PodDisruptionBudget")[0]["spec"]["selector"]["matchLabels"])
-    serving_policy = next(
-        p
-        for p in by_kind(DOCS, "NetworkPolicy")
-        if selects(p["spec"]["podSelector"]["matchLabels"])
-    )
-    assert serving_policy["spec"]["ingress"][0]["ports"][0]["port"] == 8000
+    assert selects(_serving_policy()["spec"]["podSelector"]["matchLabels"])
     service = by_kind(DOCS, "Service")[0]
     monitor = by_kind(DOCS, "ServiceMonitor")[0]
     assert (
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     )
-    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     hpa = by_kind(DOCS, "HorizontalPodAutoscaler")[0]
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
 
@@ -148,6 +142,44 @@ def test_selectors_and_references_meet_their_targets():
                 claim = volume["persistentVolumeClaim"]["claimName"]
                 assert ("PersistentVolumeClaim", claim) in names
         assert ("ServiceAccount", pod["spec"]["serviceAccountName"]) in names
+
+
+def _serving_policy() -> dict[str, Any]:
+    [policy] = [p for p in by_kind(DOCS, "NetworkPolicy") if p["metadata"]["name"] == "mts"]
+    return policy
+
+
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+
+def test_admin_and_metrics_are_on_a_port_only_prometheus_reaches():
+    container = _serving_pod()["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    settings = _settings(by_kind(DOCS, "ConfigMap")[0]["data"])
+    assert (ports["http"], ports["admin"]) == (settings.port, settings.admin_port)
+    # The Service, and so any Ingress or route in front of it, has inference only; the kubelet
+    # probes the port the Service sends traffic to.
+    [service] = by_kind(DOCS, "Service")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    assert {container[p]["httpGet"]["port"] for p in container if p.endswith("Probe")} == {"http"}
+    # Prometheus scrapes the admin container port of the Service's pods (`port` would name a
+    # Service port, and takes precedence).
+    [endpoint] = by_kind(DOCS, "ServiceMonitor")[0]["spec"]["endpoints"]
+    assert endpoint["targetPort"] == "admin" and "port" not in endpoint
+    assert endpoint["path"] == "/metrics"
+    # Inference from the namespace and the ingress controller; the admin port from monitoring.
+    admitted = {
+        port["port"]: rule["from"]
+        for rule in _serving_policy()["spec"]["ingress"]
+        for port in rule["ports"]
+    }
+    assert set(admitted) == {ports["http"], ports["admin"]}
+    assert admitted[ports["admin"]] == [MONITORING]
+    assert MONITORING not in admitted[ports["http"]]
+
+
+def test_pods_log_json_lines():
+    assert _settings(by_kind(DOCS, "ConfigMap")[0]["data"]).log_format == "json"
 
 
 def test_probes_call_routes_the_service_has():

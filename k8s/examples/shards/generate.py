@@ -32,8 +32,10 @@ REPLICASET = "../../../k8s/replicaset"
 SHARD_LABEL = "multitask-serve/shard"
 SERVICE_PORT = 80  # k8s/replicaset/service.yaml
 # The service's routes that name a task in the path: /predict/<task>, /v2/models/<task>/...,
-# /tei/<task>/..., /admin/heads/<task>/... (a test checks the service has no other).
-TASK_PREFIXES = ("/predict", "/v2/models", "/tei", "/admin/heads")
+# /tei/<task>/... (a test checks the service has no other). /admin/heads/<task>/... is served on
+# the pods' admin port (MTS_ADMIN_PORT), which no Service exposes and so no route reaches: a head
+# is added on a pod of the shard whose list takes its task (docs/deploy.md, "Static shards").
+TASK_PREFIXES = ("/predict", "/v2/models", "/tei")
 # The service's task names and patterns (multitask_serve: modelrepo/types.py TASK_NAME_RE,
 # service/selection.py PATTERN_RE); repeated here so that this script needs no install.
 TASK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
