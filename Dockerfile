@@ -1,9 +1,9 @@
 # syntax=docker/dockerfile:1
 # multitask-serve images, one Dockerfile, three targets (docs/deploy.md walks through them):
-#   serve  (the default, last stage) .[serve] only, no torch; non-root; the model repository is
+#   serve  (the default, last stage) .[serve,tracing], no torch; non-root; the model repository is
 #          the volume /models; `mts serve` is the entrypoint
 #   build  .[serve,train] and the data packages: `mts build` fills /models (the Kubernetes Job)
-#   gpu    serving on an NVIDIA GPU: CUDA runtime base and onnxruntime-gpu (.[gpu])
+#   gpu    serving on an NVIDIA GPU: CUDA runtime base and onnxruntime-gpu (.[gpu,tracing])
 # Every stage installs into /opt/venv, and the runtime stages copy only that venv: no compiler,
 # pip cache or source tree ships.
 # Dependencies come from the lock files in requirements/ (every package pinned, every file's
@@ -33,7 +33,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps \
         -r /tmp/requirements/serve.txt
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     /opt/venv/bin/pip install --no-cache-dir --no-index \
-        "$(find /wheels -name 'multitask_serve-*.whl')[serve]"
+        "$(find /wheels -name 'multitask_serve-*.whl')[serve,tracing]"
 
 FROM ${PYTHON_IMAGE} AS build-venv
 # torch's default Linux wheel bundles CUDA libraries (several GB); the CPU build is enough to
@@ -76,7 +76,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps \
         -r /tmp/requirements/gpu.txt
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     /opt/venv/bin/pip install --no-cache-dir --no-index \
-        "$(find /wheels -name 'multitask_serve-*.whl')[gpu]"
+        "$(find /wheels -name 'multitask_serve-*.whl')[gpu,tracing]"
 
 # Serving on a GPU: the same service, onnxruntime-gpu 1.31.1 in place of onnxruntime 1.32.0 (no
 # 1.32 GPU build on PyPI), on Python 3.12 in place of 3.11; every other package at the serving

@@ -23,9 +23,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 LOCKS = ROOT / "requirements"
 # The lock files each dependency stage installs, and the extra its wheel install asks for.
 VENV_STAGES = {
-    "serve-venv": (["serve.txt"], "serve"),
+    "serve-venv": (["serve.txt"], "serve,tracing"),
     "build-venv": (["build.txt", "build-data.txt"], "serve,train"),
-    "gpu-venv": (["gpu.txt"], "gpu"),
+    "gpu-venv": (["gpu.txt"], "gpu,tracing"),
 }
 # The python3 of the CUDA base image's distribution (Ubuntu 24.04 ships 3.12).
 DISTRIBUTION_PYTHON = {"ubuntu24.04": "3.12"}
@@ -64,9 +64,10 @@ def test_targets_serve_by_default_build_and_gpu():
     stages = _stages()
     assert list(stages)[-1] == "serve"  # `docker build .` makes the serving image
     assert {"wheel", "serve", "build", "gpu"} <= set(stages)
-    assert '"$(find /wheels -name' in stages["serve-venv"] and "[serve]" in stages["serve-venv"]
+    # The serving images carry the tracing extra: an OTLP endpoint is all traces take.
+    assert '"$(find /wheels' in stages["serve-venv"] and "[serve,tracing]" in stages["serve-venv"]
     assert "[serve,train]" in stages["build-venv"]
-    assert "[gpu]" in stages["gpu-venv"] and "[serve" not in stages["gpu-venv"]
+    assert "[gpu,tracing]" in stages["gpu-venv"] and "[serve" not in stages["gpu-venv"]
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", DOCKERFILE, re.MULTILINE)
     assert "MTS_DEVICE=cuda" in stages["gpu"]
     assert 'CMD ["build", "--repo", "/models"' in stages["build"]
@@ -134,9 +135,9 @@ def test_dependencies_install_from_hashed_locks_in_their_own_layer_before_the_wh
 def test_the_locks_meet_pyproject_and_agree_with_each_other():
     extras = PYPROJECT["optional-dependencies"]
     for lock, wanted in {
-        "serve.txt": ["serve"],
+        "serve.txt": ["serve", "tracing"],
         "build.txt": ["serve", "train"],
-        "gpu.txt": ["gpu"],
+        "gpu.txt": ["gpu", "tracing"],
     }.items():
         pins = _lock(lock)
         for line in PYPROJECT["dependencies"] + [d for e in wanted for d in extras[e]]:
