@@ -79,18 +79,18 @@ class Settings(BaseSettings):
     # The server's default for requests that do not say (OpenAI's embeddings; TEI keeps its own
     # truncate, false by default: refused).
     truncate: bool = False
-    # Tokens neighbouring windows share. Unset: 32, or half a window when that is less.
-    window_overlap: NonNegativeInt | None = None
-    # Windows one text may take; a longer text gets 413 naming it (or is cut, when its request
-    # asks for truncation). Bounds what one text can claim: 32 windows of 256 tokens read about
-    # 7,100 tokens of text with the default overlap (the longest BBC test article takes 20).
-    # 0: no limit.
     # Open Inference Protocol: one more model name, standing for the server as a whole. GET
     # /v2/models/<name>/ready answers when the server is ready (a real inference, as
     # /v2/health/ready does) and GET /v2/models/<name> lists no tensors; inference stays per task
     # (400 naming the way). KServe's ServingRuntime sets it to the InferenceService's name, which
     # tools take for a model's. A task of the same name is that task. Unset: no such model.
     oip_model_alias: str | None = None
+    # Tokens neighbouring windows share. Unset: 32, or half a window when that is less.
+    window_overlap: NonNegativeInt | None = None
+    # Windows one text may take; a longer text gets 413 naming it (or is cut, when its request
+    # asks for truncation). Bounds what one text can claim: 32 windows of 256 tokens read about
+    # 7,100 tokens of text with the default overlap (the longest BBC test article takes 20).
+    # 0: no limit.
     max_windows: NonNegativeInt = 32
     # Texts in one request. Bounds the memory and latency one client can claim.
     max_batch_texts: int = 64
@@ -245,6 +245,7 @@ class Settings(BaseSettings):
         if value is not None and value <= 0:
             raise ValueError("MTS_HEAD_MEMORY_MB must be positive (unset: every head loaded)")
         return value
+
     @field_validator("oip_model_alias")
     @classmethod
     def _alias_is_a_model_name(cls, name: str | None) -> str | None:
@@ -256,7 +257,6 @@ class Settings(BaseSettings):
                 "starting with a letter or digit"
             )
         return name
-
 
     @field_validator("otlp_traces_endpoint", "otlp_endpoint")
     @classmethod

@@ -45,8 +45,8 @@ from tests.deploy import (
 
 CRDS = {"ServiceMonitor": monitoring.ServiceMonitor, "PrometheusRule": monitoring.PrometheusRule}
 DOCS = render()
-KSERVE = render(K8S / "kserve")
 DATA = render(K8S / "data")  # the namespace and the repository's claim, apart from the base
+KSERVE = render(K8S / "kserve")
 KSERVE_SCHEMAS = json.loads(
     (Path(__file__).resolve().parent.parent / "data" / "kserve" / "schemas.json").read_text()
 )
@@ -287,6 +287,28 @@ def test_the_namespace_enforces_the_restricted_pod_security_profile_every_pod_me
         assert expected in problems
 
 
+KEEPERS = {
+    "kustomize.toolkit.fluxcd.io/prune": "disabled",  # Flux: never pruned
+    "argocd.argoproj.io/sync-options": "Prune=false,Delete=false",  # Argo CD: never either
+}
+
+
+def test_deleting_or_pruning_the_base_never_deletes_the_repository():
+    """`kubectl delete -k k8s/` deletes what the base renders: neither the claim holding every
+    head nor the Namespace (whose deletion takes the claim with it) may be among it. Both live in
+    k8s/data/, annotated so that Flux and Argo CD never prune or delete them either."""
+    assert not {"Namespace", "PersistentVolumeClaim"} & {d["kind"] for d in DOCS}
+    assert sorted(d["kind"] for d in DATA) == ["Namespace", "PersistentVolumeClaim"]
+    for doc in DATA:
+        assert doc["metadata"]["annotations"] == KEEPERS, _id(doc)
+    # The base's objects go in the namespace data/ creates, and its pods mount data/'s claim.
+    [namespace] = by_kind(DATA, "Namespace")
+    assert kustomization()["namespace"] == namespace["metadata"]["name"]
+    assert {d["metadata"]["namespace"] for d in DOCS + by_kind(DATA, "PersistentVolumeClaim")} == {
+        namespace["metadata"]["name"]
+    }
+
+
 def test_serving_pods_spread_over_zones_then_nodes():
     constraints = _serving_pod()["spec"]["topologySpreadConstraints"]
     keys = [c["topologyKey"] for c in constraints]
@@ -338,28 +360,6 @@ def test_pods_run_one_worker_as_non_root_on_a_read_only_root_filesystem():
         spec = pod["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["runAsUser"] != 0
-KEEPERS = {
-    "kustomize.toolkit.fluxcd.io/prune": "disabled",  # Flux: never pruned
-    "argocd.argoproj.io/sync-options": "Prune=false,Delete=false",  # Argo CD: never either
-}
-
-
-def test_deleting_or_pruning_the_base_never_deletes_the_repository():
-    """`kubectl delete -k k8s/` deletes what the base renders: neither the claim holding every
-    head nor the Namespace (whose deletion takes the claim with it) may be among it. Both live in
-    k8s/data/, annotated so that Flux and Argo CD never prune or delete them either."""
-    assert not {"Namespace", "PersistentVolumeClaim"} & {d["kind"] for d in DOCS}
-    assert sorted(d["kind"] for d in DATA) == ["Namespace", "PersistentVolumeClaim"]
-    for doc in DATA:
-        assert doc["metadata"]["annotations"] == KEEPERS, _id(doc)
-    # The base's objects go in the namespace data/ creates, and its pods mount data/'s claim.
-    [namespace] = by_kind(DATA, "Namespace")
-    assert kustomization()["namespace"] == namespace["metadata"]["name"]
-    assert {d["metadata"]["namespace"] for d in DOCS + by_kind(DATA, "PersistentVolumeClaim")} == {
-        namespace["metadata"]["name"]
-    }
-
-
         assert spec["automountServiceAccountToken"] is False
         for container in spec.get("initContainers", []) + spec["containers"]:
             context = container["securityContext"]
