@@ -354,6 +354,29 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+# KServe fills these in a ServingRuntime's containers from the InferenceService's metadata (its
+# controller runs the container, as JSON, through Go's text/template: ReplacePlaceholders).
+KSERVE_PLACEHOLDER = re.compile(r"\{\{\s*\.(\w+)\s*\}\}")
+
+
+def kserve_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The predictor container KServe makes of k8s/kserve/: the ServingRuntime's container with
+    its placeholders filled from the InferenceService's metadata (Name, Namespace; any other
+    fails, as it would be left unexplained here)."""
+    [runtime] = by_kind(docs, "ServingRuntime")
+    [service] = by_kind(docs, "InferenceService")
+    meta = {"Name": service["metadata"]["name"], "Namespace": service["metadata"]["namespace"]}
+    text = json.dumps(runtime["spec"]["containers"][0])
+
+    def fill(match: re.Match[str]) -> str:
+        assert match.group(1) in meta, f"{match.group(0)}: not a field this emulation fills"
+        return str(meta[match.group(1)])
+
+    filled: dict[str, Any] = json.loads(KSERVE_PLACEHOLDER.sub(fill, text))
+    assert "{{" not in json.dumps(filled), "a template KServe would not parse"
+    return filled
+
+
 # Pod Security Standards, "restricted" profile (Kubernetes 1.31): the volume types it allows.
 RESTRICTED_VOLUMES = {
     "configMap",
