@@ -100,7 +100,7 @@ KINDS: Mapping[Kind, KindTraits] = MappingProxyType(
 
 
 def validate_task_name(task: str) -> str:
-    if not TASK_NAME_RE.match(task):
+    if not TASK_NAME_RE.fullmatch(task):
         raise SpecError(
             f"invalid task name {task!r}: use 1-64 characters of a-z, 0-9, '-' and '_', "
             "starting with a letter or digit"

@@ -40,7 +40,7 @@ class TaskSelector:
                     f"invalid task pattern {pattern!r}: a task name (a-z, 0-9, '-', '_') or a "
                     "glob of one ('*', '?', '[...]')"
                 )
-            if not is_glob(pattern) and not TASK_NAME_RE.match(pattern):
+            if not is_glob(pattern) and not TASK_NAME_RE.fullmatch(pattern):
                 raise SelectorError(f"{pattern!r} is not a valid task name")
             checked.append(pattern)
         return cls(tuple(checked))

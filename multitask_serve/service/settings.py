@@ -251,7 +251,7 @@ class Settings(BaseSettings):
     def _alias_is_a_model_name(cls, name: str | None) -> str | None:
         if not name:  # unset, or left blank
             return None
-        if not TASK_NAME_RE.match(name):
+        if not TASK_NAME_RE.fullmatch(name):
             raise ValueError(
                 f"MTS_OIP_MODEL_ALIAS {name!r} is not a model name: 1-64 of a-z, 0-9, '_' and '-', "
                 "starting with a letter or digit"

@@ -31,7 +31,9 @@ def test_names_and_globs_select_the_tasks_they_match(patterns, selected):
     assert str(selector) == ",".join(patterns)
 
 
-@pytest.mark.parametrize("pattern", ["", "topic/*", "Topic", "a b", "-x", "x" * 65, "sentiment,"])
+@pytest.mark.parametrize(
+    "pattern", ["", "topic/*", "Topic", "a b", "-x", "x" * 65, "sentiment,", "topic\n"]
+)
 def test_a_pattern_that_is_no_task_name_or_glob_is_refused(pattern):
     with pytest.raises(SelectorError):
         TaskSelector.parse([pattern])

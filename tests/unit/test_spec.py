@@ -68,6 +68,7 @@ def test_malformed_trunk_variants_are_refused(variants, message):
         ({"labels": ["a", "a"]}, "unique"),
         ({"labels": [1, 2]}, "labels must be strings"),
         ({"task": "../etc"}, "invalid task name"),
+        ({"task": "mood\n"}, "invalid task name"),  # ``$`` alone would match before the newline
         ({"pooling": "max"}, "unknown pooling"),
     ],
 )

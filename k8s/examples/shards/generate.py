@@ -146,7 +146,7 @@ def load(path: Path) -> ShardMap:
         for p in patterns:
             if not isinstance(p, str) or not PATTERN_RE.match(p):
                 raise ShardMapError(f"shard {shard!r}: {p!r} is not a task name or glob of one")
-            if not _is_glob(p) and not TASK_NAME_RE.match(p):
+            if not _is_glob(p) and not TASK_NAME_RE.fullmatch(p):
                 raise ShardMapError(f"shard {shard!r}: {p!r} is not a task name")
             if not all(t is None or t for t in _tokens(p)):  # a class of no task character
                 raise ShardMapError(f"shard {shard!r}: {p!r} can never match a task name")
