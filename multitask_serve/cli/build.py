@@ -6,7 +6,11 @@ Both need the train extra; they import it when they run, so the parser builds wi
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
+import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 from multitask_serve.cli.common import (
@@ -15,40 +19,78 @@ from multitask_serve.cli.common import (
     is_built,
     needs_train_extra,
 )
+from multitask_serve.export.publish import TrunkChanged
+from multitask_serve.modelrepo.builds import build_lock, identity, is_current, leftovers
 
 
-def _build(repo: Path, encoder: str | None, heads: str, head_precision: str = "fp32") -> None:
+def _build(args: argparse.Namespace, heads: str) -> None:
     """``heads``: "train" (trained before publishing), "later" (listed as pending) or "none"."""
     try:
-        from multitask_serve.export.build import build_repository
+        from multitask_serve.export.build import DEFAULT_ZERO_SHOT, build_repository
         from multitask_serve.export.encoder import load_encoder
         from multitask_serve.export.progress import library_bars
-        from multitask_serve.training.build import build_training_later, build_with_heads
+        from multitask_serve.export.publish import Target
+        from multitask_serve.training.build import (
+            DEFAULT_HEADS,
+            build_training_later,
+            build_with_heads,
+        )
     except ImportError as exc:
         needs_train_extra(exc)
+    repo, encoder, head_precision = args.repo, args.encoder, args.head_precision
+    # What decides the build's output: a build with another identity is outdated.
+    recipe = {
+        "zero_shot": DEFAULT_ZERO_SHOT,
+        "heads": [] if heads == "none" else [dataclasses.asdict(c) for c in DEFAULT_HEADS],
+        "head_precision": head_precision,
+    }
+    wanted = identity(
+        package=version("multitask-serve"), encoder=encoder, heads=heads, recipe=recipe
+    )
+    if args.if_outdated and is_built(repo) and is_current(repo, wanted):
+        print(f"{repo} holds this build already ({', '.join(wanted.values())}); not rebuilding")
+        return
+    target = Target(wanted, update=args.if_outdated, replace_trunk=args.replace_trunk)
     library_bars()
     loaded = load_encoder(encoder) if encoder else None
     if heads == "train":
-        build_with_heads(repo, loaded, head_precision=head_precision)
+        build_with_heads(repo, loaded, head_precision=head_precision, target=target)
     elif heads == "later":
         # Resolved: the server that trains them may run from another directory.
         source = str(Path(encoder).resolve()) if encoder else None
-        build_training_later(repo, loaded, source, head_precision=head_precision)
+        build_training_later(repo, loaded, source, head_precision=head_precision, target=target)
     else:
-        build_repository(repo, loaded)
+        build_repository(repo, loaded, target=target)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    if args.if_missing and is_built(args.repo):
-        print(f"{args.repo} holds a complete repository; not rebuilding")
-        return 0
     if args.no_train and args.train_later:
         sys.exit("mts build: --no-train and --train-later exclude each other")
+    if args.if_missing and args.if_outdated:
+        sys.exit("mts build: --if-missing and --if-outdated exclude each other")
+    if args.if_outdated and args.train_later:
+        sys.exit("mts build: --if-outdated updates with trained heads or none, not --train-later")
+    if args.replace_trunk and not args.if_outdated:
+        sys.exit("mts build: --replace-trunk goes with --if-outdated")
     heads = "none" if args.no_train else "later" if args.train_later else "train"
     try:
-        _build(args.repo, args.encoder, heads, args.head_precision)
-    except FileExistsError as exc:
+        if not is_built(args.repo):
+            leftovers(args.repo)  # someone's files: refused before the lock file is made there
+        # Held for the check and the build: a second build waits, then finds the first's.
+        with build_lock(args.repo):
+            if args.if_missing and is_built(args.repo):
+                print(f"{args.repo} holds a complete repository; not rebuilding")
+                return 0
+            _build(args, heads)
+    except (FileExistsError, TrunkChanged) as exc:
         sys.exit(f"mts build: {exc}")
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        sys.exit(
+            f"mts build: cannot write {args.repo} as uid {os.getuid()} ({exc.strerror}); the "
+            "volume must be writable by it (docs/deploy.md, 'The build Job and the volume')"
+        )
     return 0
 
 
@@ -112,6 +154,20 @@ def add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--if-missing",
         action="store_true",
         help="do nothing if --repo holds a complete repository (it may be an empty directory)",
+    )
+    build.add_argument(
+        "--if-outdated",
+        action="store_true",
+        help="build if --repo is empty; if it holds a repository that another build made (its "
+        "build.json: package version, encoder, recipe), add this build's heads to it as new "
+        "versions, keeping every other head; a new trunk replaces the old one only if no head "
+        "but the old build's is bound to it (else nothing changes and the build fails)",
+    )
+    build.add_argument(
+        "--replace-trunk",
+        action="store_true",
+        help="with --if-outdated: replace a trunk that heads are bound to even so; those heads "
+        "stay stored, unserved, listed in the output and build.json",
     )
     build.add_argument(
         "--no-train",

@@ -1,29 +1,31 @@
 """Build a model repository: the trunk plus the heads that need no training.
 
 A build goes into a path that does not exist yet or into an empty directory (a fresh volume, whose
-mount point always exists and whose parent may be read-only). The repository is assembled in a
+mount point always exists and whose parent may be read-only; what the volume's file system keeps
+there, ``lost+found``, is left alone: modelrepo/builds.py). The repository is assembled in a
 hidden staging directory inside the target and published by renames, heads first and the trunk
 last: ``trunk/trunk.json``, what servers and the Kubernetes init container wait for, appears only
 when everything else is in place. An interrupted build leaves no trunk, so nothing serves it, and
-the next build clears what it left.
+the next build clears what it left. One build at a time holds the target's build lock, so a
+second build waits instead of clearing the first one's staging directory. A build may also update
+a complete repository (export/publish.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from multitask_serve.export.encoder import Encoder, load_encoder
 from multitask_serve.export.heads import HeadExporter
+from multitask_serve.export.publish import StagedRepository, Target, Update, publish_fresh
 from multitask_serve.export.trunk import install_trunk
-from multitask_serve.modelrepo.atomic import fsync_dir
-from multitask_serve.modelrepo.pending import PENDING_FILE
-from multitask_serve.modelrepo.repository import HEADS_DIR, TRASH_DIR, TRUNK_DIR, ModelRepository
+from multitask_serve.modelrepo.builds import STAGING_PREFIX, build_lock, leftovers
+from multitask_serve.modelrepo.repository import ModelRepository
 
 # Label descriptions for the zero-shot heads of the default repository. Each label is scored by
 # the cosine between the text and its description, both embedded by the frozen trunk.
@@ -45,54 +47,58 @@ DEFAULT_ZERO_SHOT: dict[str, dict[str, str]] = {
 Report = Callable[[str], None]
 
 
-# A build's staging directory inside the target; what else a build may leave in a target whose
-# trunk never appeared (an interrupted build), and so may clear before building again.
-STAGING_PREFIX = ".building-"
-BUILD_LEFTOVERS = (HEADS_DIR, TRASH_DIR, PENDING_FILE)
-
-
 def is_built(root: Path) -> bool:
     """A complete repository is at ``root``: its trunk is published, and so is everything else."""
     return ModelRepository(root).has_trunk()
 
 
 @contextlib.contextmanager
-def building(root: Path) -> Iterator[ModelRepository]:
+def building(
+    root: Path, target: Target | None = None, tasks: Sequence[str] = (), report: Report = print
+) -> Iterator[ModelRepository]:
     """A repository to fill, published at ``root`` when the block ends without an error.
 
     ``root`` must not exist, or be a directory holding nothing but what an interrupted build
-    left; a complete repository or anything else is refused (FileExistsError).
+    left (and what the volume keeps, ``KEPT``); anything else is refused (FileExistsError). A
+    complete repository is refused too, unless ``target.update``: then the staged build is
+    published into it as an update (``tasks``: the heads the build makes; export/publish.py).
+    The build holds ``root``'s build lock throughout.
     """
     root = Path(root)
-    if is_built(root):
-        raise FileExistsError(f"{root} already holds a repository; remove it or build elsewhere")
-    root.mkdir(parents=True, exist_ok=True)
-    entries = list(root.iterdir())
-    foreign = [
-        e.name
-        for e in entries
-        if not e.name.startswith(STAGING_PREFIX) and e.name not in BUILD_LEFTOVERS
-    ]
-    if foreign:
-        raise FileExistsError(
-            f"{root} is not empty ({', '.join(sorted(foreign)[:5])}); build into a new path or an "
-            "empty directory"
-        )
-    for leftover in entries:  # an interrupted build's: it never published a trunk
+    target = target or Target()
+    if not is_built(root):
+        leftovers(root)  # someone's files: refused before the lock file is made beside them
+    with build_lock(root, report):
+        update = None
+        if is_built(root):
+            if not target.update:
+                raise FileExistsError(
+                    f"{root} already holds a repository; remove it or build elsewhere"
+                )
+            update = Update(root, tasks, target.replace_trunk, report)
+            for dead in root.glob(f"{STAGING_PREFIX}*"):  # a killed update's; the lock is ours
+                shutil.rmtree(dead, ignore_errors=True)
+        else:
+            _clear_leftovers(root)
+        staging = root / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
+        try:
+            yield StagedRepository(staging, None if update is None else update.check_trunk)
+            if update is None:
+                publish_fresh(staging, root, target.identity)
+            else:
+                update.publish(staging, target.identity)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _clear_leftovers(root: Path) -> None:
+    """What an interrupted build left (it never published a trunk; the lock is ours, so no
+    other build is running); FileExistsError if ``root`` holds anything else."""
+    for leftover in leftovers(root):
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
-    staging = root / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
-    try:
-        yield ModelRepository(staging)
-        for name in sorted(p.name for p in staging.iterdir() if p.name != TRUNK_DIR):
-            os.rename(staging / name, root / name)
-        fsync_dir(root)
-        os.rename(staging / TRUNK_DIR, root / TRUNK_DIR)  # last: the repository is complete
-        fsync_dir(root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def build_repository(
@@ -100,13 +106,19 @@ def build_repository(
     encoder: Encoder | None = None,
     zero_shot: dict[str, dict[str, str]] | None = None,
     report: Report = print,
+    target: Target | None = None,
 ) -> ModelRepository:
     """Build the trunk and the training-free heads at ``root`` (see ``building``)."""
     started = time.perf_counter()
-    with building(root) as repo:
+    tasks = training_free_tasks(zero_shot)
+    with building(root, target, tasks, report) as repo:
         install_training_free(repo, encoder, zero_shot, report)
     report(f"built {root} in {time.perf_counter() - started:.1f} s")
     return ModelRepository(root)
+
+
+def training_free_tasks(zero_shot: dict[str, dict[str, str]] | None = None) -> list[str]:
+    return ["embed", *(DEFAULT_ZERO_SHOT if zero_shot is None else zero_shot)]
 
 
 def install_training_free(

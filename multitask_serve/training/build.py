@@ -17,9 +17,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from multitask_serve.export.build import Report, building, install_training_free
+from multitask_serve.export.build import (
+    Report,
+    building,
+    install_training_free,
+    training_free_tasks,
+)
 from multitask_serve.export.encoder import Encoder
 from multitask_serve.export.heads import HeadExporter
+from multitask_serve.export.publish import Target
 from multitask_serve.modelrepo.pending import write_pending
 from multitask_serve.modelrepo.types import REFERENCE_PRECISION
 from multitask_serve.training.pending import plan
@@ -62,9 +68,11 @@ def build_with_heads(
     heads: tuple[TrainConfig, ...] = DEFAULT_HEADS,
     report: Report = print,
     head_precision: str = REFERENCE_PRECISION,
+    target: Target | None = None,
 ) -> None:
     started = time.perf_counter()
-    with building(root) as repo:
+    tasks = [*training_free_tasks(), *(c.task for c in heads)]
+    with building(root, target, tasks, report) as repo:
         encoder = install_training_free(repo, encoder, report=report)
         exporter = HeadExporter(encoder, repo.read_trunk_spec())
         for i, config in enumerate(heads, start=1):
@@ -89,6 +97,7 @@ def build_training_later(
     heads: tuple[TrainConfig, ...] = DEFAULT_HEADS,
     report: Report = print,
     head_precision: str = REFERENCE_PRECISION,
+    target: Target | None = None,
 ) -> None:
     """The trunk and training-free heads, published with ``heads`` listed as pending.
 
@@ -97,7 +106,7 @@ def build_training_later(
     complete repository never lacks it.
     """
     started = time.perf_counter()
-    with building(root) as repo:
+    with building(root, target, training_free_tasks(), report) as repo:
         install_training_free(repo, encoder, report=report)
         write_pending(repo.root, plan(heads, encoder_source, head_precision))
     report(
