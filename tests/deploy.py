@@ -76,6 +76,8 @@ def _image(image: str, images: list[dict[str, str]]) -> str:
     name, _, tag = image.partition(":")
     for rule in images:
         if rule["name"] == name:
+            if "digest" in rule:  # kustomize's form: the digest in place of the tag
+                return f"{rule.get('newName', name)}@{rule['digest']}"
             return f"{rule.get('newName', name)}:{rule.get('newTag', tag or 'latest')}"
     return image
 
@@ -105,13 +107,15 @@ def _walk(node: Any, segments: list[str]) -> tuple[Any, str | int]:
     """The container of a field path's last segment, and that segment (dict key or list index)."""
     for i, segment in enumerate(segments):
         last = i == len(segments) - 1
-        if segment.startswith("["):
+        if segment.startswith("[") and "=" in segment:
             key, _, value = segment[1:-1].partition("=")
             index = next(j for j, item in enumerate(node) if item.get(key) == value)
             if last:
                 return node, index
             node = node[index]
         else:
+            if segment.startswith("["):  # a map key holding dots: [app.kubernetes.io/version]
+                segment = segment[1:-1]
             if last:
                 return node, segment
             node = node[segment]

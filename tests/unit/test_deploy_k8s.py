@@ -234,28 +234,44 @@ def test_voluntary_disruptions_evict_one_pod_at_a_time():
     assert spec["maxUnavailable"] == 1 and "minAvailable" not in spec
 
 
-def _job_name_for_tag(tmp_path: Path, tag: str) -> str:
-    root = tmp_path / tag
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+BUILD_IMAGES = {
+    "a tag": {"newTag": "0.1.0"},
+    "a long tag": {"newTag": "0.1.0-" + "x" * 122},  # 128 characters, the most a tag may have
+    "a digest": {"digest": DIGEST},
+}
+
+
+def _job_names(root: Path, image: dict[str, str], release: str | None = None) -> list[str]:
+    """The build Job's name in k8s/ copied to ``root`` with the build image set to ``image``
+    (and the release to ``release``), by the test renderer and by kustomize where installed."""
     shutil.copytree(K8S, root)
     config = kustomization(root)
-    for image in config["images"]:
-        if image["name"] == "multitask-serve-build":
-            image["newTag"] = tag
+    for rule in config["images"]:
+        if rule["name"] == "multitask-serve-build":
+            rule.pop("newTag")
+            rule.update(image)
+    if release is not None:
+        for rule in config["labels"]:
+            if "app.kubernetes.io/version" in rule["pairs"]:
+                rule["pairs"]["app.kubernetes.io/version"] = release
     (root / "kustomization.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return str(by_kind(render(root), "Job")[0]["metadata"]["name"])
+    renderings = [render(root), *([_kustomize(root)] if KUBECTL else [])]
+    return [str(by_kind(docs, "Job")[0]["metadata"]["name"]) for docs in renderings]
 
 
-def test_the_build_job_is_named_after_its_image_tag_so_a_new_tag_applies(tmp_path):
-    # A Job's pod template is immutable: a new image under the same name would fail to apply.
+@pytest.mark.parametrize("image", BUILD_IMAGES.values(), ids=BUILD_IMAGES.keys())
+def test_the_build_job_is_named_after_the_release_within_63_characters(tmp_path, image):
+    # A Job's pod template is immutable: a new image under the same name would fail to apply, so
+    # a release names a new Job. The name is also the pods' job-name label: a DNS label of at
+    # most 63 characters, whatever the image reference (a digest or a long tag would not fit).
+    for name in _job_names(tmp_path / "a", image):
+        assert name == "mts-build-0.1.0"
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name) and len(name) <= 63
+    assert set(_job_names(tmp_path / "b", image, "0.2.0-rc.1")) == {"mts-build-0.2.0-rc.1"}
     job = by_kind(DOCS, "Job")[0]
-    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert job["metadata"]["name"] == "mts-build-" + image.rpartition(":")[2]
+    assert job["metadata"]["labels"]["app.kubernetes.io/version"] == "0.1.0"
     assert job["spec"]["ttlSecondsAfterFinished"] > 0  # finished Jobs do not pile up
-    assert _job_name_for_tag(tmp_path, "0.2.0") == "mts-build-0.2.0"
-    assert _job_name_for_tag(tmp_path, "0.2.0-rc.1") == "mts-build-0.2.0-rc.1"
-    # The name is also the pods' job-name label: a DNS label of at most 63 characters.
-    assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", job["metadata"]["name"])
-    assert len(job["metadata"]["name"]) <= 63
 
 
 def _kserve_pod() -> dict[str, Any]:
@@ -527,16 +543,17 @@ def _overlay(tmp_path: Path, tag: str | None = None, token: bool = True) -> Path
     shutil.copytree(K8S / "examples" / "overlay", overlay)
     if token:
         (overlay / "admin-token.env").write_text("MTS_ADMIN_TOKEN=0123456789abcdef\n")
-    if tag is not None:
+    if tag is not None:  # a release: its images and its version label, as the overlay says
         config = yaml.safe_load((overlay / "kustomization.yaml").read_text())
         for image in config["images"]:
             image["newTag"] = tag
+        config["labels"][0]["pairs"]["app.kubernetes.io/version"] = tag
         (overlay / "kustomization.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return overlay
 
 
 @needs_kustomize
-def test_the_example_overlay_adds_the_token_and_storage_class_and_follows_the_build_tag(tmp_path):
+def test_the_example_overlay_adds_the_token_and_storage_class_and_follows_the_release(tmp_path):
     docs = _kustomize(_overlay(tmp_path / "a"))
     for doc in docs:
         if doc["kind"] not in CRDS:
@@ -553,6 +570,8 @@ def test_the_example_overlay_adds_the_token_and_storage_class_and_follows_the_bu
     assert by_kind(docs, "Job")[0]["metadata"]["name"] == "mts-build-0.1.0"
     bumped = _kustomize(_overlay(tmp_path / "b", tag="0.2.0"))
     assert by_kind(bumped, "Job")[0]["metadata"]["name"] == "mts-build-0.2.0"
+    image = by_kind(bumped, "Job")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.example.com/multitask-serve-build:0.2.0"
     # Without the token file kustomize stops: an apply cannot blank the token.
     missing = subprocess.run(
         [str(KUBECTL), "kustomize", str(_overlay(tmp_path / "c", token=False))],
