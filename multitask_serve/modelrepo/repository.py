@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import shutil
 import time
@@ -35,6 +36,8 @@ from multitask_serve.modelrepo.types import (
     TrunkVariant,
     validate_task_name,
 )
+
+log = logging.getLogger(__name__)
 
 TRUNK_DIR = "trunk"
 HEADS_DIR = "heads"
@@ -315,8 +318,14 @@ class ModelRepository:
         """Delete leftovers of writes that a crash interrupted.
 
         Only leftovers older than ``older_than_s`` go: another process sharing the repository may
-        be staging a write right now.
+        be staging a write right now. A repository this process cannot write (a read-only mount,
+        as KServe mounts a ``pvc://`` storage URI) is left as it is: its leftovers are hidden
+        names that readers ignore, and a writer's sweep removes them.
         """
+        # access(2) answers EROFS on a read-only mount, whoever asks (root included).
+        if not os.access(self.root, os.W_OK):
+            log.info("%s is read-only here: leftovers of interrupted writes stay", self.root)
+            return
         cutoff = time.time() - older_than_s
         heads = self.root / HEADS_DIR
         candidates = [
@@ -335,4 +344,7 @@ class ModelRepository:
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
                 else:
-                    p.unlink(missing_ok=True)
+                    try:
+                        p.unlink(missing_ok=True)
+                    except OSError as exc:  # a folder this process may not write
+                        log.warning("cannot remove %s: %s", p, exc)

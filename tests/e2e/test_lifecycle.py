@@ -1,12 +1,15 @@
 """The deployment comes up from nothing, as the manifests and the image say: k8s/ rendered (real
 ``kubectl kustomize`` where installed, tests/deploy.py's renderer otherwise) and the Dockerfile's
 stages parsed, then run as local processes, each volume a temporary directory and each container's
-root filesystem a read-only one (its working directory):
+root filesystem a read-only one (its working directory and the image's venv, bound read-only in
+a mount namespace of the process's own: support/readonly.py; where this machine allows no such
+namespace, chmod 0555, which does not stop root):
 
-1. the build Job's container (the build image's ENTRYPOINT, the Job's args, env) on an empty
-   volume, and again: the second run changes nothing. For speed, ``--no-train --encoder <the tests'
-   tiny random BERT>`` is appended to the Job's args (the real default trains three heads with
-   MiniLM, minutes); everything else is the manifest's, ``--repo /models --if-missing`` included;
+1. the build Job's container (the build image's ENTRYPOINT, the Job's args, env) on a fresh
+   volume (holding only ``lost+found``, as an ext4-backed claim does), and again: the second run
+   changes nothing. For speed, ``--no-train --encoder <the tests' tiny random BERT>`` is appended
+   to the Job's args (the real default trains three heads with MiniLM, minutes); everything else
+   is the manifest's, ``--repo /models --if-outdated`` included;
 2. the serving pod's init container, started with the Job: it must still wait while the volume
    holds no trunk, and finish once the Job has built it;
 3. two serving containers (the image's ``mts serve``, env from the image, the ConfigMap and the
@@ -52,6 +55,7 @@ import httpx
 import pytest
 import yaml
 
+from support.readonly import read_only, unavailable
 from support.servers import free_port
 from tests.deploy import K8S, Image, by_kind, dockerfile_images, env_values, quantity, render
 
@@ -204,12 +208,18 @@ def process_of(
     return [executable, *argv[1:]], mapped
 
 
-def read_only_root(tmp: Path, image: Image) -> Path:
-    """The container's root filesystem: its working directory, read-only."""
+def read_only_root(
+    tmp: Path, image: Image, box: Sandbox, argv: list[str]
+) -> tuple[Path, list[str]]:
+    """The container's root filesystem, read-only: its working directory and the image's venv,
+    bound read-only for the process (support/readonly.py); chmod where that cannot be done.
+    Returns the working directory and the argv that runs there."""
     root = tmp / image.workdir.strip("/").replace("/", "-") if image.workdir != "/" else tmp
     root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o555)
-    return root
+    if unavailable() is not None:
+        root.chmod(0o555)
+        return root, argv
+    return root, read_only([root, box.mounts[IMAGE_VENV]], argv)
 
 
 @dataclass
@@ -251,7 +261,7 @@ def start(
             box.mounts[mount["mountPath"]].mkdir(parents=True)
     env = container_env(container, image, docs, secrets or {})
     argv, mapped = process_of(container, image, env, box)
-    cwd = read_only_root(box.root, image)
+    cwd, argv = read_only_root(box.root, image, box, argv)
     log = tmp / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env=mapped, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
@@ -383,8 +393,11 @@ def test_the_manifests_and_the_image_bring_the_service_up_and_down(
     docs, tiny_encoder_dir, tmp_path
 ):
     steps = Steps()
+    why = unavailable()
+    steps.note("read-only roots: " + ("bind mounts" if why is None else f"chmod only ({why})"))
     volume = tmp_path / "models-volume"
-    volume.mkdir()  # a fresh claim: its mount point exists, and it is empty
+    # A fresh claim: its mount point exists, and holds what its file system put there.
+    (volume / "lost+found").mkdir(parents=True, mode=0o700)
     build = fast_build(job_container(docs), tiny_encoder_dir)
     pod = serving_pod(docs)
     grace = pod["terminationGracePeriodSeconds"]
@@ -407,6 +420,7 @@ def test_the_manifests_and_the_image_bring_the_service_up_and_down(
         steps.note(job.tail().strip().splitlines()[-1])
     built = sorted(p.relative_to(volume).as_posix() for p in volume.rglob("*"))
     assert "trunk/trunk.json" in built and not any(".building-" in p for p in built)
+    assert "lost+found" in built  # the volume's own, left alone
 
     with steps("init container finishes once the trunk is there"):
         assert run_to_end(waiter, 10) == 0, waiter.tail()
@@ -625,9 +639,10 @@ def test_a_manifest_change_that_breaks_start_up_fails_the_check(
         stop(running, serving_pod(docs)["terminationGracePeriodSeconds"])
 
 
-def test_a_build_job_without_if_missing_fails_the_second_run(docs, built_volume, tmp_path):
+def test_a_build_job_without_its_if_flag_fails_the_second_run(docs, built_volume, tmp_path):
     container = job_container(docs)
-    container = {**container, "args": [a for a in container["args"] if a != "--if-missing"]}
+    assert "--if-outdated" in container["args"]
+    container = {**container, "args": [a for a in container["args"] if a != "--if-outdated"]}
     box = Sandbox(tmp_path / "job", {"/models": built_volume})
     box.root.mkdir()
     job = start("build-job", container, docs, box, tmp_path)
