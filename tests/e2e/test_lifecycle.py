@@ -27,6 +27,13 @@ namespace, chmod 0555, which does not stop root):
 6. the Dockerfile's serve stage: its ENTRYPOINT/CMD with its ENV, its HEALTHCHECK run as Docker
    (25 or later) runs it, its USER non-root, and ``docker stop`` (SIGTERM, 10 s) honoured.
 
+The example overlay (copied beside k8s/ with its token file) and k8s/kserve/ are executed the same
+way, side by side on copies of a built repository: one overlay replica, whose admin API takes the
+token; one KServe predictor as KServe makes it (the ServingRuntime's container with {{.Name}}
+filled, the claim mounted read-only at /mnt/models), answering for the InferenceService's name and
+leaving the repository as it was. A volume a container mounts readOnly is bound read-only for it,
+as its root is.
+
 A probe that answers 404 or 405 fails the check at once (the route does not exist, so the kubelet
 would fail it until the threshold, minutes later), as does a container that exits before it is
 ready (the kubelet would restart it into CrashLoopBackOff). ``pytest -s`` prints each step with its
@@ -35,9 +42,11 @@ timing.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import json
+import os
 import re
 import shutil
 import signal
@@ -46,7 +55,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +66,16 @@ import yaml
 
 from support.readonly import read_only, unavailable
 from support.servers import free_port
-from tests.deploy import K8S, Image, by_kind, dockerfile_images, env_values, quantity, render
+from tests.deploy import (
+    K8S,
+    Image,
+    by_kind,
+    dockerfile_images,
+    env_values,
+    kserve_container,
+    quantity,
+    render,
+)
 
 # Which Dockerfile stage builds which image the manifests name (the Dockerfile's header).
 STAGES = {"multitask-serve": "serve", "multitask-serve-build": "build"}
@@ -209,17 +227,18 @@ def process_of(
 
 
 def read_only_root(
-    tmp: Path, image: Image, box: Sandbox, argv: list[str]
+    tmp: Path, image: Image, box: Sandbox, argv: list[str], locked: Sequence[Path] = ()
 ) -> tuple[Path, list[str]]:
     """The container's root filesystem, read-only: its working directory and the image's venv,
-    bound read-only for the process (support/readonly.py); chmod where that cannot be done.
-    Returns the working directory and the argv that runs there."""
+    bound read-only for the process (support/readonly.py), with ``locked``, the volumes it mounts
+    readOnly; chmod where that cannot be done. Returns the working directory and the argv that
+    runs there."""
     root = tmp / image.workdir.strip("/").replace("/", "-") if image.workdir != "/" else tmp
     root.mkdir(parents=True, exist_ok=True)
     if unavailable() is not None:
         root.chmod(0o555)
         return root, argv
-    return root, read_only([root, box.mounts[IMAGE_VENV]], argv)
+    return root, read_only([root, box.mounts[IMAGE_VENV], *locked], argv)
 
 
 @dataclass
@@ -261,7 +280,11 @@ def start(
             box.mounts[mount["mountPath"]].mkdir(parents=True)
     env = container_env(container, image, docs, secrets or {})
     argv, mapped = process_of(container, image, env, box)
-    cwd, argv = read_only_root(box.root, image, box, argv)
+    # The volumes the container mounts readOnly are read-only to it (as its root is).
+    locked = [
+        box.mounts[m["mountPath"]] for m in container.get("volumeMounts", []) if m.get("readOnly")
+    ]
+    cwd, argv = read_only_root(box.root, image, box, argv, locked)
     log = tmp / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env=mapped, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
@@ -648,3 +671,146 @@ def test_a_build_job_without_its_if_flag_fails_the_second_run(docs, built_volume
     job = start("build-job", container, docs, box, tmp_path)
     assert run_to_end(job, 60) != 0
     assert "already holds a repository" in job.tail()
+
+
+# The example overlay and the KServe example, executed as the base is.
+
+KSERVE_MODELS = "/mnt/models"  # where KServe mounts an InferenceService's storageUri
+
+
+def example_overlay(tmp: Path, token: str) -> list[dict[str, Any]]:
+    """The example overlay copied beside a copy of k8s/ with its token file, as docs/deploy.md
+    says to use it, rendered. tests/deploy.py's renderer has no secretGenerator (kustomize names
+    the Secret after a hash of its content): without kubectl, the overlay is rendered without it
+    and the token comes in the Secret of the base's own name (``overlay_secrets``)."""
+    shutil.copytree(K8S, tmp / "k8s")
+    overlay = Path(shutil.copytree(K8S / "examples" / "overlay", tmp / "production"))
+    (overlay / "admin-token.env").write_text(f"MTS_ADMIN_TOKEN={token}\n")
+    if shutil.which("kubectl") is None:
+        config = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+        del config["secretGenerator"]
+        (overlay / "kustomization.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return rendered(overlay)
+
+
+def overlay_secrets(docs: list[dict[str, Any]], token: str) -> dict[str, dict[str, str]]:
+    """The Secrets the kubelet finds for the overlay's pods."""
+    found = {
+        s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in s["data"].items()}
+        for s in by_kind(docs, "Secret")
+    }
+    return found or {"mts-admin": {"MTS_ADMIN_TOKEN": token}}
+
+
+def kserve_predictor(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The predictor container KServe makes of k8s/kserve/: the runtime's, its placeholders
+    filled, with the InferenceService's pvc:// claim mounted where KServe mounts it, read-only
+    unless the InferenceService says storage.kserve.io/readonly: "false"."""
+    container = kserve_container(docs)
+    [service] = by_kind(docs, "InferenceService")
+    assert service["spec"]["predictor"]["model"]["storageUri"].startswith("pvc://")
+    annotations = service["metadata"].get("annotations", {})
+    locked = annotations.get("storage.kserve.io/readonly") != "false"
+    mount = {"name": "kserve-pvc-source", "mountPath": KSERVE_MODELS, "readOnly": locked}
+    container["volumeMounts"] = [*container.get("volumeMounts", []), mount]
+    return container
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` with its modification time and size."""
+    return {
+        p.relative_to(root).as_posix(): (p.lstat().st_mtime_ns, p.lstat().st_size)
+        for p in root.rglob("*")
+    }
+
+
+def run_together(*calls: Callable[[], None]) -> list[BaseException]:
+    """Runs each call on a thread of its own; the exceptions they raised."""
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[], None]) -> None:
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def oip_infer(url: str, task: str, text: str) -> httpx.Response:
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]}
+    return httpx.post(f"{url}/v2/models/{task}/infer", json=body, timeout=30)
+
+
+def test_the_example_overlay_and_the_kserve_example_come_up_as_rendered(built_volume, tmp_path):
+    """One replica of the example overlay (its admin token from its env file) and one predictor
+    of k8s/kserve/ as KServe makes it, side by side, each on its own copy of a built repository:
+    started, probed and stopped as the base's pods are. KServe's copy is mounted read-only and
+    holds an hour-old leftover of an interrupted write, which start-up must leave as it is. Stopped
+    with SIGKILL: SIGTERM is the base's step 5, the same process's (test_deploy_kserve.py checks
+    KServe's pods get the grace it needs)."""
+    steps = Steps()
+    token = "0123456789abcdef0123456789abcdef"
+    overlay = example_overlay(tmp_path / "manifests", token)
+    kserve = rendered(K8S / "kserve")
+    claim = Path(shutil.copytree(built_volume, tmp_path / "kserve-claim"))
+    stale = next((claim / "heads").iterdir()) / ".current.tmp"
+    stale.write_bytes(b"")
+    os.utime(stale, (time.time() - 3600,) * 2)
+    before = tree(claim)
+    results: dict[str, tuple[Running, dict[str, float]]] = {}
+
+    def overlay_up() -> None:
+        secrets = overlay_secrets(overlay, token)
+        results["overlay"] = bring_up_replica(
+            "overlay", overlay, built_volume, tmp_path, None, secrets
+        )
+
+    def kserve_up() -> None:
+        box = Sandbox(tmp_path / "kserve", {KSERVE_MODELS: claim})
+        box.root.mkdir()
+        running = start("kserve", kserve_predictor(kserve), kserve, box, tmp_path)
+        results["kserve"] = running, {}
+        results["kserve"] = running, probe_until_ready(running)
+
+    try:
+        with steps("overlay replica and KServe predictor: start, probes as declared"):
+            errors = run_together(overlay_up, kserve_up)
+            if errors:
+                raise errors[0]
+            for running, passed in results.values():
+                steps.note(
+                    f"{running.name}: probes passed at "
+                    + ", ".join(f"{k} {v:.1f} s" for k, v in passed.items())
+                )
+        pod, isvc = results["overlay"][0], results["kserve"][0]
+        with steps("overlay: the admin API takes the token from its env file"):
+            versions = f"{pod.url('admin')}/admin/heads/topic-zs/versions"
+            assert httpx.get(versions, timeout=10).status_code in (401, 403)
+            authorized = {"Authorization": f"Bearer {token}"}
+            assert httpx.get(versions, headers=authorized, timeout=10).status_code == 200
+            assert predict(pod.url("http"), "topic-zs", TEXTS[0])
+        with steps("KServe: a model named after the InferenceService, /metrics on the admin port"):
+            [service] = by_kind(kserve, "InferenceService")
+            name, url = service["metadata"]["name"], isvc.url("http1")
+            ready = httpx.get(f"{url}/v2/models/{name}/ready", timeout=15)
+            assert ready.json() == {"name": name, "ready": True}
+            answer = oip_infer(url, "topic-zs", TEXTS[0])
+            assert answer.status_code == 200, answer.text
+            assert httpx.get(f"{isvc.url('admin')}/metrics", timeout=10).status_code == 200
+            assert httpx.get(f"{url}/metrics", timeout=10).status_code == 404
+    finally:
+        for running, _ in results.values():
+            if running.proc.poll() is None:
+                running.proc.kill()
+                running.proc.wait()
+    why = unavailable()
+    if why is None:
+        assert stale.exists() and tree(claim) == before, "the read-only claim was written"
+    else:
+        steps.note(f"the claim's read-only mount not checked: {why}")
