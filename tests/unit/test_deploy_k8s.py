@@ -567,6 +567,10 @@ def test_the_example_overlay_adds_the_token_and_storage_class_and_follows_the_re
     assert refs == [{"name": secret["metadata"]["name"], "optional": True}]
     [claim] = by_kind(_kustomize(tmp_path / "a" / "production" / "data"), "PersistentVolumeClaim")
     assert claim["spec"]["storageClassName"]
+    assert (
+        claim["metadata"]["annotations"]
+        == by_kind(DATA, "PersistentVolumeClaim")[0]["metadata"]["annotations"]
+    )
     assert by_kind(docs, "Job")[0]["metadata"]["name"] == "mts-build-0.1.0"
     bumped = _kustomize(_overlay(tmp_path / "b", tag="0.2.0"))
     assert by_kind(bumped, "Job")[0]["metadata"]["name"] == "mts-build-0.2.0"
@@ -580,7 +584,3 @@ def test_the_example_overlay_adds_the_token_and_storage_class_and_follows_the_re
         timeout=120,
     )
     assert missing.returncode != 0 and "admin-token.env" in missing.stderr
-    assert (
-        claim["metadata"]["annotations"]
-        == by_kind(DATA, "PersistentVolumeClaim")[0]["metadata"]["annotations"]
-    )
