@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.quotes import Quote, check, long_texts, measured, report, serving, training
+from tests.quotes import Quote, check, long_texts, measured, report, serving, tracing, training
 
 QUOTES = [
     *report.report_quotes(),
@@ -22,6 +22,7 @@ QUOTES = [
     *serving.target_quotes(),
     *serving.fleet_quotes(),
     *long_texts.long_text_quotes(),
+    *tracing.tracing_quotes(),
 ]
 
 

@@ -65,3 +65,17 @@ def test_with_tracing_off_the_serving_core_imports_nothing_of_opentelemetry(tmp_
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_endpoint_without_the_sdk_installed_logs_why_and_serving_goes_on(tmp_path: Path):
+    code = (
+        "import logging, sys\n"
+        "sys.modules['opentelemetry.sdk'] = None  # as where the tracing extra is not installed\n"
+        "logging.basicConfig()\n"
+        "from multitask_serve.service.settings import Settings\n"
+        "from multitask_serve.service.tracing import Tracing\n"
+        f"settings = Settings(repository={str(tmp_path)!r}, otlp_endpoint='http://127.0.0.1:9')\n"
+        "assert Tracing.from_settings(settings) is None\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "traces are not exported" in done.stderr and "[tracing]" in done.stderr
