@@ -14,7 +14,7 @@ serves; each request's ``mts.queue`` span links to the batch that took it.
 Nothing of OpenTelemetry is imported while tracing is off (the ``tracing`` extra need not be
 installed): ``from_settings`` returns None, FastAPI's own telemetry is switched off, and every
 hook is one check of a context variable or an attribute against None. A request its caller did
-not sample (``traceparent`` flags 00) takes the same path as with tracing off.
+not sample (``traceparent`` flags 00) skips every hook, as with tracing off.
 """
 
 from __future__ import annotations
