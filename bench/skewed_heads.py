@@ -46,10 +46,15 @@ from bench.http_vs_ort import TEXTS
 from bench.loadgen import Run, measure
 from multitask_serve.service.residency import head_bytes
 from support.results import write_phases
-from support.servers import Sampler, cpu_seconds, start_server, stop, wait_idle
+from support.servers import MTS, Sampler, cpu_seconds, start_server, stop, wait_idle
 from support.stats import percentile, summary
 
 MIB = 1 << 20
+# ``mts serve`` on some cores only: the affinity is set before any thread starts, so all inherit it
+PINNED = (
+    "import os, sys; os.sched_setaffinity(0, {cpus}); "
+    "from multitask_serve.cli import main; sys.exit(main())"
+)
 PHASES = (
     "budget",
     "budget-uncompiled",
@@ -136,9 +141,16 @@ def quantile(
 
 
 @contextlib.contextmanager
-def phase_server(repo: Path, env: dict[str, str], log: Path) -> Iterator[tuple[str, int, float]]:
+def phase_server(
+    repo: Path, env: dict[str, str], log: Path, cpus: list[int] | None = None
+) -> Iterator[tuple[str, int, float]]:
+    """``mts serve`` of ``repo``; with ``cpus``, the server (every thread it starts) runs on
+    those cores only."""
     started = time.monotonic()
-    proc, url = start_server(repo, log, env, timeout=900)
+    python = MTS
+    if cpus:
+        python = ("-c", PINNED.format(cpus=set(cpus)))
+    proc, url = start_server(repo, log, env, python=python, timeout=900)
     try:
         yield url, proc.pid, time.monotonic() - started
     finally:
@@ -275,6 +287,13 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="an environment variable for every phase's server (a setting to compare)",
     )
+    parser.add_argument(
+        "--server-cpus",
+        type=int,
+        nargs="+",
+        help="the cores the server runs on (a replica of a fleet's shape: one core, with "
+        "--set MTS_INTRA_OP_THREADS=1); its CPU figures count those cores only",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/skewed-heads.json"))
     args = parser.parse_args()
 
@@ -312,9 +331,14 @@ def main() -> None:
             + " ".join(
                 f"--{k.replace('_', '-')} {v}"
                 for k, v in vars(args).items()
-                if k not in ("phases", "set")
+                if k not in ("phases", "set", "server_cpus")
             )
-            + "".join(f" --set {item}" for item in args.set),
+            + " --phases "
+            + " ".join(args.phases)
+            + "".join(f" --set {item}" for item in args.set)
+            + (" --server-cpus " if args.server_cpus else "")
+            + " ".join(map(str, args.server_cpus or [])),
+            "server_cores": len(args.server_cpus) if args.server_cpus else os.cpu_count(),
             "heads": args.heads,
             "copies_of": {
                 o: sum(1 for c in copies.values() if c == o) for o in set(copies.values())
@@ -331,7 +355,7 @@ def main() -> None:
             for name in args.phases:
                 repo, env, calls = plans[name]
                 log = Path(tmp) / f"{name}-{r}.log"
-                with phase_server(repo, env, log) as (url, pid, ready_s):
+                with phase_server(repo, env, log, args.server_cpus) as (url, pid, ready_s):
                     rss_ready = Sampler(pid, 0.1)  # trunk and pinned heads only
                     rss_ready.start()
                     time.sleep(0.5)
