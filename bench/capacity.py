@@ -2,20 +2,25 @@
 replica's measured costs, for each placement design.
 
 Costs come from one replica's skewed run (``--costs``, bench/skewed_heads.py: every head loaded
-vs a budget of a fifth, the same Zipf traffic): core-ms per text with every head loaded
-(cores / texts per second), core-ms per cold load (the budget run's extra core-ms per text over
+vs a budget of a fifth, the same Zipf traffic): core-ms per text with every head loaded (the
+server's CPU seconds per text), core-ms per cold load (the budget run's extra CPU per text over
 its cold loads per text), its RSS at ready, the all-loaded p99 and the cold-load p95. Head sizes
 and load times are those runs' heads (bench/results/cold-loads.json, eviction.json's inputs).
 
 ``--validate FILE``: a two-replica fleet run (bench/fleet_skewed.py) to set the prediction
-beside. Its all-loaded phase fixes the fleet's core-ms per text (Ray's proxy and the router hop
-included: the value under which the model, with the fleet's placement, gives that phase's
-texts/s); its budgeted phase is what is predicted, never an input. The fleet rows of the table
-use that cost, the other designs one replica's. Then a table: 10,000 heads, 10 and 100 replicas
-of ``--cores`` cores and ``--memory-gib`` GiB each, per design, and the fewest replicas per design
-for ``--texts-per-s``.
+beside. Its all-loaded phase fixes the fleet's core-ms per text (the CPU of all its processes
+per text: Ray's proxy, the router hop and both replicas); its budgeted phase is what is
+predicted, never an input. Both replicas share the machine's cores, so the model runs with
+shared cores: the fleet saturates when the machine does, at its cores over the core-ms per text.
+``--replica-costs FILE``: a skewed run of one replica of the fleet's shape (bench/skewed_heads.py
+--server-cpus 0 --set MTS_INTRA_OP_THREADS=1: one core, one intra-op thread) for the fleet's
+core-ms per cold load. The fleet rows of the table use the fleet's costs, the other designs one
+replica's. Then a table: 10,000 heads, 10 and 100 replicas of ``--cores`` cores and
+``--memory-gib`` GiB each, per design (each replica its own cores), and the fewest replicas per
+design for ``--texts-per-s``.
 
-    .venv/bin/python -m bench.capacity [--validate bench/results/fleet-skewed.json]
+    .venv/bin/python -m bench.capacity [--validate bench/results/fleet-skewed-shares.json]
+        [--replica-costs bench/results/skewed-heads-one-core.json]
         [--out bench/results/capacity.json]
 """
 
@@ -47,12 +52,15 @@ MIB = 1 << 20
 RESULTS = Path("bench/results")
 
 
-def measured_costs(skewed: dict[str, Any], cores: float) -> Costs:
-    """One replica's costs from its skewed run's medians (``cores``: the cores it ran on)."""
+def measured_costs(skewed: dict[str, Any]) -> Costs:
+    """One replica's costs from its skewed run's medians: the server's own CPU seconds per text
+    (its processes' CPU time over the texts answered, so neither the load generator nor anything
+    else on the machine counts) with every head loaded, and per cold load the budget run's extra
+    CPU per text over its cold loads per text."""
     budget, every = skewed["phases"]["budget"], skewed["phases"]["all-loaded"]
     seconds = float(skewed["command"].split("--seconds ")[1].split()[0])
-    hit_ms = 1000 * cores / every["texts_per_s"]["median"]
-    budget_ms = 1000 * cores / budget["texts_per_s"]["median"]
+    hit_ms = every["server_cpu_ms_per_text"]["median"]
+    budget_ms = budget["server_cpu_ms_per_text"]["median"]
     loads_per_text = budget["cold_loads"]["median"] / (budget["texts_per_s"]["median"] * seconds)
     return Costs(
         hit_ms=hit_ms,
@@ -86,11 +94,13 @@ def scenario(
     costs: Costs,
     zipf: float,
     seed: int,
+    shared_cores: bool = False,
 ) -> dict[str, Any]:
     sizes, loads = heads_of(classes, heads, seed)
     weights = zipf_weights(heads, zipf, seed)
     started = time.perf_counter()
-    p = predict(design, Fleet(replicas, cores, budget_mib), costs, weights, sizes, loads, seed=seed)
+    fleet = Fleet(replicas, cores, budget_mib, shared_cores)
+    p = predict(design, fleet, costs, weights, sizes, loads, seed=seed)
     out = {k: v for k, v in dataclasses.asdict(p).items() if k != "groups"}
     out["hot_share"] = round(float(weights.max()), 4)
     out["groups"] = len(p.groups)
@@ -123,6 +133,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--costs", type=Path, default=RESULTS / "skewed-heads-trim.json")
     parser.add_argument("--validate", type=Path, help="a fleet run (bench/fleet_skewed.py)")
+    parser.add_argument(
+        "--replica-costs",
+        type=Path,
+        help="a skewed run of one replica of the fleet's shape (--server-cpus): the fleet's "
+        "cost per cold load",
+    )
     parser.add_argument("--heads", type=int, default=10_000)
     parser.add_argument("--replicas", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--cores", type=float, default=2.0, help="per replica")
@@ -143,7 +159,7 @@ def main() -> None:
     skewed = json.loads(args.costs.read_text())
     cold = json.loads((RESULTS / "cold-loads.json").read_text())
     loads = json.loads((RESULTS / "eviction.json").read_text())["inputs"]
-    costs = measured_costs(skewed, cores=2.0)
+    costs = measured_costs(skewed)
     classes = head_classes(skewed, cold, loads)
     results: dict[str, Any] = {
         "command": "python -m bench.capacity "
@@ -172,47 +188,63 @@ def main() -> None:
                 with_costs,
                 run["zipf"],
                 args.seed,
+                shared_cores=True,  # both replicas ran on this machine's cores
             )
 
-        # The fleet's core-ms per text (Ray's proxy and the router hop included) is the value
-        # under which the model, with the fleet's placement, gives the all-loaded fleet run's
-        # texts/s; the budgeted run is then predicted from it and one replica's cold-load cost.
-        share = as_run(costs)["bottleneck_share"]
-        per_replica_cores = run["cores"] / run["replicas"]
+        # The fleet's core-ms per text with every head loaded is its processes' CPU per text in
+        # the all-loaded phase (Ray's proxy, the router and both replicas); the cost of a cold
+        # load is one replica's of the fleet's shape (--replica-costs) or, without it, the
+        # single replica's. The budgeted phase is then predicted, never an input.
+        if args.replica_costs is not None:
+            shaped = measured_costs(json.loads(args.replica_costs.read_text()))
+            results["replica_costs_from"] = str(args.replica_costs)
+            results["replica_costs"] = dataclasses.asdict(shaped)
+            fleet_costs = dataclasses.replace(
+                costs, load_ms=shaped.load_ms, cold_load_p95_ms=shaped.cold_load_p95_ms
+            )
         fleet_costs = dataclasses.replace(
-            costs,
-            hit_ms=1000 * per_replica_cores / (every["texts_per_s"]["median"] * share),
+            fleet_costs,
+            hit_ms=every["server_cpu_ms_per_text"]["median"],
             hit_p99_ms=every["p99_ms"]["median"],
         )
         results["fleet_costs"] = dataclasses.asdict(fleet_costs)
         predicted = as_run(fleet_costs)
-        # The same prediction from the all-loaded phase's slowest and fastest round: how much of
-        # the gap is the calibration's own spread.
-        span = {
-            end: as_run(
-                dataclasses.replace(
-                    fleet_costs,
-                    hit_ms=1000 * per_replica_cores / (every["texts_per_s"][end] * share),
-                )
-            )["texts_per_s"]
-            for end in ("min", "max")
-        }
+        # Round by round: each round's all-loaded phase calibrates, its budgeted phase (run right
+        # after it) is predicted: how much of the gap is the run's own spread.
+        rounds = run["rounds"]
+        per_round = [
+            round(
+                as_run(dataclasses.replace(fleet_costs, hit_ms=calibration))["texts_per_s"]
+                / (1000 * run["cores"] / budgeted),
+                3,
+            )
+            for calibration, budgeted in zip(
+                [r["server_cpu_ms_per_text"] for r in rounds["all-loaded"]],
+                [r["server_cpu_ms_per_text"] for r in rounds["budget"]],
+                strict=True,
+            )
+        ]
         measured = run["phases"]["budget"]
         results["validation"] = {
             "run": str(args.validate),
             "predicted": predicted,
             "measured": {
                 "hit_ratio": measured["hit_ratio"]["median"],
-                "texts_per_s": measured["texts_per_s"]["median"],
+                # the throughput at which the fleet's processes keep the run's cores busy, from
+                # their CPU per text: what the model predicts, whatever else ran meanwhile
+                "texts_per_s": 1000 * run["cores"] / measured["server_cpu_ms_per_text"]["median"],
+                # what the closed loop at --in-flight got (other load on the machine included)
+                "closed_loop_texts_per_s": measured["texts_per_s"]["median"],
                 "p99_ms": measured["p99_ms"]["median"],
             },
         }
+        for key in ("busiest_replica_share", "server_cores_busy", "machine_cores_busy"):
+            if key in measured:  # runs before these were recorded lack them
+                results["validation"]["measured"][key] = measured[key]["median"]
         for key in ("hit_ratio", "texts_per_s", "p99_ms"):
             ratio = predicted[key] / results["validation"]["measured"][key]
             results["validation"][f"{key}_predicted_over_measured"] = round(ratio, 3)
-        results["validation"]["texts_per_s_predicted_over_measured_from_min_max"] = [
-            round(span[end] / measured["texts_per_s"]["median"], 3) for end in ("min", "max")
-        ]
+        results["validation"]["texts_per_s_predicted_over_measured_per_round"] = per_round
         print(json.dumps(results["validation"], indent=1), flush=True)
     budget_mib = 0.8 * args.memory_gib * 1024 - costs.ready_mib
     results["replica"] = {

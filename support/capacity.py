@@ -11,19 +11,26 @@ bench/results/):
 - **Throughput**, from CPU per text: a replica spends ``hit_ms`` of core time per text with every
   head it needs loaded, and ``load_ms`` per cold load. A replica that gets a share ``L`` of the
   traffic with miss ratio ``m`` saturates at ``cores x 1000 / (hit_ms + m x load_ms) / L``
-  texts/s of fleet traffic; the fleet's throughput is its first replica to saturate.
+  texts/s of fleet traffic; the fleet's throughput is its first replica to saturate. Replicas
+  that share one node's cores (``Fleet.shared_cores``, as in a run on one machine) saturate
+  together, at ``node cores x 1000 / (traffic-weighted core-ms per text)``.
 
 Placements (``Group``: tasks that share replicas, each replica of a group getting an equal part of
 the group's requests, so all hold the same heads):
 
 - ``fleet``: Ray Serve's multiplexed routing (fleet/ray_serve.py). A task goes to the replica that
   first loaded it, new tasks to the replica holding the fewest; a task whose traffic is more than
-  one replica's share spills over to as many replicas as it needs (Ray sends a request elsewhere
-  when the holders are busy).
+  one replica's share spills over to as many replicas as it needs. Ray sends a request elsewhere
+  when the replicas holding its task are busy, so at saturation every replica carries an equal
+  part of the traffic: a replica placed more than its part keeps that part of each of its tasks'
+  requests and the rest goes to the replicas placed less, in proportion to what they lack, which
+  then hold those tasks too (``balance``; measured: the busier of two replicas took 0.50 of the
+  texts where placement alone would give it 0.70, bench/results/fleet-skewed-shares.json).
 - ``shards``: a static task -> shard map, balanced by each task's known traffic (the heaviest
   first onto the least loaded shard), a hot task a shard of its own with the replicas its share
   needs.
-- ``modelmesh``: placement as ``fleet``, eviction by plain LRU (ModelMesh's cache is an LRU).
+- ``modelmesh``: placement and balancing as ``fleet`` (ModelMesh adds copies of a model whose
+  load is high), eviction by plain LRU (ModelMesh's cache is an LRU).
 - ``spread``: no placement: every replica gets an equal part of every task's requests, so each
   caches from the whole set (a plain Service in front of replicas).
 """
@@ -68,6 +75,10 @@ class Fleet:
     replicas: int
     cores: float  # per replica
     head_budget_mib: float  # per replica: MTS_HEAD_MEMORY_MB
+    # The replicas share one node's ``replicas x cores`` cores (the two-replica run on one
+    # machine), so the fleet saturates when the node does; otherwise each replica has its own
+    # cores (pods with CPU limits) and the busiest replica saturates first.
+    shared_cores: bool = False
 
 
 @dataclass
@@ -77,6 +88,8 @@ class Group:
     share: float = 0.0  # of all traffic
     hit_ratio: float = 1.0
     loaded_mib: float = 0.0
+    # each task's part of all traffic that this group gets, when not the task's whole weight
+    weights: np.ndarray | None = None
 
 
 @dataclass
@@ -172,6 +185,30 @@ def place(design: str, weights: np.ndarray, replicas: int, seed: int) -> list[Gr
     return groups
 
 
+def balance(groups: list[Group], weights: np.ndarray, replicas: int) -> list[Group]:
+    """One group per replica, each with an equal part of the traffic: a replica placed more than
+    ``1 / replicas`` keeps that part of each of its tasks' requests; the rest goes to the
+    replicas placed less, in proportion to what each lacks."""
+    rows: list[np.ndarray] = []
+    for group in groups:
+        row = np.zeros(len(weights))
+        row[group.tasks] = weights[group.tasks] / group.replicas
+        rows += [row] * group.replicas
+    dense = np.array(rows)
+    loads = dense.sum(axis=1)
+    target = 1.0 / replicas
+    over = loads > target
+    spilled = ((1 - target / loads[over])[:, None] * dense[over]).sum(axis=0)
+    dense[over] *= (target / loads[over])[:, None]
+    lack = np.where(over, 0.0, target - loads)
+    if lack.sum() > 0:
+        dense += np.outer(lack / lack.sum(), spilled)
+    return [
+        Group(np.flatnonzero(row), 1, float(row.sum()), weights=row[np.flatnonzero(row)])
+        for row in dense
+    ]
+
+
 def group_hit_ratio(
     group: Group,
     weights: np.ndarray,
@@ -189,7 +226,8 @@ def group_hit_ratio(
         return 1.0, 0.0
     if sizes[tasks].sum() <= budget:
         return 1.0, float(sizes[tasks].sum()) / 2**20
-    p = weights[tasks] / weights[tasks].sum()
+    part = weights[tasks] if group.weights is None else group.weights
+    p = part / part.sum()
     rng = np.random.default_rng(seed)
     local = rng.choice(len(tasks), requests, p=p)
     half = requests // 2
@@ -213,9 +251,12 @@ def predict(
     policy: type[Policy] = LRU if design == "modelmesh" else GreedyDualSize
     budget = int(fleet.head_budget_mib * 2**20)
     groups = place(design, weights, fleet.replicas, seed)
+    if design in ("fleet", "modelmesh") and fleet.replicas > 1:
+        groups = balance(groups, weights, fleet.replicas)
     capacity = math.inf
     busiest = 0.0
     misses = 0.0
+    node_ms = 0.0  # core-ms per text of fleet traffic, over every replica
     for i, group in enumerate(groups):
         group.hit_ratio, group.loaded_mib = group_hit_ratio(
             group, weights, sizes, loads, budget, policy, requests, seed + 10 + i
@@ -223,9 +264,12 @@ def predict(
         misses += group.share * (1 - group.hit_ratio)
         per_replica = group.share / group.replicas
         cpu_ms = costs.hit_ms + (1 - group.hit_ratio) * costs.load_ms
+        node_ms += group.share * cpu_ms
         if per_replica > 0:
             capacity = min(capacity, fleet.cores * 1000 / cpu_ms / per_replica)
             busiest = max(busiest, per_replica)
+    if fleet.shared_cores:
+        capacity = fleet.replicas * fleet.cores * 1000 / node_ms
     hit_ratio = 1 - misses
     # p99: past 1% of requests missing, the slowest percent includes cold loads.
     p99 = costs.hit_p99_ms + (costs.cold_load_p95_ms if misses > 0.01 else 0.0)

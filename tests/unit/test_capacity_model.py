@@ -12,6 +12,7 @@ from support.capacity import (
     Costs,
     Fleet,
     HeadClass,
+    balance,
     heads_of,
     place,
     predict,
@@ -55,3 +56,17 @@ def test_placing_tasks_raises_the_hit_ratio_that_spreading_them_keeps():
     assert hit("fleet", 4) > one + 0.05
     assert hit("shards", 4) > one + 0.05
     assert hit("modelmesh", 4) < hit("fleet", 4)  # plain LRU against GreedyDual-Size
+
+
+@pytest.mark.parametrize("replicas", [2, 5, 16])
+def test_balancing_gives_every_replica_an_equal_part_and_keeps_each_tasks_traffic(replicas):
+    weights = zipf_weights(300, 1.1, seed=0)
+    placed = place("fleet", weights, replicas, seed=0)
+    assert max(g.share / g.replicas for g in placed) > 1.05 / replicas  # placement is uneven
+    groups = balance(placed, weights, replicas)
+    assert len(groups) == replicas
+    assert [g.share for g in groups] == pytest.approx([1 / replicas] * replicas)
+    served = np.zeros(len(weights))
+    for g in groups:
+        served[g.tasks] += g.weights
+    assert served == pytest.approx(weights)
