@@ -19,8 +19,13 @@ from multitask_serve.cli.common import (
     is_built,
     needs_train_extra,
 )
-from multitask_serve.export.publish import TrunkChanged
-from multitask_serve.modelrepo.builds import build_lock, identity, is_current, leftovers
+from multitask_serve.modelrepo.builds import (
+    TrunkChanged,
+    build_lock,
+    identity,
+    is_current,
+    leftovers,
+)
 
 
 def _build(args: argparse.Namespace, heads: str) -> None:

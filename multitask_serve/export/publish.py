@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from multitask_serve.modelrepo.atomic import fsync_dir
-from multitask_serve.modelrepo.builds import Stamp, read_stamp, write_stamp
+from multitask_serve.modelrepo.builds import Stamp, TrunkChanged, read_stamp, write_stamp
 from multitask_serve.modelrepo.repository import (
     TRASH_DIR,
     TRUNK_DIR,
@@ -32,10 +32,6 @@ from multitask_serve.modelrepo.repository import (
 from multitask_serve.modelrepo.types import TrunkSpec
 
 Report = Callable[[str], None]
-
-
-class TrunkChanged(RuntimeError):
-    """The new build's trunk would orphan heads that the previous build did not make."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,11 @@ from multitask_serve.modelrepo.atomic import atomic_write
 from multitask_serve.modelrepo.pending import PENDING_FILE
 from multitask_serve.modelrepo.repository import HEADS_DIR, TRASH_DIR
 
+
+class TrunkChanged(RuntimeError):
+    """The new build's trunk would orphan heads that the previous build did not make."""
+
+
 LOCK_FILE = ".build.lock"
 STAMP_FILE = "build.json"
 STAMP_SCHEMA_VERSION = 1
