@@ -42,5 +42,7 @@ def test_admin_tokens_never_reach_the_server_log_even_at_debug_level(repo, tmp_p
                 headers={"Authorization": f"Bearer {token}"},
             )
     text = log.read_text()
-    assert "/admin/heads/mood/zero-shot" in text  # requests were logged, without their headers
+    # requests were logged (the route's template and the task), without their headers
+    assert "POST /admin/heads/{task}/zero-shot 201" in text and "tasks=mood" in text
+    assert "POST /admin/heads/{task}/zero-shot 401" in text
     assert ADMIN_TOKEN not in text and wrong not in text
