@@ -423,9 +423,11 @@ class Batcher:
                 if self._tracing is not None:  # the batch's span, and each request's queue wait
                     taken = [(e.trace, e.enqueued, e.rows) for e in batch]
                     traced = self._tracing.batch(taken, started)
-                await self._execute(loop, batch, traced)
-                if traced is not None:
-                    traced.end()
+                try:
+                    await self._execute(loop, batch, traced)
+                finally:  # a cancelled batch (shutdown) still ends its span
+                    if traced is not None:
+                        traced.end()
                 self._paced(sum(e.rows for e in batch), started)
             self._outstanding -= len(gathered)
             self._progress = time.perf_counter()
